@@ -1,0 +1,171 @@
+"""Typed settings of ``rlaif generate``: one YAML file, command-line flags on top.
+
+Precedence, highest first: command-line flags, the ``--config`` YAML file, the
+constitution's ``defaults``, the built-in defaults below. The resolved settings are saved
+into the run folder and fingerprinted, so a run folder is never resumed with other settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlaif.engine.base import SamplingConfig
+
+STAGES = ("response", "critique", "revision")
+BUILTIN_SAMPLING = {
+    "response": SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=256),
+    "critique": SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=192),
+    "revision": SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=256),
+}
+
+
+class ConfigError(ValueError):
+    """A settings file or flag that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the model is served."""
+
+    backend: str = "vllm"
+    """'vllm' (in-process) or 'fake' (scripted, for tests)."""
+    max_model_len: int | None = None
+    """Context length; None = the model's own, capped at 8192."""
+    gpu_memory_utilization: float | None = None
+    """Memory share for the engine (of CPU memory on CPU hosts); None = a safe default per platform."""
+    enforce_eager: bool | None = None
+    """Skip graph compilation; None = on for CPU hosts."""
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    """Run code shipped with a model; off unless you trust the model's source."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("vllm", "fake"):
+            raise ConfigError(f"engine.backend must be 'vllm' or 'fake', got {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Every setting of a critique-and-revise run."""
+
+    prompts: str
+    """Prompt file: .jsonl, .txt, .parquet, or a saved Hugging Face dataset folder."""
+    out: str
+    """Run folder; created if needed, resumed if it holds a run with the same settings."""
+    constitution: str = "default"
+    """Constitution name or YAML path."""
+    principles_dir: str | None = None
+    """Principles folder; default: the one the constitution points to."""
+    model: str = "default"
+    """Policy model: 'default' (embedded SmolLM2-135M-Instruct), a local folder or a hub id."""
+    rounds: int = 1
+    """Critique-and-revision rounds per response."""
+    samples_per_prompt: int = 1
+    """Independent trajectories per prompt."""
+    seed: int = 0
+    """Run seed; every request's seed derives from it, the prompt id, sample, stage and round."""
+    limit: int | None = None
+    """Use only the first N prompts."""
+    chunk_size: int = 256
+    """Conversations per chunk; each stage of a chunk is one batched engine call."""
+    sampling: dict[str, SamplingConfig] = field(default_factory=lambda: dict(BUILTIN_SAMPLING))
+    """Per-stage sampling: response, critique, revision."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if self.samples_per_prompt < 1:
+            raise ConfigError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        unknown = set(self.sampling) - set(STAGES)
+        if unknown:
+            raise ConfigError(f"unknown sampling stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = set(data) - allowed
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+
+
+def _sampling(raw: dict[str, Any], where: str) -> SamplingConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    _check_keys(raw, {"temperature", "top_p", "max_tokens"}, where)
+    try:
+        return SamplingConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping")
+    return data
+
+
+def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_defaults: dict[str, Any]) -> GenerateConfig:
+    """Merge the layers (flags > file > constitution defaults > built-ins) into one config."""
+    names = {f.name for f in dataclasses.fields(GenerateConfig)}
+    _check_keys(file_values, names, "config file")
+    merged: dict[str, Any] = {}
+    for key in ("rounds", "samples_per_prompt", "seed"):
+        if key in constitution_defaults:
+            merged[key] = constitution_defaults[key]
+    sampling = dict(BUILTIN_SAMPLING)
+    for stage, raw in (constitution_defaults.get("sampling") or {}).items():
+        sampling[stage] = dataclasses.replace(sampling[stage], **raw)
+    for stage, raw in (file_values.get("sampling") or {}).items():
+        if stage not in STAGES:
+            raise ConfigError(f"config file: unknown sampling stage {stage!r}; stages are {list(STAGES)}")
+        base = dataclasses.asdict(sampling[stage])
+        base.update(raw if isinstance(raw, dict) else {})
+        sampling[stage] = _sampling(base, f"config file: sampling.{stage}")
+    engine_raw = dict(file_values.get("engine") or {})
+    _check_keys(engine_raw, {f.name for f in dataclasses.fields(EngineConfig)}, "config file: engine")
+    for key, value in file_values.items():
+        if key not in ("sampling", "engine"):
+            merged[key] = value
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key.startswith("engine."):
+            engine_raw[key.split(".", 1)[1]] = value
+        elif key.startswith("sampling."):
+            _, stage, name = key.split(".")
+            sampling[stage] = _sampling({**dataclasses.asdict(sampling[stage]), name: value}, f"--{stage}-{name}")
+        else:
+            merged[key] = value
+    for needed in ("prompts", "out"):
+        if not merged.get(needed):
+            raise ConfigError(f"--{needed} is required (or set '{needed}' in the config file)")
+    try:
+        return GenerateConfig(sampling=sampling, engine=EngineConfig(**engine_raw), **merged)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    """Stable hash of everything that shapes a run's rows."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,52 @@
+"""A scripted engine for unit tests: deterministic, instant, and it records every call."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.records import Completion
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+def default_script(request: ChatRequest, sampling: SamplingConfig) -> str:
+    """A reply that depends only on the last user turn and the seed."""
+    last = request.messages[-1]["content"]
+    digest = hashlib.sha256(f"{last}|{request.seed}".encode()).hexdigest()[:8]
+    return f"reply {digest} to: {last[:40]}"
+
+
+@dataclass
+class FakeEngine:
+    """Answers with ``script(request, sampling)``; counts tokens as whitespace-separated words."""
+
+    model: str = "fake-model"
+    script: Callable[[ChatRequest, SamplingConfig], str] = default_script
+    max_model_len: int = 4096
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    """(desc, batch size) of every generate call, to check that stages are batched."""
+
+    def generate(self, requests: Sequence[ChatRequest], sampling: SamplingConfig, desc: str = "") -> list[Completion]:
+        self.calls.append((desc, len(requests)))
+        out = []
+        for req in requests:
+            n_prompt = sum(_tokens(m["content"]) + 4 for m in req.messages)
+            if n_prompt >= self.max_model_len:
+                out.append(Completion("", "error", n_prompt, 0, error=f"prompt is {n_prompt} tokens; the model's context is {self.max_model_len}"))
+                continue
+            words = self.script(req, sampling).split(" ")
+            finish = "length" if len(words) > sampling.max_tokens else "stop"
+            text = " ".join(words[: sampling.max_tokens])
+            out.append(Completion(text, finish, n_prompt, _tokens(text)))
+        return out
+
+    def info(self) -> dict[str, object]:
+        return {"max_model_len": self.max_model_len}
+
+    def close(self) -> None:
+        pass

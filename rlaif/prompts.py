@@ -1,0 +1,151 @@
+"""Read prompts from JSONL, plain text, parquet or a saved Hugging Face dataset.
+
+Every prompt becomes a :class:`PromptRecord` with a stable id: the one given in the file
+(``id`` or ``prompt_id``), else a hash of its content and position. Problems are reported
+with the file and line they come from, and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlaif.records import Message, PromptRecord
+
+_ROLES = {"system", "user", "assistant"}
+
+
+class PromptError(ValueError):
+    """Bad prompt input; the message names the file and line."""
+
+
+def _prompt_id(messages: list[Message], index: int) -> str:
+    digest = hashlib.sha256(json.dumps([index, messages], ensure_ascii=False).encode()).hexdigest()
+    return f"h{digest[:16]}"
+
+
+def _messages_from(obj: Any, where: str) -> list[Message]:
+    if isinstance(obj, str):
+        if not obj.strip():
+            raise PromptError(f"{where}: empty prompt")
+        return [{"role": "user", "content": obj}]
+    if isinstance(obj, list):
+        if not obj:
+            raise PromptError(f"{where}: 'messages' is empty")
+        out: list[Message] = []
+        for i, m in enumerate(obj):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise PromptError(f"{where}: message {i} needs 'role' and 'content'")
+            if m["role"] not in _ROLES:
+                raise PromptError(f"{where}: message {i} has unknown role {m['role']!r}")
+            if not isinstance(m["content"], str):
+                raise PromptError(f"{where}: message {i} content must be a string")
+            out.append({"role": m["role"], "content": m["content"]})
+        # The policy answers the conversation, so it must end with the user speaking.
+        if out[-1]["role"] != "user":
+            raise PromptError(f"{where}: the last message must be from the user, not {out[-1]['role']!r}")
+        if not out[-1]["content"].strip():
+            raise PromptError(f"{where}: empty prompt")
+        return out
+    raise PromptError(f"{where}: 'prompt' must be a string or a list of messages")
+
+
+def _record(obj: dict[str, Any], index: int, where: str) -> PromptRecord:
+    if "messages" in obj:
+        messages = _messages_from(obj["messages"], where)
+    elif "prompt" in obj:
+        messages = _messages_from(obj["prompt"], where)
+    else:
+        raise PromptError(f"{where}: needs a 'prompt' or 'messages' field (has: {', '.join(sorted(obj)) or 'nothing'})")
+    pid = obj.get("id", obj.get("prompt_id"))
+    pid = str(pid) if pid is not None else _prompt_id(messages, index)
+    meta = {k: v for k, v in obj.items() if k in ("category", "source") and isinstance(v, (str, int, float))}
+    return PromptRecord(id=pid, messages=tuple(messages), meta=meta)
+
+
+def _read_jsonl(path: Path) -> Iterable[PromptRecord]:
+    with path.open(encoding="utf-8") as fh:
+        index = 0
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise PromptError(f"{where}: each line must be a JSON object")
+            yield _record(obj, index, where)
+            index += 1
+
+
+def _read_text(path: Path) -> Iterable[PromptRecord]:
+    with path.open(encoding="utf-8") as fh:
+        index = 0
+        for lineno, line in enumerate(fh, 1):
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue  # blank lines separate nothing in this format; they are not prompts
+            messages = _messages_from(text, f"{path}:{lineno}")
+            yield PromptRecord(id=_prompt_id(messages, index), messages=tuple(messages), meta={})
+            index += 1
+
+
+def _read_dataset(ds, name: str) -> Iterable[PromptRecord]:
+    for i, row in enumerate(ds):
+        yield _record(dict(row), i, f"{name}: row {i}")
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
+    """Read every prompt of ``path`` (up to ``limit``), checking ids are unique."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptError(f"prompt file {str(path)!r} does not exist")
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:  # noqa: BLE001 - turned into a clear message
+            raise PromptError(f"{path}: not a saved Hugging Face dataset ({exc})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        rows: Iterable[PromptRecord] = _read_dataset(ds, str(path))
+    elif path.suffix == ".parquet":
+        import datasets
+
+        rows = _read_dataset(datasets.Dataset.from_parquet(str(path)), str(path))
+    elif path.suffix in (".jsonl", ".json"):
+        rows = _read_jsonl(path)
+    else:
+        rows = _read_text(path)
+    out: list[PromptRecord] = []
+    seen: dict[str, int] = {}
+    for rec in rows:
+        if limit is not None and len(out) >= limit:
+            break
+        if rec.id in seen:
+            raise PromptError(f"{path}: prompt id {rec.id!r} appears twice (entries {seen[rec.id] + 1} and {len(out) + 1})")
+        seen[rec.id] = len(out)
+        out.append(rec)
+    if not out:
+        raise PromptError(f"{path}: no prompts found")
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a prompt file or of every file of a dataset folder."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+

@@ -1,0 +1,210 @@
+"""Run folders: settings fingerprint, atomic chunk commits, resume, finalize, manifest.
+
+Layout of ``runs/<name>/``::
+
+    settings.json            resolved settings and their fingerprint (written first)
+    chunks/00000.jsonl       committed chunks: one trajectory per line
+    chunks/00000.stats.json  wall time of that chunk
+    constitution/, principles/   copies of the files that shaped the run
+    sft/, preferences/       datasets.save_to_disk folders   (finalize)
+    sft.jsonl, preferences.jsonl                              (finalize)
+    manifest.json            provenance and counts; written last
+
+A chunk is committed by writing ``NNNNN.jsonl.tmp``, flushing, fsyncing and renaming it:
+a chunk file either exists whole or not at all, whatever moment the process dies. The set
+of committed chunk files is the only state; finalize rebuilds every output from it, so it
+can be repeated safely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlaif.records import Trajectory
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked (other settings, damaged files)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.chunks = self.path / "chunks"
+
+    # ------------------------------------------------------------ settings
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "settings.json"
+
+    def open(self, settings: dict[str, Any], fingerprint: str, overwrite: bool = False) -> str:
+        """Prepare the folder for a run with these settings.
+
+        Returns ``"new"``, ``"resume"`` or ``"done"``. A folder holding a run with other
+        settings is refused unless ``overwrite`` is set, which deletes its outputs first.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} exists and is not a folder")
+        if self.settings_file.exists():
+            try:
+                old = json.loads(self.settings_file.read_text())
+            except json.JSONDecodeError:
+                old = {}
+            if old.get("fingerprint") != fingerprint:
+                if not overwrite:
+                    changed = _diff(old.get("settings", {}), settings)
+                    raise RunFolderError(
+                        f"{self.path} holds a run made with other settings ({changed}); "
+                        "choose another --out, or pass --overwrite to delete it and start over"
+                    )
+                self.clear()
+            elif self.manifest_file.exists():
+                return "done"
+            else:
+                self._sweep_temp()
+                return "resume"
+        elif self.path.exists() and any(self.path.iterdir()):
+            known = {"chunks", "sft", "preferences", "manifest.json"}
+            if not overwrite and any(p.name in known for p in self.path.iterdir()):
+                raise RunFolderError(f"{self.path} holds files of an unknown run; choose another --out or pass --overwrite")
+            if overwrite:
+                self.clear()
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.settings_file, json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2, default=str))
+        return "new"
+
+    def clear(self) -> None:
+        for name in ("chunks", "sft", "preferences", "constitution", "principles"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in ("sft.jsonl", "preferences.jsonl", "manifest.json", "settings.json", "failed.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+
+    def _sweep_temp(self) -> None:
+        """Remove half-written files left by a process that died mid-write."""
+        for tmp in list(self.chunks.glob("*.tmp")) + list(self.path.glob(".*.tmp*")):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ chunks
+
+    def chunk_file(self, index: int) -> Path:
+        return self.chunks / f"{index:05d}.jsonl"
+
+    def committed(self) -> set[int]:
+        return {int(p.stem) for p in self.chunks.glob("[0-9]*.jsonl")}
+
+    def commit_chunk(self, index: int, rows: Iterable[Trajectory], stats: dict[str, Any]) -> None:
+        """Commit a finished chunk atomically (stats first: a stats file alone means nothing)."""
+        atomic_write_text(self.chunks / f"{index:05d}.stats.json", json.dumps(stats))
+        text = "".join(json.dumps(t.to_row(), ensure_ascii=False) + "\n" for t in rows)
+        atomic_write_text(self.chunk_file(index), text)
+
+    def read_chunks(self) -> list[Trajectory]:
+        rows: list[Trajectory] = []
+        for index in sorted(self.committed()):
+            path = self.chunk_file(index)
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    rows.append(Trajectory.from_row(json.loads(line)))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise RunFolderError(f"{path}:{lineno}: damaged row ({exc})") from None
+        return rows
+
+    def chunk_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for index in sorted(self.committed()):
+            f = self.chunks / f"{index:05d}.stats.json"
+            if f.exists():
+                out.append(json.loads(f.read_text()))
+        return out
+
+    # ------------------------------------------------------------ outputs
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / "manifest.json"
+
+    def save_dataset(self, name: str, rows: list[dict[str, Any]], features=None) -> None:
+        """Write ``name/`` with ``save_to_disk`` and ``name.jsonl``, each replaced atomically."""
+        import datasets
+
+        target = self.path / name
+        tmp = self.path / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds = datasets.Dataset.from_list(rows, features=features) if rows else _empty_dataset(features)
+        ds.save_to_disk(str(tmp))
+        old = self.path / f".{name}.old.tmp"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        atomic_write_text(self.path / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    def copy_sources(self, file_texts: dict[str, str]) -> None:
+        for rel, text in file_texts.items():
+            atomic_write_text(self.path / rel, text)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_file, json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+
+
+def _empty_dataset(features):
+    import datasets
+
+    if features is not None:
+        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    return datasets.Dataset.from_dict({})
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _diff(a, b, f"{prefix}{key}.")
+            if inner:
+                changes.append(inner)
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")
+
+
+def chunked(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+

@@ -1,0 +1,42 @@
+"""Shared fixtures. The real-vLLM engine is started once per test session (tens of seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def const_dir(tmp_path: Path) -> Path:
+    """A writable copy of rlaif's principles/ and constitution/ folders."""
+    shutil.copytree(ROOT / "principles", tmp_path / "principles")
+    shutil.copytree(ROOT / "constitution", tmp_path / "constitution")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def default_model() -> str:
+    from rlaif.model_zoo import prepare_default_model
+
+    return str(prepare_default_model())
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(default_model):
+    """One real in-process vLLM engine on the default model, shared by the whole run."""
+    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+
+    engine = VLLMEngine(default_model, VLLMSettings(max_model_len=4096, seed=0), show_progress=False)
+    yield engine
+    engine.close()
