@@ -166,6 +166,7 @@ class RunDir:
         target = self.path / name
         tmp = self.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        datasets.disable_progress_bars()  # a bar per tiny save is noise next to the stage bars
         ds = datasets.Dataset.from_list(rows, features=features) if rows else _empty_dataset(features)
         ds.save_to_disk(str(tmp))
         old = self.path / f".{name}.old.tmp"

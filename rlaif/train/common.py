@@ -1,0 +1,401 @@
+"""Pieces every recipe shares: model set-up, optimiser and schedule, the step loop.
+
+A recipe (``sft.py``, ``rm.py``, ``dpo.py``) builds a :class:`Session`, hands
+:func:`fit` a :class:`LoopSpec` (how to collate, count and score a batch), and saves
+the final model. The loop owns gradient accumulation, clipping, bf16 autocast,
+logging, evaluation, checkpoints and exact resume; the recipe owns the maths.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import TrainConfig, save_config
+from .data import length_grouped_batches
+
+# ----------------------------------------------------------------- models
+def resolve_model_path(spec: str) -> str:
+    """A model folder for ``spec``: an existing path as is, else ``rlaif.model_zoo``."""
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    try:
+        from rlaif.model_zoo import resolve_model
+    except ImportError as e:
+        raise FileNotFoundError(f"model {spec!r} is not a folder and rlaif.model_zoo is unavailable") from e
+    got = resolve_model(spec)
+    return str(getattr(got, "path", got))
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def apply_lora(model, cfg: TrainConfig, task_type: str):
+    """Wrap ``model`` with peft LoRA adapters when ``cfg.lora.enabled``."""
+    if not cfg.lora.enabled:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("lora.enabled needs peft: pip install 'rlaif[train]'") from e
+    lc = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, task_type=task_type,
+    )
+    return get_peft_model(model, lc)
+
+
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+def save_final(model, tokenizer, out: Path, cfg: TrainConfig, rank: int = 0) -> Path:
+    """Write the model in Hugging Face format (safetensors) with its tokenizer."""
+    state = None
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    m = unwrap(model)
+    if cfg.lora.enabled and cfg.lora.merge_on_save and state is None:
+        m = m.merge_and_unload()
+    m.save_pretrained(str(out), safe_serialization=True, state_dict=state)
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+# ------------------------------------------------------- device / processes
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def setup_device(cfg: TrainConfig) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        return Dist(dist.get_rank(), world, dev)
+    if cfg.device == "auto":
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return Dist(device=torch.device(cfg.device))
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _is_fsdp(model) -> bool:
+    return type(model).__name__.startswith("FSDP")
+
+
+def wrap_parallel(model, cfg: TrainConfig, d: Dist):
+    """Shard with FSDP2 (each decoder layer, then the root) or replicate with DDP."""
+    if d.world == 1:
+        return model
+    if cfg.parallel in ("auto", "fsdp"):
+        from torch.distributed.fsdp import fully_shard
+
+        layer_names = set(getattr(unwrap(model), "_no_split_modules", None) or [])
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        layer_names |= set(getattr(base, "_no_split_modules", None) or [])
+        for mod in model.modules():
+            if type(mod).__name__ in layer_names:
+                fully_shard(mod)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def prepare_model(model, cfg: TrainConfig, d: Dist):
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+    return wrap_parallel(model.to(d.device), cfg, d)
+
+
+# --------------------------------------------------------- optimiser / schedule
+def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier before optimiser step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / (warmup + 1)`` (never zero, so no step is wasted),
+    then ``constant``, ``linear`` or half-``cosine`` decay from 1 to ``min_ratio``
+    at ``step = total``.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model, cfg: TrainConfig, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.adam_betas,
+    )
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps, warmup, cfg.lr_schedule, cfg.min_lr_ratio)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ----------------------------------------------------------------- the loop
+@dataclass
+class LoopSpec:
+    """What a recipe tells the loop.
+
+    ``loss_fn(session, batch, normalizer) -> (loss, metrics)`` where the loss is
+    already divided by ``normalizer`` (the step's total of ``count(batch)``);
+    ``count(batch)`` is the unit the loss averages over (pairs, or trained tokens).
+    """
+
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    length: Callable[[dict], int]
+    count: Callable[[dict[str, torch.Tensor]], int]
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig
+    model: Any
+    tokenizer: Any
+    train: list[dict]
+    eval: list[dict]
+    dist: Dist
+    amp: torch.dtype | None
+    optimizer: Any = None
+    scheduler: Any = None
+    position: dict[str, int] = field(default_factory=lambda: {"step": 0, "epoch": 0, "micro": 0})
+    total_steps: int = 0
+    log: MetricsLog | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.amp)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.dist.device) for k, v in batch.items()}
+
+
+def micro_batches(s: Session, spec: LoopSpec, epoch: int) -> list[list[dict]]:
+    """This process's micro-batches for ``epoch`` (a pure function of seed and epoch)."""
+    lengths = [spec.length(e) for e in s.train]
+    idx = length_grouped_batches(lengths, s.cfg.batch_size, s.cfg.seed, epoch, s.cfg.length_grouping)
+    if s.dist.world > 1:  # every process gets the same number of batches
+        idx = idx[: len(idx) - len(idx) % s.dist.world][s.dist.rank :: s.dist.world]
+    return [[s.train[i] for i in b] for b in idx]
+
+
+def steps_per_epoch(s: Session, spec: LoopSpec) -> int:
+    n_micro = math.ceil(len(s.train) / s.cfg.batch_size) // s.dist.world
+    return max(1, math.ceil(n_micro / s.cfg.grad_accum))
+
+
+def init_session(s: Session, spec: LoopSpec) -> Session:
+    """Optimiser, schedule, config file, metric log, and resume from a checkpoint."""
+    cfg = s.cfg
+    per_epoch = steps_per_epoch(s, spec)
+    s.total_steps = per_epoch * cfg.epochs if cfg.max_steps < 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
+    s.optimizer, s.scheduler = build_optimizer(s.model, cfg, s.total_steps)
+    ckpt = None
+    if cfg.resume not in (False, None, "false", "no"):
+        ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
+    if ckpt is not None:
+        s.position = load_checkpoint(ckpt, unwrap(s.model), s.optimizer, s.scheduler)
+    else:
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+    if s.dist.rank == 0:
+        save_config(cfg, s.run_dir)
+    s.log = MetricsLog(s.run_dir, cfg.tensorboard, enabled=s.dist.rank == 0, resume_step=s.position["step"])
+    return s
+
+
+def _reduce(x: float) -> float:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([float(x)], device="cuda" if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(t)
+        return float(t)
+    return float(x)
+
+
+def run_step(s: Session, spec: LoopSpec, group: list[list[dict]]) -> dict[str, float]:
+    """One optimiser step over a group of micro-batches; returns step metrics."""
+    batches = [s.to_device(spec.collate(b)) for b in group]
+    counts = [spec.count(b) for b in batches]
+    normalizer = _reduce(sum(counts))
+    sums: dict[str, float] = {}
+    total_loss, tokens = 0.0, 0
+    s.model.train()
+    for i, (b, n) in enumerate(zip(batches, counts)):
+        sync = i == len(batches) - 1 or not hasattr(s.model, "no_sync")
+        ctx = contextlib.nullcontext() if sync else s.model.no_sync()
+        with ctx:
+            with s.autocast():
+                loss, metrics = spec.loss_fn(s, b, normalizer)
+            # DDP and FSDP average gradients over processes, while the loss is already
+            # divided by the global count: scale back so the step sees the global mean.
+            (loss * s.dist.world).backward()
+        total_loss += float(loss.detach())
+        tokens += int(b["attention_mask"].sum())
+        for k, v in metrics.items():  # weight micro-batch means by their share of the step
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+    out = {"loss": _reduce(total_loss)}
+    if s.cfg.max_grad_norm > 0:
+        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm))
+    out["lr"] = s.optimizer.param_groups[0]["lr"]
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    out.update({k: v / max(sum(counts), 1) for k, v in sums.items()})
+    out["tokens"] = tokens
+    return out
+
+
+@torch.no_grad()
+def evaluate(s: Session, spec: LoopSpec) -> dict[str, float]:
+    """Mean loss and metrics over the eval set, weighted by each batch's count."""
+    if not s.eval:
+        return {}
+    s.model.eval()
+    order = sorted(range(len(s.eval)), key=lambda i: spec.length(s.eval[i]))
+    sums: dict[str, float] = {}
+    total = 0
+    for start in range(0, len(order), s.cfg.batch_size):
+        b = s.to_device(spec.collate([s.eval[i] for i in order[start : start + s.cfg.batch_size]]))
+        n = spec.count(b)
+        with s.autocast():
+            loss, metrics = spec.loss_fn(s, b, n)
+        for k, v in {"loss": loss, **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        total += n
+    return {f"eval/{k}": v / max(total, 1) for k, v in sums.items()}
+
+
+def fit(s: Session, spec: LoopSpec, on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train to ``s.total_steps``; returns the last training and eval metrics."""
+    from tqdm.auto import tqdm
+
+    cfg, pos = s.cfg, s.position
+    per_epoch = steps_per_epoch(s, spec)
+    bar = tqdm(total=s.total_steps, initial=pos["step"], disable=s.dist.rank != 0, desc=cfg.name, dynamic_ncols=True)
+    last: dict[str, float] = {}
+    while pos["step"] < s.total_steps:
+        batches = micro_batches(s, spec, pos["epoch"])
+        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)][:per_epoch]
+        for g_idx in range(pos["micro"] // cfg.grad_accum, len(groups)):
+            if pos["step"] >= s.total_steps:
+                break
+            t0 = time.perf_counter()
+            m = run_step(s, spec, groups[g_idx])
+            m["tokens_per_s"] = _reduce(m.pop("tokens")) / max(time.perf_counter() - t0, 1e-9)
+            pos.update(step=pos["step"] + 1, micro=(g_idx + 1) * cfg.grad_accum)
+            last = {f"train/{k}": v for k, v in m.items()}
+            if on_step is not None:
+                on_step(last)
+            if pos["step"] % cfg.log_every == 0 or pos["step"] == s.total_steps:
+                s.log.log(pos["step"], {**last, "epoch": pos["epoch"]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if cfg.eval_every and pos["step"] % cfg.eval_every == 0 and pos["step"] < s.total_steps:
+                s.log.log(pos["step"], evaluate(s, spec))
+            if cfg.save_every and pos["step"] % cfg.save_every == 0 and pos["step"] < s.total_steps:
+                checkpoint(s)
+        else:
+            pos.update(epoch=pos["epoch"] + 1, micro=0)
+    bar.close()
+    final_eval = evaluate(s, spec)
+    if final_eval:
+        s.log.log(pos["step"], final_eval)
+    checkpoint(s)
+    return {**last, **final_eval}
+
+
+def checkpoint(s: Session) -> Path:
+    """Called on every process: sharded weights are gathered collectively."""
+    return save_checkpoint(
+        s.run_dir, unwrap(s.model), s.optimizer, s.scheduler, dict(s.position), s.cfg.keep_checkpoints, s.dist.rank
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: TrainConfig, tok, kind: str, rank: int = 0) -> tuple[list[dict], list[dict]]:
+    """Tokenised train and eval examples for ``kind`` ("sft" or "preference")."""
+    from .data import Truncation, load_rows, split_eval, tokenize_preferences, tokenize_sft
+
+    policy = Truncation(cfg.max_length, cfg.max_prompt_length, cfg.truncation)
+    tokenize = tokenize_sft if kind == "sft" else tokenize_preferences
+    train, stats = tokenize(load_rows(cfg.data, kind), tok, policy)
+    if cfg.eval_data:
+        ev, ev_stats = tokenize(load_rows(cfg.eval_data, kind), tok, policy)
+    else:
+        train, ev = split_eval(train, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise ValueError(f"no training examples left in {cfg.data} (check max_length / truncation)")
+    for i, e in enumerate(train):
+        e["index"] = i
+    for i, e in enumerate(ev):
+        e["index"] = i
+    if rank == 0:
+        print(
+            f"[rlaif.train] {cfg.data}: {stats['rows']} rows, {stats['truncated']} truncated, "
+            f"{stats['dropped']} dropped; {len(train)} train / {len(ev)} eval examples"
+        )
+    return train, ev

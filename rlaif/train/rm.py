@@ -1,0 +1,96 @@
+"""Reward-model recipe: Bradley-Terry on preference pairs, soft AI labels.
+
+The model is ``AutoModelForSequenceClassification`` with one label on a causal-LM
+backbone (e.g. ``LlamaForSequenceClassification``): a linear ``score`` head over the
+hidden states, read at the last token that is not padding (``pad_token_id`` is set in
+the config so that ``transformers`` pools the same way at inference). The final
+folder loads with ``AutoModelForSequenceClassification.from_pretrained``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .common import (
+    LoopSpec, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
+    resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
+)
+from .config import TrainConfig, load_config
+from .data import collate_pairs, pair_length
+from .losses import bradley_terry_loss
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    soft_labels: bool = True
+    """Fit the AI probability ``chosen_prob`` (cross-entropy); false treats every pair as certain."""
+    use_margin: bool = False
+    """Subtract the row's ``margin`` from the reward gap (Llama 2 margin loss)."""
+    center_rewards_coef: float = 0.0
+    """Weight of ``mean((r_c + r_r)^2)`` that keeps rewards centred on zero (Eisenstein et al. 2023)."""
+    name: str = "rm"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.center_rewards_coef < 0:
+            raise ValueError("center_rewards_coef must be >= 0")
+
+
+def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scalar reward per row, ``(2B,)``: the score head at the last non-padding token."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.logits.squeeze(-1).float()
+
+
+def loop_spec(cfg: RMConfig, pad_id: int) -> LoopSpec:
+    def loss_fn(s: Session, batch, normalizer):
+        r = rewards(s.model, batch)
+        b = r.shape[0] // 2
+        p = batch["chosen_prob"] if cfg.soft_labels else 1.0
+        m = batch["margin"] if cfg.use_margin else 0.0
+        return bradley_terry_loss(r[:b], r[b:], p, m, cfg.center_rewards_coef, normalizer)
+
+    return LoopSpec(
+        collate=lambda ex: collate_pairs(ex, pad_id),
+        length=pair_length,
+        count=lambda batch: int(batch["chosen_prob"].shape[0]),
+        loss_fn=loss_fn,
+    )
+
+
+def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
+    from transformers import AutoModelForSequenceClassification
+
+    d = setup_device(cfg)
+    seed_everything(cfg.seed)
+    path = resolve_model_path(cfg.model)
+    tok = load_tokenizer(path, cfg.trust_remote_code)
+    train, ev = load_splits(cfg, tok, "preference", d.rank)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32
+    )
+    model.config.pad_token_id = tok.pad_token_id
+    model = prepare_model(apply_lora(model, cfg, "SEQ_CLS"), cfg, d)
+    spec = loop_spec(cfg, tok.pad_token_id)
+    s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
+    return init_session(s, spec), spec
+
+
+def train(s: Session, spec: LoopSpec) -> dict[str, float]:
+    return fit(s, spec)
+
+
+def save(s: Session):
+    return save_final(s.model, s.tokenizer, s.run_dir / "final", s.cfg, s.dist.rank)
+
+
+def main(config_path: str | None, overrides: list[str] | None = None) -> int:
+    cfg = load_config(RMConfig, config_path, overrides)
+    s, spec = setup(cfg)
+    metrics = train(s, spec)
+    out = save(s)
+    s.log.close()
+    if s.dist.rank == 0:
+        print(f"[rlaif.train] reward model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return 0

@@ -1,0 +1,303 @@
+"""Loss values pinned by hand, limits, and oracles. rtol <= 1e-5 throughout.
+
+Notation: softplus(x) = log(1 + e^x), so -log sigma(x) = softplus(-x) and
+softplus(x) - softplus(-x) = x.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlaif.train import losses as L
+
+RTOL = 1e-6
+
+
+def t(*xs):
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def close(a, b, rtol=RTOL):
+    assert float(a) == pytest.approx(float(b), rel=rtol, abs=1e-12), (float(a), float(b))
+
+
+# ------------------------------------------------------------------ log-probs
+def test_token_logps_matches_log_softmax_oracle():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    got = L.token_logps(logits, labels)
+    want = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_token_logps_uniform_is_minus_log_v():
+    # Equal logits over V = 4 tokens: every token has probability 1/4.
+    got = L.token_logps(torch.zeros(1, 2, 4), torch.tensor([[0, 3]]))
+    torch.testing.assert_close(got, torch.full((1, 2), -math.log(4.0)))
+
+
+def test_sequence_logps_sum_and_mean_against_loop():
+    lp = t(-1.0, -2.0, -3.0, -4.0).view(1, 4).repeat(2, 1)
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
+    s = L.sequence_logps(lp, mask)
+    m = L.sequence_logps(lp, mask, average=True)
+    # row 0: -2 - 3 = -5 over 2 tokens; row 1: -10 over 4 tokens.
+    torch.testing.assert_close(s, t(-5.0, -10.0))
+    torch.testing.assert_close(m, t(-2.5, -2.5))
+
+
+# ------------------------------------------------------------------------ SFT
+def test_sft_loss_masks_prompt_and_padding():
+    # token log-probs: prompt tokens are very unlikely, trained tokens -0.5 and -1.5.
+    lp = t(-50.0, -0.5, -1.5, -99.0).view(1, 4)
+    mask = torch.tensor([[0, 1, 1, 0]])
+    loss, m = L.sft_loss(lp, mask)
+    close(loss, 1.0)  # (0.5 + 1.5) / 2
+    close(m["tokens"], 2)
+
+
+def test_sft_loss_uniform_logits_is_log_v():
+    logits = torch.zeros(2, 3, 7)
+    labels = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    loss, _ = L.sft_loss(L.token_logps(logits, labels), torch.ones(2, 3))
+    close(loss, math.log(7.0))
+
+
+def test_sft_loss_accumulated_equals_full_batch():
+    g = torch.Generator().manual_seed(1)
+    lp = -torch.rand(4, 6, generator=g, dtype=torch.float64)
+    mask = (torch.rand(4, 6, generator=g) > 0.4).long()
+    full, _ = L.sft_loss(lp, mask)
+    n = int(mask.sum())
+    parts = sum(L.sft_loss(lp[i : i + 1], mask[i : i + 1], normalizer=n)[0] for i in range(4))
+    close(parts, full, 1e-12)
+
+
+# ---------------------------------------------------------------- Bradley-Terry
+def test_bt_hard_label():
+    loss, m = L.bradley_terry_loss(t(1.0), t(0.0))
+    close(loss, math.log1p(math.exp(-1.0)))  # -log sigma(1) = 0.3132616875...
+    close(loss, 0.31326168751822286)
+    close(m["accuracy"], 1.0)
+    close(m["margin"], 1.0)
+
+
+def test_bt_zero_difference_is_log2_and_margin_shifts():
+    close(L.bradley_terry_loss(t(0.3), t(0.3))[0], math.log(2))
+    # margin 1 on a reward gap of 1 leaves z = 0.
+    close(L.bradley_terry_loss(t(1.0), t(0.0), margin=t(1.0))[0], math.log(2))
+
+
+def test_bt_soft_label_minimum_is_entropy():
+    # p = 0.8 at z = logit(0.8) = log 4: loss = H(0.8) = -(0.8 ln 0.8 + 0.2 ln 0.2).
+    z = math.log(4.0)
+    h = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))
+    close(L.bradley_terry_loss(t(z), t(0.0), chosen_prob=t(0.8))[0], h)
+    close(h, 0.5004024235381879)
+    # and this is the minimum: the gradient in z vanishes there.
+    rc = t(z).requires_grad_()
+    L.bradley_terry_loss(rc, t(0.0), chosen_prob=0.8)[0].backward()
+    assert abs(float(rc.grad)) < 1e-12
+
+
+def test_bt_soft_label_one_equals_hard():
+    rc, rr = t(0.7, -0.2), t(0.1, 0.4)
+    close(L.bradley_terry_loss(rc, rr, chosen_prob=t(1.0, 1.0))[0], L.bradley_terry_loss(rc, rr)[0])
+
+
+def test_bt_centring_term():
+    # (1 + 0)^2 * 0.01 added to softplus(-1).
+    close(L.bradley_terry_loss(t(1.0), t(0.0), center_coef=0.01)[0], 0.31326168751822286 + 0.01)
+
+
+# ----------------------------------------------------------------------- DPO
+def test_dpo_zero_margin_is_log2_for_any_smoothing():
+    z = t(-3.0, -7.0)
+    for eps in (0.0, 0.1, 0.5):
+        loss, m = L.dpo_sigmoid_loss(z, z, z, z, beta=0.1, label_smoothing=eps)
+        close(loss, math.log(2))
+    close(m["margin"], 0.0)
+
+
+def test_dpo_hand_value():
+    # h = (-1 - -1.5) - (-2 - -1.5) = 1; beta h = 0.1 -> softplus(-0.1) = 0.6443966600...
+    args = (t(-1.0), t(-2.0), t(-1.5), t(-1.5))
+    loss, m = L.dpo_sigmoid_loss(*args, beta=0.1)
+    close(loss, 0.6443966600735709)
+    close(m["reward_chosen"], 0.05)
+    close(m["reward_rejected"], -0.05)
+    close(m["accuracy"], 1.0)
+    # cDPO: 0.75 softplus(-0.1) + 0.25 softplus(0.1) = softplus(-0.1) + 0.25 * 0.1
+    close(L.dpo_sigmoid_loss(*args, beta=0.1, label_smoothing=0.25)[0], 0.6443966600735709 + 0.025)
+
+
+def test_dpo_gradient_at_zero_and_limits():
+    # dl/dh at h = 0 is beta (eps - 1/2).
+    for eps in (0.0, 0.2):
+        pc = t(0.0).requires_grad_()
+        L.dpo_sigmoid_loss(pc, t(0.0), t(0.0), t(0.0), beta=0.5, label_smoothing=eps)[0].backward()
+        close(pc.grad, 0.5 * (eps - 0.5))
+    # h -> +inf: loss -> 0; h -> -inf: loss ~ -beta h.
+    assert float(L.dpo_sigmoid_loss(t(200.0), t(0.0), t(0.0), t(0.0), beta=1.0)[0]) < 1e-80
+    close(L.dpo_sigmoid_loss(t(-200.0), t(0.0), t(0.0), t(0.0), beta=1.0)[0], 200.0)
+
+
+def test_dpo_soft_labels_per_pair():
+    # eps per pair = 1 - chosen_prob; pair 2 has p = 1/2 so its loss is log 2 for any h.
+    h = t(1.0, 3.0)
+    loss, _ = L.dpo_sigmoid_loss(h, t(0.0, 0.0), t(0.0, 0.0), t(0.0, 0.0), beta=1.0, label_smoothing=t(0.0, 0.5))
+    want = (math.log1p(math.exp(-1.0)) + 0.5 * (math.log1p(math.exp(-3.0)) + math.log1p(math.exp(3.0)))) / 2
+    close(loss, want)
+
+
+def test_ipo_hand_values_and_minimum():
+    args = (t(1.0), t(0.0), t(0.0), t(0.0))  # h = 1
+    close(L.ipo_loss(*args, beta=0.25)[0], 1.0)  # (1 - 2)^2
+    close(L.ipo_loss(*args, beta=0.25, label_smoothing=0.25)[0], 3.0)  # 0.75 * 1 + 0.25 * 9
+    # minimum at h = (1 - 2 eps) / (2 beta) = 0.5 * 2 = 1 for eps = 0.25, beta = 0.25
+    pc = t(1.0).requires_grad_()
+    L.ipo_loss(pc, t(0.0), t(0.0), t(0.0), beta=0.25, label_smoothing=0.25)[0].backward()
+    close(pc.grad, 0.0)
+
+
+def test_hinge_hand_values():
+    args = (t(1.0), t(0.0), t(0.0), t(0.0))  # h = 1
+    close(L.hinge_loss(*args, beta=0.5)[0], 0.5)
+    close(L.hinge_loss(*args, beta=0.5, label_smoothing=0.25)[0], 0.75)  # .75*.5 + .25*1.5
+    close(L.hinge_loss(*args, beta=2.0)[0], 0.0)
+
+
+def test_simpo_hand_value():
+    # z = 2 * (-0.5 - -1.0) - 0.5 = 0.5; softplus(-0.5) = 0.4740769841801067
+    loss, m = L.simpo_loss(t(-0.5), t(-1.0), beta=2.0, gamma=0.5)
+    close(loss, 0.4740769841801067)
+    close(m["margin"], 1.0)
+    # gamma = beta * delta makes z = 0
+    close(L.simpo_loss(t(-0.5), t(-1.0), beta=2.0, gamma=1.0)[0], math.log(2))
+
+
+def test_pair_loss_accumulation_matches_full_batch():
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(4)]
+    for fn in L.PAIR_LOSSES.values():
+        full = fn(*xs, beta=0.3)[0]
+        parts = sum(fn(*(x[i : i + 2] for x in xs), beta=0.3, normalizer=6)[0] for i in (0, 2, 4))
+        close(parts, full, 1e-12)
+
+
+def test_label_smoothing_out_of_range_rejected():
+    with pytest.raises(ValueError):
+        L.dpo_sigmoid_loss(t(0.0), t(0.0), t(0.0), t(0.0), label_smoothing=1.5)
+
+
+# ------------------------------------------------------- cross-check with TRL
+def _rand_logps(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [-5 * torch.rand(n, generator=g, dtype=torch.float32) for _ in range(4)]
+
+
+@pytest.mark.parametrize("loss_type,eps", [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0), ("ipo", 0.0)])
+def test_matches_trl_cpo_loss_on_log_ratios(loss_type, eps):
+    """TRL's CPO loss is DPO's with the reference removed, so feeding it the log-ratios
+    ``pi - ref`` must give our reference-based losses."""
+    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    from types import SimpleNamespace
+
+    pc, pr, rc, rr = _rand_logps(8, 3)
+    fake = SimpleNamespace(
+        alpha=0.0, beta=0.2, loss_type=loss_type, label_smoothing=eps, simpo_gamma=0.0,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )
+    trl_losses = cpo.CPOTrainer.cpo_loss(fake, pc - rc, pr - rr)[0]
+    ours = L.PAIR_LOSSES[loss_type](pc, pr, rc, rr, beta=0.2, label_smoothing=eps)[0]
+    close(ours, trl_losses.mean(), 1e-5)
+
+
+def test_matches_trl_simpo():
+    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    from types import SimpleNamespace
+
+    pc, pr, _, _ = _rand_logps(8, 4)
+    fake = SimpleNamespace(
+        alpha=0.0, beta=2.0, loss_type="simpo", label_smoothing=0.1, simpo_gamma=0.5,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )
+    trl_losses = cpo.CPOTrainer.cpo_loss(fake, pc, pr)[0]
+    close(L.simpo_loss(pc, pr, beta=2.0, gamma=0.5, label_smoothing=0.1)[0], trl_losses.mean(), 1e-5)
+
+
+def _fake_trl_self(**kw):
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    ident = lambda x: x  # noqa: E731
+    base = dict(
+        model=SimpleNamespace(training=True),
+        accelerator=SimpleNamespace(device=torch.device("cpu"), gather=ident, gather_for_metrics=ident),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+def test_matches_trl_dpo_trainer_compute_loss(loss_type):
+    """Drive TRL's DPOTrainer._compute_loss with a fake model whose per-token
+    log-probs we choose, and precomputed reference log-probs."""
+    dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(5)
+    B, T = 3, 6
+    mask = torch.zeros(2 * B, T, dtype=torch.long)
+    lengths = [2, 3, 4, 1, 4, 2]
+    for i, n in enumerate(lengths):
+        mask[i, T - n :] = 1
+    tok = -torch.rand(2 * B, T - 1, generator=g) * mask[:, 1:]
+    ref = -5 * torch.rand(2 * B, generator=g)
+
+    def model(**kw):
+        z = torch.zeros_like(tok)
+        return SimpleNamespace(log_probs=tok, entropy=z, mean_logits=z, is_top1=z.bool())
+
+    fake = _fake_trl_self(
+        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        loss_types=[loss_type], loss_weights=[1.0], beta=0.3, label_smoothing=0.0, use_weighting=False,
+    )
+    inputs = {
+        "input_ids": torch.zeros(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
+        "completion_mask": mask, "ref_chosen_logps": ref[:B], "ref_rejected_logps": ref[B:],
+    }
+    trl_loss = dpo.DPOTrainer._compute_loss(fake, model, inputs, return_outputs=False)
+
+    seq = L.sequence_logps(tok, mask[:, 1:], average=False)
+    pol_c, pol_r = seq[:B], seq[B:]
+    ref_c, ref_r = ref[:B], ref[B:]
+    if loss_type == "ipo":  # TRL averages the log-ratios over completion tokens
+        n = mask[:, 1:].sum(-1).float()
+        pol_c, pol_r, ref_c, ref_r = pol_c / n[:B], pol_r / n[B:], ref_c / n[:B], ref_r / n[B:]
+    ours = L.PAIR_LOSSES[loss_type](pol_c, pol_r, ref_c, ref_r, beta=0.3)[0]
+    close(ours, trl_loss, 1e-5)
+
+
+@pytest.mark.parametrize("use_margin,center", [(False, None), (True, 0.01)])
+def test_matches_trl_reward_trainer_compute_loss(use_margin, center):
+    rt = pytest.importorskip("trl.trainer.reward_trainer")
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(6)
+    rewards = torch.randn(8, 1, generator=g)
+    margin = torch.rand(4, generator=g)
+    fake = _fake_trl_self(args=SimpleNamespace(center_rewards_coefficient=center))
+    inputs = {"input_ids": torch.zeros(8, 3, dtype=torch.long), "attention_mask": torch.ones(8, 3)}
+    if use_margin:
+        inputs["margin"] = margin
+    trl_loss = rt.RewardTrainer.compute_loss(fake, lambda **kw: SimpleNamespace(logits=rewards), inputs)
+    ours = L.bradley_terry_loss(
+        rewards[:4, 0], rewards[4:, 0], margin=margin if use_margin else 0.0, center_coef=center or 0.0
+    )[0]
+    close(ours, trl_loss, 1e-5)
