@@ -6,6 +6,40 @@ import argparse
 import sys
 
 
+def _add_engine_flags(p) -> None:
+    p.add_argument("--backend", dest="engine.backend", choices=["vllm", "transformers", "fake"], help="engine backend (default: vllm)")
+    p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
+    p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
+                   help="engine memory share (of CPU memory on CPU hosts)")
+    p.add_argument("--enforce-eager", dest="engine.enforce_eager", action=argparse.BooleanOptionalAction,
+                   help="skip graph compilation (default: on for CPU hosts)")
+    p.add_argument("--dtype", dest="engine.dtype", help="model dtype (default: auto)")
+    p.add_argument("--trust-remote-code", dest="engine.trust_remote_code", action="store_true", default=None,
+                   help="allow code shipped with the model to run")
+
+
+def _add_label(sub) -> None:
+    p = sub.add_parser("label", help="AI preference labels for your own pairs of responses")
+    p.add_argument("--pairs", required=True, help="JSONL/parquet/dataset with prompt (or messages), response_a, response_b, optional label")
+    p.add_argument("--out", required=True, help="output folder (DIR/preferences, DIR/labels.jsonl, DIR/manifest.json)")
+    p.add_argument("--feedback-model", dest="feedback_model", default="default", help="feedback model: 'default', a folder or a hub id")
+    p.add_argument("--constitution", default="default", help="constitution name or YAML path (its comparison questions are used)")
+    p.add_argument("--principles-dir", dest="principles_dir", help="principles folder (default: the constitution's)")
+    p.add_argument("--ensemble", type=int, default=3, help="principles sampled per pair (default 3)")
+    p.add_argument("--cot", action="store_true", help="let the feedback model reason before the verdict is read")
+    p.add_argument("--cot-clamp", nargs=2, type=float, metavar=("LO", "HI"), default=(0.4, 0.6), help="CoT probability band (default 0.4 0.6)")
+    p.add_argument("--single-order", action="store_true", help="score only the given order (for measuring position bias)")
+    p.add_argument("--tie-band", type=float, default=0.0, help="|P - 0.5| <= band counts as a tie")
+    p.add_argument("--drop-ties", action="store_true", help="leave ties out of the preference dataset")
+    p.add_argument("--no-few-shot", action="store_true", help="do not show the constitution's comparison examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N pairs")
+    p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")
+    _add_engine_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="critique-and-revise prompts into SFT and preference datasets")
     p.add_argument("--prompts", help="prompt file (.jsonl, .txt, .parquet) or saved dataset folder")
@@ -23,15 +57,17 @@ def _add_generate(sub) -> None:
         p.add_argument(f"--{stage}-temperature", dest=f"sampling.{stage}.temperature", type=float, help=argparse.SUPPRESS)
         p.add_argument(f"--{stage}-top-p", dest=f"sampling.{stage}.top_p", type=float, help=argparse.SUPPRESS)
         p.add_argument(f"--{stage}-max-tokens", dest=f"sampling.{stage}.max_tokens", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--backend", dest="engine.backend", choices=["vllm", "fake"], help="engine backend (default: vllm)")
-    p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
-    p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
-                   help="engine memory share (of CPU memory on CPU hosts)")
-    p.add_argument("--enforce-eager", dest="engine.enforce_eager", action=argparse.BooleanOptionalAction,
-                   help="skip graph compilation (default: on for CPU hosts)")
-    p.add_argument("--dtype", dest="engine.dtype", help="model dtype (default: auto)")
-    p.add_argument("--trust-remote-code", dest="engine.trust_remote_code", action="store_true", default=None,
-                   help="allow code shipped with the model to run")
+    _add_engine_flags(p)
+    p.add_argument("--label", dest="label.enabled", action="store_true", default=None,
+                   help="AI preference labels instead of 'the revision wins'")
+    p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random"],
+                   help="what to compare: initial vs final revision (default), or pairs of samples")
+    p.add_argument("--pairs-per-prompt", dest="label.pairs_per_prompt", type=int, help="with --pairs samples-random")
+    p.add_argument("--feedback-model", dest="label.feedback_model", help="feedback model (default: the policy model, same engine)")
+    p.add_argument("--ensemble", dest="label.ensemble", type=int, help="principles per pair (default 3)")
+    p.add_argument("--cot", dest="label.cot", action="store_true", default=None, help="chain-of-thought labels")
+    p.add_argument("--drop-ties", dest="label.keep_ties", action="store_false", default=None, help="leave ties out")
+    p.add_argument("--tie-band", dest="label.tie_band", type=float, help="|P - 0.5| <= band is a tie")
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."
@@ -62,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("name", nargs="?", default="default", help="constitution name or path")
 
     _add_generate(sub)
+    _add_label(sub)
 
     p = sub.add_parser("train", help="train a model on rlaif data")
     p.add_argument("kind", choices=["sft", "rm", "dpo"], help="what to train")

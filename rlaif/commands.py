@@ -62,6 +62,71 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
+    """A function that starts the configured engine (called only when there is work)."""
+
+    def factory():
+        from rlaif.engine import create_engine
+
+        if e.backend == "fake":
+            return create_engine(model_id, "fake")
+        return create_engine(
+            model_id,
+            e.backend,
+            max_model_len=e.max_model_len,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            enforce_eager=e.enforce_eager,
+            dtype=e.dtype,
+            trust_remote_code=e.trust_remote_code,
+            seed=seed,
+            show_progress=not quiet,
+        )
+
+    return factory
+
+
+def _engine_config(args: argparse.Namespace):
+    from rlaif.config import ConfigError, EngineConfig
+
+    values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
+    try:
+        return EngineConfig(**values)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from rlaif.constitution import ConstitutionError, load_constitution
+    from rlaif.label import LabelSettings
+    from rlaif.labelling import format_report, label_run
+    from rlaif.model_zoo import ModelError, resolve_model
+    from rlaif.prompts import PromptError, read_pairs
+    from rlaif.runs import RunFolderError
+
+    engine_cfg = _engine_config(args)
+    try:
+        const = load_constitution(args.constitution, args.principles_dir)
+        settings = LabelSettings(
+            ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
+            tie_band=args.tie_band, keep_ties=not args.drop_ties, few_shot=not args.no_few_shot, seed=args.seed,
+        )
+        pairs = read_pairs(args.pairs, limit=args.limit)
+        model_id = args.feedback_model if engine_cfg.backend == "fake" else resolve_model(
+            args.feedback_model, log=lambda m: print(m, file=sys.stderr))
+        manifest = label_run(
+            pairs, args.out, const, settings, make_engine_factory(engine_cfg, model_id, args.seed, args.quiet), model_id,
+            chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
+        )
+    except (ConstitutionError, ModelError, PromptError, RunFolderError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    c = manifest["counts"]
+    print(f"pairs {c['pairs']}   labelled {c['labelled']}   failed {c['failed']}   ties {c['ties']}   identical {c['identical']}")
+    print(f"preference rows {c['preference_rows']} -> {manifest['outputs']['preferences']}")
+    if manifest.get("agreement"):
+        print(format_report(manifest["agreement"]))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.config import ConfigError, load_yaml, resolve
     from rlaif.constitution import ConstitutionError, load_constitution
@@ -79,30 +144,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg = resolve(file_values, flags, const.defaults)
         # Resolve (and if needed prepare) the model before any engine starts, so a wrong
         # path is reported in a second rather than after vLLM's start-up.
-        model_id = cfg.model if cfg.engine.backend == "fake" else resolve_model(cfg.model)
+        resolve = (lambda m: m) if cfg.engine.backend == "fake" else (lambda m: resolve_model(m, log=lambda x: print(x, file=sys.stderr)))
+        model_id = resolve(cfg.model)
+        feedback_id = resolve(cfg.label.feedback_model) if cfg.label.enabled and cfg.label.feedback_model else model_id
     except (ConfigError, ConstitutionError, ModelError) as exc:
         raise UserError(str(exc)) from None
+    # One engine serves both roles when the feedback model is the policy model.
+    feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, args.quiet) if feedback_id != model_id else None
 
-    def engine_factory():
-        from rlaif.engine import create_engine
-
-        e = cfg.engine
-        if e.backend == "fake":
-            return create_engine(model_id, "fake")
-        return create_engine(
-            model_id,
-            "vllm",
-            max_model_len=e.max_model_len,
-            gpu_memory_utilization=e.gpu_memory_utilization,
-            enforce_eager=e.enforce_eager,
-            dtype=e.dtype,
-            trust_remote_code=e.trust_remote_code,
-            seed=cfg.seed,
-            show_progress=not args.quiet,
-        )
+    engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, args.quiet)
 
     try:
-        manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet)
+        manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
+                            feedback_factory=feedback_factory)
     except (PromptError, RunFolderError) as exc:
         raise UserError(str(exc)) from None
     print()

@@ -35,7 +35,7 @@ class EngineConfig:
     """How the model is served."""
 
     backend: str = "vllm"
-    """'vllm' (in-process) or 'fake' (scripted, for tests)."""
+    """'vllm' (in-process), 'transformers' (plain generate; slower) or 'fake' (scripted, for tests)."""
     max_model_len: int | None = None
     """Context length; None = the model's own, capped at 8192."""
     gpu_memory_utilization: float | None = None
@@ -47,8 +47,50 @@ class EngineConfig:
     """Run code shipped with a model; off unless you trust the model's source."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("vllm", "fake"):
-            raise ConfigError(f"engine.backend must be 'vllm' or 'fake', got {self.backend!r}")
+        if self.backend not in ("vllm", "transformers", "fake"):
+            raise ConfigError(f"engine.backend must be 'vllm', 'transformers' or 'fake', got {self.backend!r}")
+
+
+PAIR_MODES = ("revision", "samples-all", "samples-random")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The AI-feedback stage of ``rlaif generate`` (see :mod:`rlaif.label`)."""
+
+    enabled: bool = False
+    """Label pairs with the feedback model; otherwise the final revision is 'chosen'."""
+    pairs: str = "revision"
+    """'revision': initial response vs final revision; 'samples-all': every pair of a prompt's
+    samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them."""
+    pairs_per_prompt: int = 1
+    ensemble: int = 3
+    both_orders: bool = True
+    cot: bool = False
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    tie_band: float = 0.0
+    keep_ties: bool = True
+    few_shot: bool = True
+    feedback_model: str | None = None
+    """None: the policy model, served by the same engine."""
+
+    def __post_init__(self) -> None:
+        if self.pairs not in PAIR_MODES:
+            raise ConfigError(f"label.pairs must be one of {list(PAIR_MODES)}, got {self.pairs!r}")
+        if self.pairs_per_prompt < 1:
+            raise ConfigError("label.pairs_per_prompt must be >= 1")
+        try:
+            self.settings(0)
+        except ValueError as exc:
+            raise ConfigError(f"label: {exc}") from None
+
+    def settings(self, seed: int):
+        from rlaif.label import LabelSettings
+
+        return LabelSettings(
+            ensemble=self.ensemble, both_orders=self.both_orders, cot=self.cot, cot_clamp=tuple(self.cot_clamp),
+            tie_band=self.tie_band, keep_ties=self.keep_ties, few_shot=self.few_shot, seed=seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,8 +120,14 @@ class GenerateConfig:
     sampling: dict[str, SamplingConfig] = field(default_factory=lambda: dict(BUILTIN_SAMPLING))
     """Per-stage sampling: response, critique, revision."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """AI preference labels (off: the final revision is 'chosen')."""
 
     def __post_init__(self) -> None:
+        if self.label.enabled and self.label.pairs != "revision" and self.samples_per_prompt < 2:
+            raise ConfigError(f"label.pairs={self.label.pairs!r} needs samples_per_prompt >= 2")
+        if self.label.enabled and self.label.pairs == "revision" and self.rounds < 1:
+            raise ConfigError("label.pairs='revision' needs rounds >= 1 (nothing to compare otherwise)")
         if self.rounds < 0:
             raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
         if self.samples_per_prompt < 1:
@@ -144,14 +192,18 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
         sampling[stage] = _sampling(base, f"config file: sampling.{stage}")
     engine_raw = dict(file_values.get("engine") or {})
     _check_keys(engine_raw, {f.name for f in dataclasses.fields(EngineConfig)}, "config file: engine")
+    label_raw = dict(file_values.get("label") or {})
+    _check_keys(label_raw, {f.name for f in dataclasses.fields(LabelConfig)}, "config file: label")
     for key, value in file_values.items():
-        if key not in ("sampling", "engine"):
+        if key not in ("sampling", "engine", "label"):
             merged[key] = value
     for key, value in flags.items():
         if value is None:
             continue
         if key.startswith("engine."):
             engine_raw[key.split(".", 1)[1]] = value
+        elif key.startswith("label."):
+            label_raw[key.split(".", 1)[1]] = value
         elif key.startswith("sampling."):
             _, stage, name = key.split(".")
             sampling[stage] = _sampling({**dataclasses.asdict(sampling[stage]), name: value}, f"--{stage}-{name}")
@@ -161,7 +213,9 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
         if not merged.get(needed):
             raise ConfigError(f"--{needed} is required (or set '{needed}' in the config file)")
     try:
-        return GenerateConfig(sampling=sampling, engine=EngineConfig(**engine_raw), **merged)
+        if "cot_clamp" in label_raw:
+            label_raw["cot_clamp"] = tuple(label_raw["cot_clamp"])
+        return GenerateConfig(sampling=sampling, engine=EngineConfig(**engine_raw), label=LabelConfig(**label_raw), **merged)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import subprocess
 import sys
 import time
@@ -14,7 +16,10 @@ from typing import Any, Callable
 import rlaif
 from rlaif.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
-from rlaif.critique import LoopSettings, run_chunk
+from rlaif.config import LabelConfig
+from rlaif.critique import LoopSettings, derive_seed, run_chunk
+from rlaif.label import Pair, label_pairs
+from rlaif.labelling import ai_preference_features, ai_preference_row, keep_for_dataset, label_from_row, label_to_row
 from rlaif.engine.base import Engine, describe
 from rlaif.prompts import read_prompts
 from rlaif.records import PromptRecord, Trajectory
@@ -116,6 +121,46 @@ def token_stats(trajs: list[Trajectory]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in stats.items()}
 
 
+def _ai_extra_features():
+    from datasets import Sequence, Value
+
+    return {
+        "prompt_id": Value("string"),
+        "category": Value("string"),
+        "constitution": Value("string"),
+        "constitution_sha256": Value("string"),
+        "principle_ids": Sequence(Value("string")),
+        "model": Value("string"),
+        "rounds": Value("int64"),
+        "response_ids": Sequence(Value("string")),
+    }
+
+
+def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str):
+    """Preference rows from the committed AI labels, with the trajectories' provenance."""
+    by_id = {t.id: t for t in trajs}
+    settings = cfg.label.settings(cfg.seed)
+    feedback_model = cfg.label.feedback_model or model_id
+    rows, counts = [], Counter()
+    for r in run.read_chunks("labels"):
+        pair = pair_from_row(r.pop("pair"))
+        lab = label_from_row(r)
+        counts["label_pairs"] += 1
+        counts["label_failed"] += lab.error is not None
+        counts["label_ties"] += "tie" in lab.flags
+        counts["label_orders_agreed"] += lab.order_agreement == 1.0
+        counts["label_revision_preferred"] += cfg.label.pairs == "revision" and lab.error is None and lab.chosen == "b"
+        if not keep_for_dataset(lab, settings):
+            continue
+        src = by_id[pair.meta["a"].split(":")[0]]
+        row = ai_preference_row(pair, lab, feedback_model)
+        prov = _provenance(src, const, model_id)
+        row.update({k: prov[k] for k in ("prompt_id", "category", "constitution", "constitution_sha256", "principle_ids", "model", "rounds")})
+        row["response_ids"] = [pair.meta["a"], pair.meta["b"]] if lab.chosen == "a" else [pair.meta["b"], pair.meta["a"]]
+        rows.append(row)
+    return rows, dict(counts)
+
+
 def git_commit() -> dict[str, Any]:
     root = Path(rlaif.__file__).resolve().parent.parent
     try:
@@ -145,6 +190,7 @@ def generate(
     engine_factory: EngineFactory,
     model_id: str,
     overwrite: bool = False,
+    feedback_factory: EngineFactory | None = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
 ) -> dict[str, Any]:
@@ -168,27 +214,77 @@ def generate(
     engine_info: dict[str, Any] = {}
     if todo:
         engine = engine_factory()
+        feedback = engine
         engine_info = describe(engine)
         try:
+            if cfg.label.enabled and feedback_factory is not None:
+                feedback = feedback_factory()
+                engine_info["feedback"] = describe(feedback)
             bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
             for i in todo:
                 t0 = time.time()
-                trajs = run_chunk(engine, const, chunks[i], loop, label=f"chunk {i + 1}/{len(chunks)}")
-                run.commit_chunk(i, trajs, {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)})
+                tag = f"chunk {i + 1}/{len(chunks)}"
+                trajs = run_chunk(engine, const, chunks[i], loop, label=tag)
+                side = {}
+                if cfg.label.enabled:
+                    pairs = make_pairs(trajs, cfg.label, cfg.seed)
+                    labels = label_pairs(feedback, const, pairs, cfg.label.settings(cfg.seed), desc=f"{tag} label")
+                    side["labels"] = [{"pair": pair_to_row(p), **label_to_row(l)} for p, l in zip(pairs, labels)]
+                stats = {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)}
+                run.commit_chunk(i, [t.to_row() for t in trajs], stats, side)
                 bar.update(1)
             bar.close()
         finally:
+            if feedback is not engine:
+                feedback.close()
             engine.close()
     return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log)
 
 
+def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair]:
+    """Pairs to label from one chunk's trajectories (see :class:`rlaif.config.LabelConfig`)."""
+    ok = [t for t in trajs if t.status == "ok" and t.final is not None and t.initial is not None]
+    pairs: list[Pair] = []
+    if lc.pairs == "revision":
+        for t in ok:
+            if t.rounds:
+                pairs.append(Pair(f"{t.id}:initial~final", t.prompt, t.initial.text, t.final,
+                                  meta={"category": t.meta.get("category", ""), "a": f"{t.id}:initial", "b": f"{t.id}:final"}))
+        return pairs
+    by_prompt: dict[str, list[Trajectory]] = {}
+    for t in ok:
+        by_prompt.setdefault(t.prompt_id, []).append(t)
+    for pid, group in by_prompt.items():
+        combos = list(itertools.combinations(group, 2))
+        if lc.pairs == "samples-random" and len(combos) > lc.pairs_per_prompt:
+            rng = random.Random(derive_seed(seed, pid, "pairs"))
+            combos = sorted(rng.sample(combos, lc.pairs_per_prompt), key=lambda c: (c[0].sample, c[1].sample))
+        for x, y in combos:
+            pairs.append(Pair(f"{pid}#{x.sample}~{y.sample}", x.prompt, x.final, y.final,
+                              meta={"category": x.meta.get("category", ""), "a": x.id, "b": y.id}))
+    return pairs
+
+
+def pair_to_row(p: Pair) -> dict[str, Any]:
+    return {"id": p.id, "prompt": [dict(m) for m in p.prompt], "response_a": p.response_a, "response_b": p.response_b, "meta": p.meta}
+
+
+def pair_from_row(r: dict[str, Any]) -> Pair:
+    return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})
+
+
 def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log) -> dict[str, Any]:
     """Build every output from the committed chunks (idempotent); manifest last."""
-    trajs = run.read_chunks()
+    trajs = [Trajectory.from_row(r) for r in run.read_chunks()]
     sft = sft_rows(trajs, const, model_id)
-    prefs = preference_rows(trajs, const, model_id)
     run.save_dataset("sft", sft, _features("sft"))
-    run.save_dataset("preferences", prefs, _features("preferences"))
+    label_counts: dict[str, int] = {}
+    if cfg.label.enabled:
+        prefs, label_counts = ai_rows(run, trajs, cfg, const, model_id)
+        run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
+    else:
+        prefs = preference_rows(trajs, const, model_id)
+        run.save_dataset("preferences", prefs, _features("preferences"))
     failed = [{"id": t.id, "prompt_id": t.prompt_id, "reason": t.failure} for t in trajs if t.status == "failed"]
     atomic_write_text(run.path / "failed.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failed))
     run.copy_sources(const.file_texts)
@@ -218,6 +314,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
             "sft_rows": len(sft),
             "preference_rows": len(prefs),
             "principles_used": dict(sorted(principle_counts.items())),
+            **label_counts,
         },
         "tokens": stats,
         "timing": {
@@ -258,6 +355,13 @@ def summary_table(manifest: dict[str, Any]) -> str:
         f"model           {manifest['model']['resolved']}",
         f"prompts         {c['prompts']}   trajectories {c['trajectories']}   ok {c['ok']}   failed {c['failed']}",
         f"sft rows        {c['sft_rows']}   preference rows {c['preference_rows']}",
+    ]
+    if "label_pairs" in c:
+        lines.append(
+            f"AI labels       {c['label_pairs']} pairs   failed {c.get('label_failed', 0)}   ties {c.get('label_ties', 0)}   "
+            f"both orders agreed {c.get('label_orders_agreed', 0)}   revision preferred {c.get('label_revision_preferred', 0)}"
+        )
+    lines += [
         "",
         f"{'stage':<10}{'requests':>10}{'prompt tok':>12}{'output tok':>12}{'hit limit':>11}",
     ]

@@ -113,7 +113,7 @@ def is_prepared(path: str | os.PathLike[str]) -> bool:
 # --------------------------------------------------------------------------- resolution
 
 
-def resolve_model(spec: str | None) -> str:
+def resolve_model(spec: str | None, log: Log = print) -> str:
     """Turn a user's model spec into something vLLM / transformers can load.
 
     * ``None``, ``""``, ``"default"`` or :data:`DEFAULT_MODEL`: the embedded default model,
@@ -121,9 +121,11 @@ def resolve_model(spec: str | None) -> str:
     * An existing directory: it must hold ``config.json``; its absolute path is returned.
     * Something that looks like a filesystem path but does not exist: :class:`ModelError`.
     * A hub id (``org/name``, or a legacy bare ``name``): returned unchanged.
+
+    *log* receives the progress lines of a first-time default-model preparation.
     """
     if spec is None or spec.strip() in _DEFAULT_ALIASES:
-        return str(prepare_default_model())
+        return str(prepare_default_model(log=log))
     spec = spec.strip()
     path = Path(spec).expanduser()
 

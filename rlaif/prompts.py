@@ -66,20 +66,8 @@ def _record(obj: dict[str, Any], index: int, where: str) -> PromptRecord:
 
 
 def _read_jsonl(path: Path) -> Iterable[PromptRecord]:
-    with path.open(encoding="utf-8") as fh:
-        index = 0
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise PromptError(f"{where}: each line must be a JSON object")
-            yield _record(obj, index, where)
-            index += 1
+    for index, (where, obj) in enumerate(_jsonl_objects(path)):
+        yield _record(obj, index, where)
 
 
 def _read_text(path: Path) -> Iterable[PromptRecord]:
@@ -149,3 +137,62 @@ def file_sha256(path: str | Path) -> str:
                 h.update(block)
     return h.hexdigest()
 
+
+
+def read_pairs(path: str | Path, limit: int | None = None):
+    """Read bring-your-own pairs: ``prompt`` (or ``messages``), ``response_a``, ``response_b``,
+    optional ``id``, reference ``label`` ('a' or 'b') and ``category``."""
+    from rlaif.label import Pair
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptError(f"pairs file {str(path)!r} does not exist")
+    rows: Iterable[tuple[str, dict[str, Any]]]
+    if path.is_dir() or path.suffix == ".parquet":
+        import datasets
+
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train" if "train" in ds else next(iter(ds))]
+        else:
+            ds = datasets.Dataset.from_parquet(str(path))
+        rows = ((f"{path}: row {i}", dict(r)) for i, r in enumerate(ds))
+    else:
+        rows = _jsonl_objects(path)
+    out = []
+    seen = set()
+    for index, (where, obj) in enumerate(rows):
+        if limit is not None and len(out) >= limit:
+            break
+        rec = _record(obj, index, where)
+        for key in ("response_a", "response_b"):
+            if not isinstance(obj.get(key), str):
+                raise PromptError(f"{where}: needs a string field {key!r}")
+        label = obj.get("label")
+        if label is not None:
+            label = str(label).strip().lower()
+            if label not in ("a", "b"):
+                raise PromptError(f"{where}: label must be 'a' or 'b', got {obj.get('label')!r}")
+        if rec.id in seen:
+            raise PromptError(f"{where}: pair id {rec.id!r} appears twice")
+        seen.add(rec.id)
+        out.append(Pair(rec.id, rec.messages, obj["response_a"], obj["response_b"], label, rec.meta))
+    if not out:
+        raise PromptError(f"{path}: no pairs found")
+    return out
+
+
+def _jsonl_objects(path: Path):
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise PromptError(f"{where}: each line must be a JSON object")
+            yield where, obj

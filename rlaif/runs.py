@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlaif.records import Trajectory
 
 
 class RunFolderError(RuntimeError):
@@ -78,6 +77,7 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} exists and is not a folder")
+        settings = json.loads(json.dumps(settings, default=str))  # compare as stored (tuples become lists)
         if self.settings_file.exists():
             try:
                 old = json.loads(self.settings_file.read_text())
@@ -126,22 +126,31 @@ class RunDir:
         return self.chunks / f"{index:05d}.jsonl"
 
     def committed(self) -> set[int]:
-        return {int(p.stem) for p in self.chunks.glob("[0-9]*.jsonl")}
+        return {int(p.stem) for p in self.chunks.glob("[0-9]*.jsonl") if p.stem.isdigit()}
 
-    def commit_chunk(self, index: int, rows: Iterable[Trajectory], stats: dict[str, Any]) -> None:
-        """Commit a finished chunk atomically (stats first: a stats file alone means nothing)."""
+    def commit_chunk(self, index: int, rows: Iterable[dict[str, Any]], stats: dict[str, Any],
+                     side: dict[str, Iterable[dict[str, Any]]] | None = None) -> None:
+        """Commit a finished chunk atomically.
+
+        Side files (``NNNNN.<name>.jsonl``, e.g. labels) and stats are written first; the
+        rename of the main chunk file is the commit point, so side files without it mean nothing.
+        """
         atomic_write_text(self.chunks / f"{index:05d}.stats.json", json.dumps(stats))
-        text = "".join(json.dumps(t.to_row(), ensure_ascii=False) + "\n" for t in rows)
-        atomic_write_text(self.chunk_file(index), text)
+        for name, side_rows in (side or {}).items():
+            atomic_write_text(self.chunks / f"{index:05d}.{name}.jsonl", _jsonl(side_rows))
+        atomic_write_text(self.chunk_file(index), _jsonl(rows))
 
-    def read_chunks(self) -> list[Trajectory]:
-        rows: list[Trajectory] = []
+    def read_chunks(self, side: str | None = None) -> list[dict[str, Any]]:
+        """Rows of every committed chunk in order (or of their ``side`` files)."""
+        rows: list[dict[str, Any]] = []
         for index in sorted(self.committed()):
-            path = self.chunk_file(index)
+            path = self.chunk_file(index) if side is None else self.chunks / f"{index:05d}.{side}.jsonl"
+            if not path.exists():
+                raise RunFolderError(f"{path} is missing for committed chunk {index}")
             for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 try:
-                    rows.append(Trajectory.from_row(json.loads(line)))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
                     raise RunFolderError(f"{path}:{lineno}: damaged row ({exc})") from None
         return rows
 
@@ -183,6 +192,10 @@ class RunDir:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.manifest_file, json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def _empty_dataset(features):

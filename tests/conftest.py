@@ -37,6 +37,6 @@ def vllm_engine(default_model):
     """One real in-process vLLM engine on the default model, shared by the whole run."""
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
 
-    engine = VLLMEngine(default_model, VLLMSettings(max_model_len=4096, seed=0), show_progress=False)
+    engine = VLLMEngine(default_model, VLLMSettings(max_model_len=4096, seed=0, gpu_memory_utilization=0.1), show_progress=False)
     yield engine
     engine.close()

@@ -1,4 +1,4 @@
-"""Engines: in-process vLLM, and a scripted fake for tests. See :mod:`rlaif.engine.base`."""
+"""Engines: in-process vLLM, plain transformers, and a scripted fake for tests. See :mod:`rlaif.engine.base`."""
 
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 
@@ -12,8 +12,15 @@ def create_engine(model: str, backend: str = "vllm", **settings) -> Engine:
 
         show_progress = settings.pop("show_progress", True)
         return VLLMEngine(model, VLLMSettings(**settings), show_progress=show_progress)
+    if backend == "transformers":
+        from rlaif.engine.hf_local import HFEngine
+
+        keep = {k: settings[k] for k in ("dtype", "max_model_len", "show_progress", "trust_remote_code", "batch_size") if settings.get(k) is not None}
+        if keep.get("dtype") == "auto":
+            keep.pop("dtype")
+        return HFEngine(model, **keep)
     if backend == "fake":
         from rlaif.engine.fake import FakeEngine
 
         return FakeEngine(model=model)
-    raise ValueError(f"unknown engine backend {backend!r} (choose 'vllm' or 'fake')")
+    raise ValueError(f"unknown engine backend {backend!r} (choose 'vllm', 'transformers' or 'fake')")

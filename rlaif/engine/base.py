@@ -8,6 +8,7 @@ that cannot be served (a prompt longer than the context) come back as completion
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -44,6 +45,35 @@ class ChatRequest:
     tag: str = field(default="", compare=False)
 
 
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score the next token after a conversation and an optional start of the assistant turn.
+
+    The prompt is ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``;
+    the engine reports the log-probability of each option's first token at that position.
+    """
+
+    messages: tuple[Message, ...]
+    assistant_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Log-probabilities of the option tokens at the answer position, normalised over the options.
+
+    ``logprobs[i]`` belongs to ``options[i]``; ``exp`` of them sums to 1. ``error`` is set
+    (and ``logprobs`` empty) when the request could not be scored.
+    """
+
+    logprobs: tuple[float, ...]
+    prompt_tokens: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every backend (in-process vLLM, OpenAI-compatible server, scripted fake) provides."""
@@ -55,9 +85,27 @@ class Engine(Protocol):
         """Complete every request in one batch; results are in request order."""
         ...
 
+    def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
+        """For every request, one forward pass (prefill) restricted to the options' first tokens.
+
+        Used by the AI-feedback labeller; options are short strings such as "A" and "B"
+        whose first tokens must differ.
+        """
+        ...
+
     def close(self) -> None:
         """Free the engine's resources."""
         ...
+
+
+def normalise_logprobs(raw: Sequence[float]) -> tuple[float, ...]:
+    """log softmax over the given log-probabilities: log p_i - log sum_j p_j."""
+    top = max(raw)
+    if top == float("-inf"):
+        n = len(raw)
+        return tuple(-math.log(n) for _ in raw)
+    z = top + math.log(sum(math.exp(x - top) for x in raw))
+    return tuple(x - z for x in raw)
 
 
 def describe(engine: Engine) -> dict[str, object]:

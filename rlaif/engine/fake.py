@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
 from rlaif.records import Completion
 
 
@@ -21,12 +21,19 @@ def default_script(request: ChatRequest, sampling: SamplingConfig) -> str:
     return f"reply {digest} to: {last[:40]}"
 
 
+def default_scorer(request: ScoreRequest, options: Sequence[str]) -> list[float]:
+    """Deterministic pseudo-random option log-probabilities."""
+    digest = hashlib.sha256((request.messages[-1]["content"] + request.assistant_prefix).encode()).digest()
+    return [-(b / 64.0) for b in digest[: len(options)]]
+
+
 @dataclass
 class FakeEngine:
     """Answers with ``script(request, sampling)``; counts tokens as whitespace-separated words."""
 
     model: str = "fake-model"
     script: Callable[[ChatRequest, SamplingConfig], str] = default_script
+    scorer: Callable[[ScoreRequest, Sequence[str]], list[float]] = default_scorer
     max_model_len: int = 4096
     calls: list[tuple[str, int]] = field(default_factory=list)
     """(desc, batch size) of every generate call, to check that stages are batched."""
@@ -43,6 +50,17 @@ class FakeEngine:
             finish = "length" if len(words) > sampling.max_tokens else "stop"
             text = " ".join(words[: sampling.max_tokens])
             out.append(Completion(text, finish, n_prompt, _tokens(text)))
+        return out
+
+    def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
+        self.calls.append((desc or "score", len(requests)))
+        out = []
+        for req in requests:
+            n_prompt = sum(_tokens(m["content"]) + 4 for m in req.messages) + _tokens(req.assistant_prefix)
+            if n_prompt >= self.max_model_len:
+                out.append(OptionScores((), n_prompt, error=f"prompt is {n_prompt} tokens; the model's context is {self.max_model_len}"))
+                continue
+            out.append(OptionScores(normalise_logprobs(self.scorer(req, options)), n_prompt))
         return out
 
     def info(self) -> dict[str, object]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
 from rlaif.records import Completion
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ class VLLMEngine:
             tensor_parallel_size=s.tensor_parallel_size,
             trust_remote_code=s.trust_remote_code,
             seed=s.seed,
+            # Log-probabilities after the sampler's processing (allowed-token masks,
+            # temperature): option scoring restricts the next token to the options and reads
+            # a distribution normalised over them. At temperature 1 without top-p/top-k this
+            # equals the raw log-probabilities, which is what RL rollouts sample with.
+            logprobs_mode="processed_logprobs",
         )
         if s.max_model_len:
             kwargs["max_model_len"] = s.max_model_len
@@ -146,6 +151,53 @@ class VLLMEngine:
                     prompt_tokens=len(out.prompt_token_ids or []),
                     completion_tokens=len(o.token_ids),
                 )
+        return [r for r in results if r is not None]
+
+    # ---------------------------------------------------------------- option scoring
+
+    def encode_scoring_prompt(self, req: ScoreRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
+
+    def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
+        """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
+        text = self.tokenizer.decode(prompt_ids[-8:])
+        base = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = []
+        for opt in options:
+            full = self.tokenizer(text + opt, add_special_tokens=False)["input_ids"]
+            if full[: len(base)] != base or len(full) == len(base):
+                return f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
+            ids.append(full[len(base)])
+        if len(set(ids)) != len(ids):
+            return f"options {list(options)} share a first token"
+        return ids
+
+    def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
+        results: list[OptionScores | None] = [None] * len(requests)
+        prompts, params, slots, wanted = [], [], [], []
+        for i, req in enumerate(requests):
+            ids = self.encode_scoring_prompt(req)
+            if len(ids) >= self.max_model_len:
+                results[i] = OptionScores((), len(ids), error=f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len}")
+                continue
+            opt_ids = self.option_token_ids(ids, options)
+            if isinstance(opt_ids, str):
+                results[i] = OptionScores((), len(ids), error=opt_ids)
+                continue
+            prompts.append({"prompt_token_ids": ids})
+            params.append(self._vllm.SamplingParams(
+                max_tokens=1, temperature=1.0, top_p=1.0, logprobs=len(options), allowed_token_ids=opt_ids, seed=0,
+            ))
+            slots.append(i)
+            wanted.append(opt_ids)
+        if prompts:
+            bar: Any = functools.partial(_tqdm(), desc=desc or "score", leave=False) if self.show_progress else False
+            outputs = self.llm.generate(prompts, params, use_tqdm=bar)
+            for slot, opt_ids, out in zip(slots, wanted, outputs):
+                table = out.outputs[0].logprobs[0]
+                raw = [table[t].logprob if t in table else float("-inf") for t in opt_ids]
+                results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []))
         return [r for r in results if r is not None]
 
     def close(self) -> None:

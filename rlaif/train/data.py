@@ -99,6 +99,8 @@ def _common_text_prefix(a: str, b: str) -> int:
     # end the prompt at a word boundary so the completion starts with its whitespace
     while n > 0 and not a[n - 1].isspace() and n < len(a) and not a[n].isspace():
         n -= 1
+    if n > 0 and a[n - 1] == " ":  # as TRL: the completion keeps its leading space
+        n -= 1
     return n
 
 

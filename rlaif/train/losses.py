@@ -311,3 +311,21 @@ PAIR_LOSSES = {
 }
 #: Every preference loss a DPO config may name.
 DPO_LOSS_TYPES = (*PAIR_LOSSES, "simpo")
+
+
+def soft_label_noise(chosen_prob: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Flip probability ``eps_i`` from an AI label and a global smoothing ``eps``.
+
+    The target probability that chosen is better is the AI label smoothed towards
+    1/2: ``q = (1 - eps) p + eps (1 - p)``; the loss functions above take its
+    complement ``1 - q``. With ``p = 1`` this is plain label smoothing ``eps``
+    (cDPO); with ``eps = 0`` it is ``1 - p``.
+
+    Args:
+        chosen_prob: ``(B,)`` AI probability ``p`` that chosen is better.
+        label_smoothing: global ``eps`` in [0, 1/2].
+    Returns:
+        ``(B,)`` ``1 - q``.
+    """
+    p = chosen_prob
+    return 1.0 - ((1.0 - label_smoothing) * p + label_smoothing * (1.0 - p))

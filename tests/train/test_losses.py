@@ -301,3 +301,9 @@ def test_matches_trl_reward_trainer_compute_loss(use_margin, center):
         rewards[:4, 0], rewards[4:, 0], margin=margin if use_margin else 0.0, center_coef=center or 0.0
     )[0]
     close(ours, trl_loss, 1e-5)
+
+
+def test_soft_label_noise():
+    # p = 0.9, eps = 0.1: q = 0.9 * 0.9 + 0.1 * 0.1 = 0.82, so 1 - q = 0.18
+    torch.testing.assert_close(L.soft_label_noise(t(0.9, 1.0, 0.5), 0.1), t(0.18, 0.1, 0.5))
+    torch.testing.assert_close(L.soft_label_noise(t(0.7), 0.0), t(0.3))

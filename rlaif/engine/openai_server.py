@@ -1,0 +1,499 @@
+"""Engine that talks to a model server speaking the OpenAI API (first of all ``vllm serve``).
+
+``OpenAIServerEngine`` sends one HTTP request per conversation, at most ``max_concurrency``
+at a time, and returns the results in request order. It runs its own asyncio event loop in
+a background thread, so it works from plain synchronous code, including code that is itself
+running inside an event loop (a notebook).
+
+``base_url`` is the server's root (``http://host:8000``); a trailing ``/v1`` is accepted and
+dropped, because vLLM's ``/tokenize`` lives outside ``/v1``.
+
+Generation
+    ``POST /v1/chat/completions`` with ``messages``, ``temperature``, ``top_p``,
+    ``max_tokens`` and (when the request has one) ``seed``. Standard OpenAI API; any
+    compatible server works. ``finish_reason`` "length" stays "length"; "stop", tool calls,
+    content filters and a missing reason become "stop"; "abort"/"error" become an error
+    completion. Token counts come from ``usage``.
+
+Option scoring (the AI-feedback labeller), matching :mod:`rlaif.engine.vllm_local`
+    The prompt is ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``.
+    We do not have the tokenizer here, so the server applies the template: the request
+    carries ``messages`` plus a final assistant message holding ``assistant_prefix`` with the
+    vLLM extensions ``continue_final_message: true, add_generation_prompt: false`` (with an
+    empty prefix: ``add_generation_prompt: true`` and no extra message), ``max_tokens: 1``,
+    ``temperature: 1``, ``top_p: 1``, ``logprobs: true`` and ``top_logprobs``.
+
+    The options' first tokens are found once per distinct ``assistant_prefix`` through vLLM's
+    ``POST /tokenize`` (chat form, same template flags): tokenize the prompt ending in
+    ``prefix`` and the prompt ending in ``prefix + option``; the option's first token is the
+    first token past the common part. Like the in-process engine, an option that merges with
+    the text before it, or two options sharing a first token, is an error. (The token ids are
+    computed on a one-message stand-in conversation; this is exact for every template whose
+    generation prompt does not depend on the conversation, i.e. all common ones.)
+
+    With the ids known, the scoring request adds ``allowed_token_ids`` (the options' first
+    tokens) and ``return_tokens_as_token_ids: true`` (top-logprob entries read
+    ``"token_id:<id>"``), and the option log-probabilities are read from ``top_logprobs`` by
+    id and normalised over the options with :func:`normalise_logprobs`.
+
+    What vLLM 0.32's server does (checked against ``--model SmolLM2-135M-Instruct``):
+    ``continue_final_message`` renders exactly ``template(add_generation_prompt) + prefix``
+    (checked token for token, trailing spaces and newlines included); ``/tokenize`` accepts
+    the chat form; ``allowed_token_ids`` restricts the sampled token; with
+    ``--logprobs-mode processed_logprobs`` the returned log-probabilities are already
+    normalised over the allowed tokens (masked tokens read -9999.0, treated as -inf here);
+    with the default raw mode they are the unmasked log-probabilities, and normalising over
+    the options gives the same numbers as long as every option is among ``top_logprobs``
+    (at most 20, the server's default ``--max-logprobs``). An option missing from
+    ``top_logprobs`` scores -inf; if all are missing the request gets an error.
+
+    Fallback: a server without ``/tokenize`` (404/405/501 there) is scored without
+    ``allowed_token_ids`` and without token ids, matching ``top_logprobs`` entries by text
+    (the longest entry that is a prefix of the option). ``continue_final_message`` is still
+    needed for a non-empty ``assistant_prefix``; a server that rejects it answers 400, which
+    becomes the request's error.
+
+Robustness
+    Every request has a ``timeout_s`` timeout. Connection errors, timeouts, HTTP 429 and 5xx
+    are retried with exponential backoff and jitter (``retry_wait_s`` doubling up to
+    ``retry_max_wait_s``), at most ``max_retries`` times (``max_retries + 1`` attempts); a
+    ``Retry-After`` header is honoured, capped at ``retry_after_cap_s``. Other 4xx answers
+    (a prompt longer than the context: 400) are not retried. A request that fails for good
+    comes back as ``Completion(finish_reason="error", error=...)`` / ``OptionScores(error=...)``;
+    one bad request never fails the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import httpx
+import tenacity
+
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.records import Completion
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Most ``top_logprobs`` vLLM serves by default (``--max-logprobs 20``) and the OpenAI API allows.
+MAX_TOP_LOGPROBS = 20
+#: vLLM reports masked tokens (outside ``allowed_token_ids``) with this log-probability.
+_MASKED = -9999.0
+#: A short conversation on which option tokens are computed (see the module docstring).
+_STAND_IN = ({"role": "user", "content": "Hi"},)
+
+
+class _Retryable(Exception):
+    """An answer worth trying again: HTTP 429 or 5xx."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """An answer not worth trying again: another 4xx, or a malformed body."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _GaveUp(Exception):
+    """Retries exhausted; the message says after how many attempts and why."""
+
+
+class OpenAIServerEngine:
+    """Chat generation and option scoring through an OpenAI-compatible HTTP server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 32,
+        timeout_s: float = 120,
+        max_retries: int = 6,
+        show_progress: bool = True,
+        *,
+        retry_wait_s: float = 0.5,
+        retry_max_wait_s: float = 30.0,
+        retry_after_cap_s: float = 60.0,
+        top_logprobs: int = MAX_TOP_LOGPROBS,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [1, {MAX_TOP_LOGPROBS}], got {top_logprobs}")
+        root = base_url.strip().rstrip("/")
+        if root.endswith("/v1"):
+            root = root[: -len("/v1")]
+        if not root.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_url = root
+        self.max_concurrency = max_concurrency
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
+        self.show_progress = show_progress
+        self.retry_wait_s = retry_wait_s
+        self.retry_max_wait_s = retry_max_wait_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.top_logprobs = top_logprobs
+        self.server_max_model_len: int | None = None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._option_cache: dict[tuple[str, tuple[str, ...]], list[int] | str | None] = {}
+        self._tokenize_supported: bool | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rlaif-openai-client", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._open())
+            self.model = model if model is not None else self._run(self._first_model())
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        if self._loop.is_closed():
+            raise RuntimeError("the engine is closed")
+        fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()
+            raise
+
+    async def _open(self) -> None:
+        limits = httpx.Limits(max_connections=self.max_concurrency + 4, max_keepalive_connections=self.max_concurrency + 4)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        backoff = tenacity.wait_exponential_jitter(
+            initial=self.retry_wait_s, max=self.retry_max_wait_s, jitter=self.retry_wait_s
+        )(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return max(backoff, min(exc.retry_after, self.retry_after_cap_s))
+        return backoff
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call with retries; returns the JSON answer or raises _Fatal / _GaveUp."""
+        assert self._client is not None
+        attempts = 0
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type((_Retryable, httpx.TransportError)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    return await self._once(method, path, body)
+        except (_Retryable, httpx.TransportError) as exc:
+            raise _GaveUp(f"{_describe(exc, self.timeout_s)} (gave up after {attempts} attempt{'s' * (attempts != 1)})") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        assert self._client is not None
+        resp = await self._client.request(method, path, json=body)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise _Retryable(resp.status_code, _server_message(resp), _retry_after(resp))
+        if resp.status_code >= 400:
+            raise _Fatal(f"HTTP {resp.status_code}: {_server_message(resp)}", resp.status_code)
+        try:
+            data = resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Fatal(f"the server's answer to {path} is not JSON: {resp.text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise _Fatal(f"the server's answer to {path} is not a JSON object")
+        return data
+
+    async def _first_model(self) -> str:
+        try:
+            data = await self._request("GET", "/v1/models")
+        except (_Fatal, _GaveUp) as exc:
+            raise RuntimeError(f"cannot list the models of {self.base_url}: {exc}") from None
+        models = data.get("data") or []
+        if not models or not isinstance(models[0], dict) or "id" not in models[0]:
+            raise RuntimeError(f"{self.base_url}/v1/models lists no model")
+        first = models[0]
+        if isinstance(first.get("max_model_len"), int):
+            self.server_max_model_len = first["max_model_len"]
+        return str(first["id"])
+
+    def _map(self, items: Sequence[Any], work: Callable[[Any], Awaitable[T]], desc: str, show: bool = True) -> list[T]:
+        """Run ``work`` on every item, at most max_concurrency at a time; results in order."""
+        if not items:
+            return []
+
+        async def main() -> list[T]:
+            sem = asyncio.Semaphore(self.max_concurrency)
+            bar = _progress(len(items), desc, self.show_progress and show)
+
+            async def one(item: Any) -> T:
+                async with sem:
+                    result = await work(item)
+                if bar is not None:
+                    bar.update(1)
+                return result
+
+            try:
+                return list(await asyncio.gather(*(one(it) for it in items)))
+            finally:
+                if bar is not None:
+                    bar.close()
+
+        return self._run(main())
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self, requests: Sequence[ChatRequest], sampling: SamplingConfig, desc: str = "") -> list[Completion]:
+        return self._map(list(requests), lambda req: self._generate_one(req, sampling), desc or "generate")
+
+    async def _generate_one(self, req: ChatRequest, sampling: SamplingConfig) -> Completion:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in req.messages],
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "n": 1,
+            "stream": False,
+        }
+        if req.seed is not None:
+            body["seed"] = req.seed
+        try:
+            data = await self._request("POST", "/v1/chat/completions", body)
+            choice = data["choices"][0]
+            text = (choice.get("message") or {}).get("content") or ""
+            usage = data.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+            reason = choice.get("finish_reason")
+        except (_Fatal, _GaveUp) as exc:
+            return Completion("", "error", 0, 0, error=str(exc))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            return Completion("", "error", 0, 0, error=f"malformed chat completion from the server: {exc!r}")
+        if reason in ("abort", "error"):
+            return Completion(text, "error", prompt_tokens, completion_tokens, error=f"the server ended the request with finish_reason={reason!r}")
+        return Completion(text, "length" if reason == "length" else "stop", prompt_tokens, completion_tokens)
+
+    # ---------------------------------------------------------------- option scoring
+
+    def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
+        options = tuple(options)
+        if not options:
+            raise ValueError("score_options needs at least one option")
+        requests = list(requests)
+        if not requests:
+            return []
+        prefixes = sorted({r.assistant_prefix for r in requests})
+        # Option token ids, once per distinct assistant prefix (a handful per batch).
+        found = self._map(prefixes, lambda p: self._option_ids(p, options), "tokenize", show=False)
+        ids_by_prefix = dict(zip(prefixes, found))
+        return self._map(requests, lambda r: self._score_one(r, options, ids_by_prefix[r.assistant_prefix]), desc or "score")
+
+    @staticmethod
+    def _chat_body(messages: Sequence[Any], prefix: str) -> dict[str, Any]:
+        msgs = [dict(m) for m in messages]
+        if prefix:
+            msgs.append({"role": "assistant", "content": prefix})
+            return {"messages": msgs, "continue_final_message": True, "add_generation_prompt": False}
+        return {"messages": msgs, "add_generation_prompt": True}
+
+    async def _tokenize(self, prefix: str) -> list[int]:
+        data = await self._request("POST", "/tokenize", {"model": self.model, **self._chat_body(_STAND_IN, prefix)})
+        return [int(t) for t in data["tokens"]]
+
+    async def _option_ids(self, prefix: str, options: tuple[str, ...]) -> list[int] | str | None:
+        """First token id of each option after ``prefix``; an error message; None if /tokenize is missing."""
+        key = (prefix, options)
+        if key in self._option_cache:
+            return self._option_cache[key]
+        if self._tokenize_supported is False:
+            return None
+        try:
+            base = await self._tokenize(prefix)
+            ids = []
+            for opt in options:
+                full = await self._tokenize(prefix + opt)
+                if full[: len(base)] != base or len(full) == len(base):
+                    ids = f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
+                    break
+                ids.append(full[len(base)])
+            if isinstance(ids, list) and len(set(ids)) != len(ids):
+                ids = f"options {list(options)} share a first token"
+            self._tokenize_supported = True
+        except _Fatal as exc:
+            if exc.status in (404, 405, 501):
+                log.warning("%s has no /tokenize; option scores come from top_logprobs matched by text", self.base_url)
+                self._tokenize_supported = False
+                return None
+            ids = f"cannot tokenize the options: {exc}"
+        except _GaveUp as exc:
+            return f"cannot tokenize the options: {exc}"  # not cached: the server may recover
+        except (KeyError, TypeError, ValueError) as exc:
+            ids = f"malformed /tokenize answer from the server: {exc!r}"
+        self._option_cache[key] = ids
+        return ids
+
+    async def _score_one(self, req: ScoreRequest, options: tuple[str, ...], opt_ids: list[int] | str | None) -> OptionScores:
+        if isinstance(opt_ids, str):
+            return OptionScores((), 0, error=opt_ids)
+        body: dict[str, Any] = {
+            "model": self.model,
+            **self._chat_body(req.messages, req.assistant_prefix),
+            "max_tokens": 1,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "seed": 0,
+            "logprobs": True,
+            "top_logprobs": max(self.top_logprobs, min(len(options), MAX_TOP_LOGPROBS)),
+        }
+        if opt_ids is not None:
+            body["allowed_token_ids"] = opt_ids
+            body["return_tokens_as_token_ids"] = True
+        try:
+            data = await self._request("POST", "/v1/chat/completions", body)
+            prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            first = data["choices"][0]["logprobs"]["content"][0]
+            table: dict[str, float] = {}
+            for entry in [first, *(first.get("top_logprobs") or [])]:
+                lp = float(entry["logprob"])
+                table[str(entry["token"])] = float("-inf") if lp <= _MASKED else lp
+        except (_Fatal, _GaveUp) as exc:
+            return OptionScores((), 0, error=str(exc))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")
+        if opt_ids is not None:
+            raw = [table.get(f"token_id:{t}", float("-inf")) for t in opt_ids]
+        else:
+            raw = [_match_by_text(table, opt) for opt in options]
+        if all(x == float("-inf") for x in raw):
+            return OptionScores(
+                (), prompt_tokens,
+                error=f"none of the options {list(options)} is among the {len(table)} top log-probabilities the server returned",
+            )
+        return OptionScores(normalise_logprobs(raw), prompt_tokens)
+
+    # ---------------------------------------------------------------- the rest
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "base_url": self.base_url,
+            "model": self.model,
+            "max_concurrency": self.max_concurrency,
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+        }
+        if self.server_max_model_len is not None:
+            out["max_model_len"] = self.server_max_model_len
+        return out
+
+    def close(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is None or loop.is_closed():
+            return
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=10)
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            loop.close()
+
+    def __enter__(self) -> "OpenAIServerEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _server_message(resp: httpx.Response) -> str:
+    """The error message of an error answer: OpenAI's {"error": {"message": ...}} or the text."""
+    try:
+        data = resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        for key in ("error", "message", "detail"):
+            if isinstance(data.get(key), str) and data[key]:
+                return data[key]
+    text = resp.text.strip()
+    return text[:500] if text else (resp.reason_phrase or "no message")
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds asked for by a Retry-After header (a number or an HTTP date), if any."""
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out after {timeout_s:g}s ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc)
+
+
+def _match_by_text(table: dict[str, float], option: str) -> float:
+    """Fallback without token ids: the longest top-logprob token that starts the option."""
+    best, best_len = float("-inf"), 0
+    for tok, lp in table.items():
+        if tok and option.startswith(tok) and len(tok) > best_len:
+            best, best_len = lp, len(tok)
+    return best
+
+
+def _progress(total: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+__all__ = ["OpenAIServerEngine", "MAX_TOP_LOGPROBS"]

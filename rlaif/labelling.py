@@ -1,0 +1,228 @@
+"""``rlaif label``: bring-your-own pairs -> AI preference dataset, with agreement reports.
+
+Runs in chunks committed atomically like ``rlaif generate`` (same run-folder rules:
+resumable, refuses other settings), and writes ``DIR/preferences`` the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import rlaif
+from rlaif.config import fingerprint
+from rlaif.constitution import Constitution
+from rlaif.engine.base import Engine, describe
+from rlaif.label import LabelSettings, Pair, PairLabel, label_pairs
+from rlaif.runs import RunDir, atomic_write_text, chunked
+
+
+def label_to_row(lab: PairLabel) -> dict[str, Any]:
+    row = asdict(lab)
+    row["flags"] = list(lab.flags)
+    return row
+
+
+def label_from_row(row: dict[str, Any]) -> PairLabel:
+    row = dict(row)
+    row["flags"] = tuple(row.get("flags", ()))
+    return PairLabel(**row)
+
+
+def _messages_feature():
+    from datasets import Value
+
+    return [{"role": Value("string"), "content": Value("string")}]
+
+
+def ai_preference_features(extra: dict[str, Any] | None = None):
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "prompt": _messages_feature(),
+            "chosen": _messages_feature(),
+            "rejected": _messages_feature(),
+            "chosen_prob": Value("float64"),
+            "margin": Value("float64"),
+            "likert": Value("int64"),
+            "order_agreement": Value("float64"),
+            "label_principles": Sequence(Value("string")),
+            "label_principle_probs": Sequence(Value("float64")),
+            "flags": Sequence(Value("string")),
+            "label_source": Value("string"),
+            "feedback_model": Value("string"),
+            "id": Value("string"),
+            **(extra or {}),
+        }
+    )
+
+
+def ai_preference_row(pair: Pair, lab: PairLabel, feedback_model: str) -> dict[str, Any]:
+    """TRL conversational preference row with the AI label's graded outputs.
+
+    ``chosen_prob`` is the probability that ``chosen`` is the better response;
+    ``label_principle_probs`` are each principle's P(chosen better).
+    """
+    a_wins = lab.chosen == "a"
+    chosen, rejected = (pair.response_a, pair.response_b) if a_wins else (pair.response_b, pair.response_a)
+    probs = [p if a_wins else 1.0 - p for p in lab.per_principle.values()]
+    return {
+        "prompt": [dict(m) for m in pair.prompt],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "chosen_prob": lab.chosen_prob,
+        "margin": lab.margin,
+        "likert": lab.likert if a_wins else 9 - lab.likert,
+        "order_agreement": lab.order_agreement,
+        "label_principles": list(lab.per_principle),
+        "label_principle_probs": probs,
+        "flags": list(lab.flags),
+        "label_source": "ai",
+        "feedback_model": feedback_model,
+        "id": pair.id,
+    }
+
+
+def keep_for_dataset(lab: PairLabel, settings: LabelSettings) -> bool:
+    if lab.error or "identical" in lab.flags:
+        return False
+    return settings.keep_ties or "tie" not in lab.flags
+
+
+def agreement_report(pairs: Sequence[Pair], labels: Sequence[PairLabel]) -> dict[str, Any] | None:
+    """Agreement with reference labels: overall, one order only, per category, split by
+    whether the two orders agreed; and calibration (Brier score of P(reference answer))."""
+    scored = [(p, l) for p, l in zip(pairs, labels) if p.label and not l.error]
+    if not scored:
+        return None
+
+    def summary(items) -> dict[str, Any]:
+        n = len(items)
+        if not n:
+            return {"n": 0}
+        hits = sum((l.p_a > 0.5 and p.label == "a") or (l.p_a < 0.5 and p.label == "b") for p, l in items)
+        ties = sum(l.p_a == 0.5 for _, l in items)
+        first = sum((l.first_order_p_a > 0.5) == (p.label == "a") for p, l in items)
+        brier = sum(((l.p_a if p.label == "a" else 1 - l.p_a) - 1.0) ** 2 for p, l in items) / n
+        return {"n": n, "agreement": hits / n, "ties": ties, "first_order_agreement": first / n, "brier": brier}
+
+    by_cat: dict[str, list] = defaultdict(list)
+    for p, l in scored:
+        by_cat[str(p.meta.get("category", "all"))].append((p, l))
+    return {
+        "overall": summary(scored),
+        "orders_agreed": summary([(p, l) for p, l in scored if l.order_agreement == 1.0]),
+        "orders_disagreed": summary([(p, l) for p, l in scored if l.order_agreement < 1.0]),
+        "by_category": {c: summary(v) for c, v in sorted(by_cat.items())},
+        "position_a_rate_first_order": sum(l.first_order_p_a > 0.5 for _, l in scored) / len(scored),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    o = report["overall"]
+    lines = [
+        f"agreement with reference labels: {o['agreement']:.1%} of {o['n']} pairs "
+        f"(one order only: {o['first_order_agreement']:.1%}; Brier {o['brier']:.3f}; ties {o['ties']})",
+        f"  orders agreed:    {_fmt(report['orders_agreed'])}",
+        f"  orders disagreed: {_fmt(report['orders_disagreed'])}",
+    ]
+    for cat, s in report["by_category"].items():
+        lines.append(f"  {cat:<18}{_fmt(s)}")
+    return "\n".join(lines)
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    return f"{s['agreement']:.1%} of {s['n']}" if s.get("n") else "none"
+
+
+def label_run(
+    pairs: list[Pair],
+    out: str,
+    const: Constitution,
+    settings: LabelSettings,
+    engine_factory: Callable[[], Engine],
+    feedback_model: str,
+    chunk_size: int = 256,
+    overwrite: bool = False,
+    source: str = "",
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    t_start = time.time()
+    run_settings = {
+        "kind": "label",
+        "pairs_sha256": fingerprint([[p.id, list(p.prompt), p.response_a, p.response_b] for p in pairs]),
+        "n_pairs": len(pairs),
+        "constitution_sha256": const.sha256,
+        "feedback_model": feedback_model,
+        "label": asdict(settings),
+        "chunk_size": chunk_size,
+    }
+    fp = fingerprint(run_settings)
+    run = RunDir(out)
+    state = run.open(run_settings, fp, overwrite=overwrite)
+    if state == "done":
+        manifest = json.loads(run.manifest_file.read_text())
+        log(f"{run.path} is already complete: nothing to do ({manifest['counts']['pairs']} pairs).")
+        return manifest
+    chunks = chunked(pairs, chunk_size)
+    todo = [i for i in range(len(chunks)) if i not in run.committed()]
+    if state == "resume":
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+    engine_info: dict[str, Any] = {}
+    if todo:
+        engine = engine_factory()
+        engine_info = describe(engine)
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
+            for i in todo:
+                t0 = time.time()
+                labels = label_pairs(engine, const, chunks[i], settings, desc=f"chunk {i + 1}/{len(chunks)} label")
+                run.commit_chunk(i, [label_to_row(l) for l in labels], {"chunk": i, "wall_s": time.time() - t0, "pairs": len(labels)})
+                bar.update(1)
+            bar.close()
+        finally:
+            engine.close()
+
+    labels = [label_from_row(r) for r in run.read_chunks()]
+    rows = [ai_preference_row(p, l, feedback_model) for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]
+    for row, pair in zip(rows, [p for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]):
+        row["category"] = str(pair.meta.get("category", ""))
+        row["reference_label"] = pair.label or ""
+        row["constitution_sha256"] = const.sha256
+    from datasets import Value
+
+    run.save_dataset("preferences", rows, ai_preference_features({
+        "category": Value("string"), "reference_label": Value("string"), "constitution_sha256": Value("string")}))
+    atomic_write_text(run.path / "labels.jsonl", "".join(json.dumps({"id": p.id, **label_to_row(l)}) + "\n" for p, l in zip(pairs, labels)))
+    report = agreement_report(pairs, labels)
+    gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())
+    manifest = {
+        "rlaif_version": rlaif.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fp,
+        "settings": run_settings,
+        "source": source,
+        "constitution": const.provenance(),
+        "engine": engine_info,
+        "counts": {
+            "pairs": len(pairs),
+            "labelled": sum(l.error is None for l in labels),
+            "failed": sum(l.error is not None for l in labels),
+            "ties": sum("tie" in l.flags for l in labels),
+            "identical": sum("identical" in l.flags for l in labels),
+            "preference_rows": len(rows),
+        },
+        "agreement": report,
+        "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None},
+        "outputs": {"preferences": str(run.path / "preferences"), "labels": str(run.path / "labels.jsonl")},
+    }
+    run.write_manifest(manifest)
+    return manifest

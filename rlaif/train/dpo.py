@@ -1,0 +1,160 @@
+"""DPO-family recipe: DPO (sigmoid), conservative DPO / soft AI labels, IPO, hinge, SimPO.
+
+Reference log-probabilities come from the initial model (or ``ref_model``) and are
+either precomputed once and cached on disk (``reference: precompute``, the default:
+no second model in memory during training) or computed on the fly
+(``reference: online``; with LoRA the reference is the base model with adapters
+switched off). SimPO needs no reference.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import reference
+from .common import (
+    LoopSpec, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
+    prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
+)
+from .config import TrainConfig, load_config
+from .data import collate_pairs, pair_length
+from .losses import DPO_LOSS_TYPES, PAIR_LOSSES, simpo_loss, soft_label_noise
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    loss: str = "sigmoid"
+    """"sigmoid" (DPO; with label smoothing or soft labels: conservative DPO), "ipo", "hinge" or "simpo"."""
+    beta: float = 0.1
+    """Inverse temperature of the implicit reward (IPO's tau; SimPO's beta, typically 2)."""
+    label_smoothing: float = 0.0
+    """Probability that a label is flipped, in [0, 0.5) (cDPO, Mitchell 2023)."""
+    soft_labels: bool = True
+    """Use each pair's AI probability chosen_prob as its label (smoothed by label_smoothing)."""
+    simpo_gamma: float = 0.5
+    """SimPO target reward margin."""
+    length_average: bool | None = None
+    """Average log-probs over completion tokens (default: true for ipo and simpo, false otherwise)."""
+    reference: str = "precompute"
+    """"precompute" (once, cached on disk) or "online" (a forward pass per step)."""
+    ref_model: str | None = None
+    """Reference model folder (default: the starting model)."""
+    ref_cache_dir: str | None = None
+    """Where precomputed reference log-probs are cached (default: <runs_dir>/.cache/ref_logps)."""
+    name: str = "dpo"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss must be one of {DPO_LOSS_TYPES}")
+        if self.beta <= 0:
+            raise ValueError("beta must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError("label_smoothing must lie in [0, 0.5)")
+        if self.reference not in ("precompute", "online"):
+            raise ValueError("reference must be 'precompute' or 'online'")
+        if self.length_average is None:
+            self.length_average = self.loss in ("ipo", "simpo")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss != "simpo"
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.ref_cache_dir) if self.ref_cache_dir else Path(self.runs_dir) / ".cache" / "ref_logps"
+
+
+def _reference_context(s: Session):
+    """Context in which ``s.extra['ref']`` scores as the reference model."""
+    if s.extra.get("ref") is not None or not s.cfg.lora.enabled:
+        return contextlib.nullcontext()
+    return unwrap(s.model).disable_adapter()  # LoRA: the base model is the reference
+
+
+def loop_spec(cfg: DPOConfig, pad_id: int) -> LoopSpec:
+    def loss_fn(s: Session, batch, normalizer):
+        logps = reference.pair_logps(s.model, batch)
+        n_tokens = batch["loss_mask"][:, 1:].sum(-1).clamp(min=1)
+        b = logps.shape[0] // 2
+        if cfg.needs_reference:
+            if "ref_chosen" in batch:
+                ref = torch.cat([batch["ref_chosen"], batch["ref_rejected"]]).to(logps)
+            else:
+                with torch.no_grad(), _reference_context(s):
+                    scorer = s.extra.get("ref")
+                    ref = reference.pair_logps(s.model if scorer is None else scorer, batch)
+        if cfg.length_average:
+            logps = logps / n_tokens
+            ref = ref / n_tokens if cfg.needs_reference else None
+        p = batch["chosen_prob"] if cfg.soft_labels else torch.ones_like(batch["chosen_prob"])
+        eps = soft_label_noise(p, cfg.label_smoothing)
+        if cfg.loss == "simpo":
+            loss, m = simpo_loss(logps[:b], logps[b:], cfg.beta, cfg.simpo_gamma, eps, normalizer)
+        else:
+            loss, m = PAIR_LOSSES[cfg.loss](logps[:b], logps[b:], ref[:b], ref[b:], cfg.beta, eps, normalizer)
+        m["logps_chosen"] = logps[:b].mean().detach()
+        m["logps_rejected"] = logps[b:].mean().detach()
+        return loss, m
+
+    return LoopSpec(
+        collate=lambda ex: collate_pairs(ex, pad_id),
+        length=pair_length,
+        count=lambda batch: int(batch["chosen_prob"].shape[0]),
+        loss_fn=loss_fn,
+    )
+
+
+def _load_lm(path: str, cfg: DPOConfig):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+
+
+def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
+    d = setup_device(cfg)
+    seed_everything(cfg.seed)
+    path = resolve_model_path(cfg.model)
+    tok = load_tokenizer(path, cfg.trust_remote_code)
+    train, ev = load_splits(cfg, tok, "preference", d.rank)
+    model = prepare_model(apply_lora(_load_lm(path, cfg), cfg, "CAUSAL_LM"), cfg, d)
+    s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
+    spec = loop_spec(cfg, tok.pad_token_id)
+    if cfg.needs_reference:
+        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
+        # A separate frozen reference is needed for a named ref_model, or to score on the
+        # fly during full fine-tuning; otherwise the untrained policy (with LoRA: the base
+        # model, adapters off) is the reference.
+        separate = cfg.ref_model is not None or (cfg.reference == "online" and not cfg.lora.enabled)
+        ref = prepare_model(_load_lm(ref_path, cfg), cfg, d).eval().requires_grad_(False) if separate else None
+        s.extra["ref"] = ref
+        if cfg.reference == "precompute":
+            with _reference_context(s):
+                s.extra["ref_cache"] = reference.precompute(
+                    ref if ref is not None else model, ref_path, train, ev, tok.pad_token_id, cfg.batch_size,
+                    d.device, s.autocast, s.amp, cfg.cache_dir, d.rank,
+                )
+            s.extra["ref"] = ref = None  # no longer needed in memory
+    return init_session(s, spec), spec
+
+
+def train(s: Session, spec: LoopSpec) -> dict[str, float]:
+    return fit(s, spec)
+
+
+def save(s: Session):
+    return save_final(s.model, s.tokenizer, s.run_dir / "final", s.cfg, s.dist.rank)
+
+
+def main(config_path: str | None, overrides: list[str] | None = None) -> int:
+    cfg = load_config(DPOConfig, config_path, overrides)
+    s, spec = setup(cfg)
+    metrics = train(s, spec)
+    out = save(s)
+    s.log.close()
+    if s.dist.rank == 0:
+        print(f"[rlaif.train] policy saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return 0

@@ -1,0 +1,103 @@
+"""Reference log-probabilities for DPO: computed once, cached on disk.
+
+The cache file is named by a SHA-256 of (model weights, tokenised train and eval
+data, autocast dtype), so any change to the model, the data, the tokenizer, the chat
+template or the truncation settings computes fresh values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import collate_pairs, fingerprint, pair_length
+from .losses import sequence_logps, token_logps
+
+
+def model_fingerprint(path: str | Path, memo_dir: Path | None = None) -> str:
+    """SHA-256 of a model folder's config and weight files (memoised by size and mtime)."""
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json") and f.is_file())
+    stamp = json.dumps([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    memo_path = (memo_dir / "model_hashes.json") if memo_dir else None
+    memo = json.loads(memo_path.read_text()) if memo_path and memo_path.exists() else {}
+    key = f"{p.resolve()}|{stamp}"
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    for f in files:
+        if f.name.startswith("tokenizer") or f.name == "chat_template.json":
+            continue  # the tokenised data already covers the tokenizer
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    if memo_path:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        memo[key] = digest
+        memo_path.write_text(json.dumps(memo))
+    return digest
+
+
+def cache_key(model_hash: str, train: list[dict], ev: list[dict], amp: torch.dtype | None) -> str:
+    keys = ("prompt", "chosen", "rejected")
+    parts = [model_hash, fingerprint(train, keys), fingerprint(ev, keys), str(amp)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed completion log-probabilities of every row, ``(2B,)`` (chosen rows first)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    lp = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
+    return sequence_logps(lp, batch["loss_mask"][:, 1:])
+
+
+@torch.no_grad()
+def compute(model, examples: list[dict], pad_id: int, batch_size: int, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed reference log-probs of chosen and rejected completions, ``(N,)`` each, in example order."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    chosen = torch.zeros(len(examples), dtype=torch.float64)
+    rejected = torch.zeros(len(examples), dtype=torch.float64)
+    order = sorted(range(len(examples)), key=lambda i: pair_length(examples[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs", dynamic_ncols=True):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs([examples[i] for i in idx], pad_id).items()}
+        with autocast():
+            lp = pair_logps(model, batch).double().cpu()
+        chosen[idx], rejected[idx] = lp[: len(idx)], lp[len(idx) :]
+    model.train(was_training)
+    return chosen, rejected
+
+
+def attach(examples: list[dict], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+    for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
+        e["ref_chosen"], e["ref_rejected"] = c, r
+
+
+def precompute(model, model_path: str, train: list[dict], ev: list[dict], pad_id: int, batch_size: int,
+               device, autocast, amp, cache_dir: Path, rank: int = 0) -> Path:
+    """Fill ``ref_chosen`` / ``ref_rejected`` on every example, from the cache when it has them."""
+    key = cache_key(model_fingerprint(model_path, cache_dir), train, ev, amp)
+    path = cache_dir / f"{key}.safetensors"
+    if path.exists():
+        t = load_file(str(path))
+    else:
+        t = {}
+        t["train_chosen"], t["train_rejected"] = compute(model, train, pad_id, batch_size, device, autocast)
+        t["eval_chosen"], t["eval_rejected"] = compute(model, ev, pad_id, batch_size, device, autocast)
+        if rank == 0:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file(t, str(tmp), metadata={"model": str(model_path)})
+            tmp.rename(path)
+    attach(train, t["train_chosen"], t["train_rejected"])
+    attach(ev, t["eval_chosen"], t["eval_rejected"])
+    return path
