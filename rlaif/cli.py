@@ -11,6 +11,7 @@ def _add_engine_flags(p) -> None:
     p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
     p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
                    help="engine memory share (of CPU memory on CPU hosts)")
+    p.add_argument("--kv-cache-gib", dest="engine.kv_cache_gib", type=float, help="KV-cache size in GiB (overrides the memory share)")
     p.add_argument("--enforce-eager", dest="engine.enforce_eager", action=argparse.BooleanOptionalAction,
                    help="skip graph compilation (default: on for CPU hosts)")
     p.add_argument("--dtype", dest="engine.dtype", help="model dtype (default: auto)")

@@ -75,6 +75,7 @@ def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
             e.backend,
             max_model_len=e.max_model_len,
             gpu_memory_utilization=e.gpu_memory_utilization,
+            kv_cache_gib=e.kv_cache_gib,
             enforce_eager=e.enforce_eager,
             dtype=e.dtype,
             trust_remote_code=e.trust_remote_code,

@@ -40,6 +40,8 @@ class EngineConfig:
     """Context length; None = the model's own, capped at 8192."""
     gpu_memory_utilization: float | None = None
     """Memory share for the engine (of CPU memory on CPU hosts); None = a safe default per platform."""
+    kv_cache_gib: float | None = None
+    """KV-cache size in GiB (overrides gpu_memory_utilization)."""
     enforce_eager: bool | None = None
     """Skip graph compilation; None = on for CPU hosts."""
     dtype: str = "auto"

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.vllm
 
 # The shared engine and the child processes use the same engine settings, so that their
 # outputs are comparable.
-ENGINE_FLAGS = ["--max-model-len", "4096"]
+ENGINE_FLAGS = ["--max-model-len", "4096", "--dtype", "float32", "--kv-cache-gib", "1"]
 
 
 class _Borrowed:
@@ -95,7 +95,7 @@ def test_critique_revise_chunk_on_real_model(vllm_engine, repo_root):
 def _flags(repo_root, out, limit=6):
     return {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "out": str(out), "limit": limit,
             "chunk_size": 2, "rounds": 1, "sampling.response.max_tokens": 32, "sampling.critique.max_tokens": 32,
-            "sampling.revision.max_tokens": 32, "engine.max_model_len": 4096}
+            "sampling.revision.max_tokens": 32, "engine.max_model_len": 4096, "engine.dtype": "float32", "engine.kv_cache_gib": 1}
 
 
 def test_generate_end_to_end_outputs_load(vllm_engine, repo_root, tmp_path):
@@ -113,7 +113,7 @@ def _cli(repo_root, out, limit):
     f = _flags(repo_root, out, limit)
     return [sys.executable, "-m", "rlaif", "generate", "--prompts", f["prompts"], "--out", str(out), "--limit", str(limit),
             "--chunk-size", "2", "--rounds", "1", "--response-max-tokens", "32", "--critique-max-tokens", "32",
-            "--revision-max-tokens", "32", *ENGINE_FLAGS, "--quiet", "--gpu-memory-utilization", "0.1"]
+            "--revision-max-tokens", "32", *ENGINE_FLAGS, "--quiet"]
 
 
 def test_kill_9_mid_run_then_resume(vllm_engine, repo_root, tmp_path):

@@ -13,7 +13,15 @@ Generation
     ``max_tokens`` and (when the request has one) ``seed``. Standard OpenAI API; any
     compatible server works. ``finish_reason`` "length" stays "length"; "stop", tool calls,
     content filters and a missing reason become "stop"; "abort"/"error" become an error
-    completion. Token counts come from ``usage``.
+    completion. Token counts come from ``usage``. vLLM caps ``max_tokens`` at the room left
+    in the context itself and answers 400 for a prompt that does not fit.
+
+    Seeds: the server honours each request's ``seed``, so a request sent alone gives the same
+    text as the in-process engine. Identical requests sent *concurrently* can land in
+    differently shaped server batches, and vLLM's kernels are not batch-invariant (on CPU,
+    bf16): their texts were seen to diverge after a few tokens. Exact reproducibility across
+    batches needs ``max_concurrency=1`` (slow) or a batch-invariant server
+    (``VLLM_BATCH_INVARIANT=1`` where supported).
 
 Option scoring (the AI-feedback labeller), matching :mod:`rlaif.engine.vllm_local`
     The prompt is ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``.
@@ -69,6 +77,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import random
 import threading
 import time
 from concurrent.futures import Future
@@ -172,6 +181,8 @@ class OpenAIServerEngine:
 
     def _run(self, coro: Awaitable[T]) -> T:
         if self._loop.is_closed():
+            if asyncio.iscoroutine(coro):
+                coro.close()
             raise RuntimeError("the engine is closed")
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
         try:
@@ -187,9 +198,9 @@ class OpenAIServerEngine:
         )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_exponential_jitter(
-            initial=self.retry_wait_s, max=self.retry_max_wait_s, jitter=self.retry_wait_s
-        )(state)
+        # Exponential backoff with jitter, written out (tenacity renamed wait_exponential_jitter's arguments in 9.x).
+        n = state.attempt_number - 1
+        backoff = min(self.retry_max_wait_s, self.retry_wait_s * 2.0**min(n, 30) + random.uniform(0, self.retry_wait_s))
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return max(backoff, min(exc.retry_after, self.retry_after_cap_s))
@@ -216,7 +227,12 @@ class OpenAIServerEngine:
 
     async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         assert self._client is not None
-        resp = await self._client.request(method, path, json=body)
+        try:
+            resp = await self._client.request(method, path, json=body)
+        except httpx.TransportError:
+            raise  # connection errors and timeouts: retried
+        except httpx.HTTPError as exc:  # e.g. too many redirects: not worth retrying
+            raise _Fatal(f"{type(exc).__name__}: {exc}") from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Retryable(resp.status_code, _server_message(resp), _retry_after(resp))
         if resp.status_code >= 400:
@@ -295,6 +311,9 @@ class OpenAIServerEngine:
             return Completion("", "error", 0, 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return Completion("", "error", 0, 0, error=f"malformed chat completion from the server: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - one bad request never fails the batch
+            log.exception("unexpected error from %s", self.base_url)
+            return Completion("", "error", 0, 0, error=f"unexpected error: {exc!r}")
         if reason in ("abort", "error"):
             return Completion(text, "error", prompt_tokens, completion_tokens, error=f"the server ended the request with finish_reason={reason!r}")
         return Completion(text, "length" if reason == "length" else "stop", prompt_tokens, completion_tokens)
@@ -355,6 +374,9 @@ class OpenAIServerEngine:
             return f"cannot tokenize the options: {exc}"  # not cached: the server may recover
         except (KeyError, TypeError, ValueError) as exc:
             ids = f"malformed /tokenize answer from the server: {exc!r}"
+        except Exception as exc:  # noqa: BLE001 - reported per request, never raised
+            log.exception("unexpected error from %s/tokenize", self.base_url)
+            return f"cannot tokenize the options: {exc!r}"
         self._option_cache[key] = ids
         return ids
 
@@ -386,6 +408,9 @@ class OpenAIServerEngine:
             return OptionScores((), 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - one bad request never fails the batch
+            log.exception("unexpected error from %s", self.base_url)
+            return OptionScores((), 0, error=f"unexpected error: {exc!r}")
         if opt_ids is not None:
             raw = [table.get(f"token_id:{t}", float("-inf")) for t in opt_ids]
         else:

@@ -31,6 +31,9 @@ class VLLMSettings:
     """Context length; None takes the model's own (capped at 8192)."""
     gpu_memory_utilization: float | None = None
     """Share of accelerator memory (of CPU memory on CPU hosts) for weights + KV cache; None = 0.9 on GPU, 0.35 on CPU."""
+    kv_cache_gib: float | None = None
+    """KV-cache size in GiB; overrides gpu_memory_utilization (steadier on CPU hosts, where the share
+    is taken of total memory minus the worker's own)."""
     enforce_eager: bool | None = None
     """Skip graph compilation; None = on for CPU hosts (start-up ~30 s instead of ~2 min)."""
     dtype: str = "auto"
@@ -81,6 +84,8 @@ class VLLMEngine:
             # equals the raw log-probabilities, which is what RL rollouts sample with.
             logprobs_mode="processed_logprobs",
         )
+        if s.kv_cache_gib:
+            kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_gib * 2**30)
         if s.max_model_len:
             kwargs["max_model_len"] = s.max_model_len
         else:

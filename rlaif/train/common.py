@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,14 +256,34 @@ def init_session(s: Session, spec: LoopSpec) -> Session:
     if cfg.resume not in (False, None, "false", "no"):
         ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
     if ckpt is not None:
+        _warn_if_config_changed(cfg, s.run_dir)
         s.position = load_checkpoint(ckpt, unwrap(s.model), s.optimizer, s.scheduler)
     else:
+        if s.dist.rank == 0:  # a fresh start must never resume later from an older run's checkpoints
+            shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
     if s.dist.rank == 0:
         save_config(cfg, s.run_dir)
     s.log = MetricsLog(s.run_dir, cfg.tensorboard, enabled=s.dist.rank == 0, resume_step=s.position["step"])
     return s
+
+
+_RUN_LENGTH_KEYS = {"name", "runs_dir", "resume", "epochs", "max_steps", "save_every", "eval_every", "log_every", "keep_checkpoints"}
+
+
+def _warn_if_config_changed(cfg: TrainConfig, run_dir: Path) -> None:
+    import yaml
+
+    from .config import to_dict
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old, new = yaml.safe_load(path.read_text()) or {}, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    changed = sorted(k for k in set(old) | set(new) if k not in _RUN_LENGTH_KEYS and old.get(k) != new.get(k))
+    if changed:
+        print(f"[rlaif.train] warning: resuming {run_dir} with changed settings {changed}")
 
 
 def _reduce(x: float) -> float:

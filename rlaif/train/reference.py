@@ -85,7 +85,7 @@ def attach(examples: list[dict], chosen: torch.Tensor, rejected: torch.Tensor) -
 def precompute(model, model_path: str, train: list[dict], ev: list[dict], pad_id: int, batch_size: int,
                device, autocast, amp, cache_dir: Path, rank: int = 0) -> Path:
     """Fill ``ref_chosen`` / ``ref_rejected`` on every example, from the cache when it has them."""
-    key = cache_key(model_fingerprint(model_path, cache_dir), train, ev, amp)
+    key = cache_key(model_fingerprint(model_path, cache_dir if rank == 0 else None), train, ev, amp)
     path = cache_dir / f"{key}.safetensors"
     if path.exists():
         t = load_file(str(path))

@@ -192,3 +192,19 @@ def test_gradient_accumulation_equals_full_batch(tiny_model_dir, run_folder, tmp
     (la, na, wa), (lf, nf, wf) = results
     assert la == pytest.approx(lf, rel=1e-5) and na == pytest.approx(nf, rel=1e-5)
     torch.testing.assert_close(wa, wf, rtol=1e-5, atol=1e-6)
+
+
+def test_rm_lora_with_gradient_checkpointing(tiny_model_dir, run_folder, tmp_path):
+    """LoRA on a sequence-classification model trains the adapters and the new score head;
+    the merged final folder loads as a plain transformers model."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    r = run("rm", tiny_model_dir, run_folder, tmp_path, "rm-lora", "max_steps=2", "lora.enabled=true", "lora.r=4",
+            "gradient_checkpointing=true", "eval_fraction=0")
+    assert all(math.isfinite(v) for v in train_losses(r).values())
+    ckpt = load_file(str(r / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert any("lora_A" in k for k in ckpt) and any("score" in k for k in ckpt)
+    assert not any("embed_tokens" in k for k in ckpt)  # frozen weights are not checkpointed
+    m = AutoModelForSequenceClassification.from_pretrained(r / "final")
+    assert not any("lora" in n for n, _ in m.named_parameters())

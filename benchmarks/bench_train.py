@@ -1,0 +1,249 @@
+"""Training throughput and peak memory: rlaif's RM and DPO recipes against TRL's
+RewardTrainer and DPOTrainer, on the same model, data, batch, sequence length and
+precision, in one run. A benchmark script, not a test: it prints a table and ratios.
+
+    python benchmarks/bench_train.py                      # small random-init model, CPU-sized
+    python benchmarks/bench_train.py --model default      # the embedded SmolLM2-135M-Instruct
+    python benchmarks/bench_train.py --pairs 256 --batch-size 8 --seq-len 512   # a GPU-sized run
+
+Each case runs in its own process, so peak memory is per case: on CUDA the peak
+allocated during the training steps, on CPU the process's peak resident set
+(model loading included, the same for both trainers). Throughput counts the real
+(non-padding) tokens of chosen and rejected sequences per second of optimiser steps,
+leaving out the first step (warm-up). DPO uses precomputed reference log-probs in
+both trainers; gradient checkpointing is off in both. "fixed" data has every pair
+at the same length; "variable" data has lengths spread uniformly, where rlaif's
+length-aware batching pads less.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+         "word but not what all were we when your can said there use an each which she do how their if will up "
+         "other about out many then them these so some her would make like him into time has look two more write "
+         "go see number no way could people my than first water been call who oil its now find long down day did "
+         "get come made may part").split()
+
+
+# --------------------------------------------------------------------- set-up
+def make_small_model(out: Path, tokenizer_src: str) -> None:
+    """A random-init 4-layer Llama with the default model's tokenizer (vocab 49152)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_src)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def make_data(out: Path, n: int, seq_len: int, variable: bool, seed: int = 0) -> None:
+    """Conversational preference pairs of single-token words (about seq_len tokens per sequence)."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    prompt_max, answer_max = seq_len // 4, (3 * seq_len) // 4 - 24  # room for the chat template's tokens
+
+    def text(k):
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    rows = []
+    for _ in range(n):
+        p = rng.randint(4, prompt_max) if variable else prompt_max
+        c = rng.randint(4, answer_max) if variable else answer_max
+        r = rng.randint(4, answer_max) if variable else answer_max
+        rows.append({"prompt": [{"role": "user", "content": text(p)}],
+                     "chosen": [{"role": "assistant", "content": text(c)}],
+                     "rejected": [{"role": "assistant", "content": text(r)}]})
+    Dataset.from_list(rows).save_to_disk(str(out))
+
+
+# -------------------------------------------------------------------- workers
+def _peak_mem(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_rlaif(c: dict) -> dict:
+    from rlaif.train import dpo, rm
+    from rlaif.train.common import micro_batches, run_step
+    from rlaif.train.config import load_config
+
+    recipe = dpo if c["trainer"] == "dpo" else rm
+    cls = dpo.DPOConfig if c["trainer"] == "dpo" else rm.RMConfig
+    cfg = load_config(cls, None, [
+        f"model={c['model']}", f"data={c['data']}", f"runs_dir={c['tmp']}", "name=bench", "resume=false",
+        f"batch_size={c['batch_size']}", "grad_accum=1", "epochs=1", "eval_fraction=0", "lr=1e-6",
+        f"max_length={c['max_length']}", f"max_prompt_length={c['max_length'] // 2}", f"precision={c['precision']}",
+        "tensorboard=false", "warmup_steps=1", f"device={c['device']}",
+    ])
+    s, spec = recipe.setup(cfg)
+    groups = [[b] for b in micro_batches(s, spec, 0)]
+    _reset_peak(c["device"])
+    times, tokens = [], []
+    for g in groups:
+        _sync(c["device"])
+        t0 = time.perf_counter()
+        m = run_step(s, spec, g)
+        _sync(c["device"])
+        times.append(time.perf_counter() - t0)
+        tokens.append(m["tokens"])
+    return {"times": times, "tokens": tokens, "peak_gib": _peak_mem(c["device"])}
+
+
+def run_trl(c: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from datasets import load_from_disk
+
+    tok = AutoTokenizer.from_pretrained(c["model"])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ds = load_from_disk(c["data"])
+    common = dict(
+        output_dir=c["tmp"], per_device_train_batch_size=c["batch_size"], gradient_accumulation_steps=1,
+        num_train_epochs=1, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=1, max_grad_norm=1.0,
+        bf16=c["precision"] == "bf16", gradient_checkpointing=False, logging_steps=10**6, report_to=[],
+        save_strategy="no", use_cpu=c["device"] == "cpu", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        max_length=c["max_length"],
+    )
+    times, tokens = [], []
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            _reset_peak(c["device"])
+
+        def on_step_begin(self, *a, **k):
+            _sync(c["device"])
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            _sync(c["device"])
+            times.append(time.perf_counter() - self.t0)
+
+    if c["trainer"] == "dpo":
+        from trl import DPOConfig, DPOTrainer as Base
+
+        model = AutoModelForCausalLM.from_pretrained(c["model"], dtype=torch.float32)
+        args = DPOConfig(**common, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True)
+    else:
+        from trl import RewardConfig, RewardTrainer as Base
+
+        model = AutoModelForSequenceClassification.from_pretrained(c["model"], num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        args = RewardConfig(**common)
+
+    class Counting(Base):
+        def training_step(self, model, inputs, *rest, **kw):
+            tokens.append(int(inputs["attention_mask"].sum()))
+            return super().training_step(model, inputs, *rest, **kw)
+
+    trainer = Counting(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
+    trainer.train()
+    return {"times": times, "tokens": tokens, "peak_gib": _peak_mem(c["device"])}
+
+
+def worker(c: dict) -> None:
+    import torch
+
+    torch.set_flush_denormal(True)
+    out = run_rlaif(c) if c["impl"] == "rlaif" else run_trl(c)
+    t, n = out["times"][1:], out["tokens"][1:]
+    print("RESULT " + json.dumps({
+        "tokens_per_s": sum(n) / sum(t), "step_s": sum(t) / len(t), "steps": len(out["times"]),
+        "peak_gib": out["peak_gib"],
+    }), flush=True)
+
+
+# --------------------------------------------------------------------- driver
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small", help='"small" (random-init 4-layer Llama), "default", or a folder')
+    ap.add_argument("--trainers", default="rm,dpo")
+    ap.add_argument("--pairs", type=int, default=24, help="pairs in the data set (one epoch is run)")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256, help="longest prompt + completion, in tokens")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(json.loads(a.worker))
+
+    import torch
+
+    from rlaif.train.common import resolve_model_path
+
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = a.precision if a.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    root = Path(tempfile.mkdtemp(prefix="rlaif-bench-"))
+    model = a.model
+    if model == "small":
+        model = str(root / "small-model")
+        make_small_model(Path(model), resolve_model_path("default"))
+    else:
+        model = resolve_model_path(model)
+    for kind in ("fixed", "variable"):
+        make_data(root / kind, a.pairs, a.seq_len, kind == "variable")
+    print(f"model={a.model} device={device} precision={precision} pairs={a.pairs} batch={a.batch_size} "
+          f"seq_len={a.seq_len} torch={torch.__version__}")
+    rows = []
+    for trainer in a.trainers.split(","):
+        for kind in ("fixed", "variable"):
+            res = {}
+            for impl in ("rlaif", "trl"):
+                c = {"trainer": trainer, "impl": impl, "model": model, "data": str(root / kind),
+                     "tmp": str(root / f"run-{trainer}-{kind}-{impl}"), "batch_size": a.batch_size,
+                     "max_length": a.seq_len + 64, "precision": precision, "device": device}
+                p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(c)], capture_output=True,
+                                   text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                if p.returncode != 0 or not line:
+                    print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{impl} {trainer} {kind} failed")
+                res[impl] = json.loads(line[0][7:])
+            rows.append((trainer, kind, res))
+    mem = "peak GiB (CUDA alloc)" if device == "cuda" else "peak RSS GiB"
+    print(f"\n| trainer | data | rlaif tok/s | TRL tok/s | ratio | rlaif s/step | TRL s/step | rlaif {mem} | TRL {mem} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for trainer, kind, r in rows:
+        ours, trl = r["rlaif"], r["trl"]
+        print(f"| {trainer} | {kind} | {ours['tokens_per_s']:.0f} | {trl['tokens_per_s']:.0f} | "
+              f"{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | {ours['step_s']:.3f} | {trl['step_s']:.3f} | "
+              f"{ours['peak_gib']:.2f} | {trl['peak_gib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Test helpers for the OpenAI-server engine: a scripted loopback HTTP server and a real vLLM server.
+
+``ScriptedServer`` is a stdlib ``http.server`` on 127.0.0.1 (random port) in a thread. Its
+``script(method, path, body, attempt)`` returns a :class:`Reply`; every call is recorded in
+``hits`` so tests can count attempts. ``vllm_server`` is a session fixture that starts
+``python -m vllm.entrypoints.openai.api_server`` on the default model and yields its URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+SERVER_START_TIMEOUT_S = 240
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    """A JSON-able value (sent as JSON) or bytes (sent as is)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    """Sleep this long before answering (woken early when the server stops)."""
+
+
+Script = Callable[[str, str, Any, int], Reply]
+
+
+def chat_completion(text: str = "hello", finish_reason: str = "stop", prompt_tokens: int = 7, completion_tokens: int = 2, logprobs: Any = None) -> dict[str, Any]:
+    """A valid OpenAI chat completion body."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "test-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def error_body(message: str, code: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": code}}
+
+
+class ScriptedServer:
+    """A loopback HTTP server answering by script; records (method, path, body) of every call."""
+
+    def __init__(self, script: Script):
+        self.script = script
+        self.hits: list[tuple[str, str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _serve(self, method: str) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except json.JSONDecodeError:
+                    body = raw
+                with outer._lock:
+                    outer.hits.append((method, self.path, body))
+                    attempt = sum(1 for m, p, _ in outer.hits if (m, p) == (method, self.path))
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    reply = outer.script(method, self.path, body, attempt)
+                    if reply.delay_s:
+                        outer._stop.wait(reply.delay_s)
+                    data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def count(self, path: str) -> int:
+        with self._lock:
+            return Counter(p for _, p, _ in self.hits)[path]
+
+    def __enter__(self) -> "ScriptedServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    """A loopback URL nobody listens on (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server on loopback with the default model; yields its URL."""
+    import httpx
+
+    port = free_port()
+    log_path: Path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", default_model,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager",
+        "--gpu-memory-utilization", "0.1",
+        "--max-model-len", "4096",
+        "--logprobs-mode", "processed_logprobs",
+    ]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    t0 = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode} during start-up:\n{tail()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S}s:\n{tail()}")
+            time.sleep(1)
+        print(f"\nvLLM server ready on {url} in {time.monotonic() - t0:.1f}s")
+    except BaseException:
+        stop()
+        raise
+    try:
+        yield url
+    finally:
+        stop()
