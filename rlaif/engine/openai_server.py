@@ -16,12 +16,12 @@ Generation
     completion. Token counts come from ``usage``. vLLM caps ``max_tokens`` at the room left
     in the context itself and answers 400 for a prompt that does not fit.
 
-    Seeds: the server honours each request's ``seed``, so a request sent alone gives the same
-    text as the in-process engine. Identical requests sent *concurrently* can land in
-    differently shaped server batches, and vLLM's kernels are not batch-invariant (on CPU,
-    bf16): their texts were seen to diverge after a few tokens. Exact reproducibility across
-    batches needs ``max_concurrency=1`` (slow) or a batch-invariant server
-    (``VLLM_BATCH_INVARIANT=1`` where supported).
+    Seeds: the server honours each request's ``seed``. Whether the same request and seed give
+    the same text whatever else is in flight depends on the server's kernels being
+    batch-invariant: on CPU, a ``--dtype float32`` server is (checked: identical texts across
+    differently composed concurrent batches, and the same texts and option scores as the
+    in-process engine in float32); a bfloat16 one is not (identical concurrent requests were
+    seen to diverge after a few tokens).
 
 Option scoring (the AI-feedback labeller), matching :mod:`rlaif.engine.vllm_local`
     The prompt is ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``.

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
 from rlaif.records import Completion
@@ -204,6 +204,56 @@ class VLLMEngine:
                 raw = [table[t].logprob if t in table else float("-inf") for t in opt_ids]
                 results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []))
         return [r for r in results if r is not None]
+
+    # ---------------------------------------------------------------- weights (RL)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
+        """Load new weights (Hugging Face names) into the running engine; returns seconds.
+
+        The tensors are written as one safetensors file to a folder in shared memory
+        (``/dev/shm`` where it exists) and the engine's workers reload from it in place with
+        ``reload_weights``: no restart and no checkpoint on disk. (vLLM's CPU backend repacks
+        weights at load time, so a plain ``model.load_weights`` after start-up fails there;
+        tensors passed directly as RPC arguments do not survive serialisation.) The prefix
+        cache is reset afterwards, since its KV entries came from the old weights.
+        """
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        t0 = time.perf_counter()
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        folder = tempfile.mkdtemp(prefix="rlaif-weights-", dir=base)
+        try:
+            tensors, seen = {}, set()
+            for name, t in named_tensors:
+                # Tied weights (embeddings / LM head) share storage; the engine ties them
+                # itself, so each storage is sent once, under its first name.
+                if t.data_ptr() in seen:
+                    continue
+                seen.add(t.data_ptr())
+                tensors[name] = t.detach().to("cpu").contiguous()
+            save_file(tensors, os.path.join(folder, "model.safetensors"))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]], start: Sequence[int]) -> list[list[float]]:
+        """Log-probabilities of given token sequences under the engine's current weights.
+
+        ``start[i]`` is the first position of ``sequences[i]`` to score (e.g. where the
+        response begins); returns ``log p(x_t | x_<t)`` for ``t >= start[i]``.
+        """
+        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        result = []
+        for seq, st, out in zip(sequences, start, outs):
+            plp = out.prompt_logprobs  # position 0 is None: nothing predicts the first token
+            result.append([plp[t][seq[t]].logprob for t in range(max(st, 1), len(seq))])
+        return result
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
