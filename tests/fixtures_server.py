@@ -3,7 +3,8 @@
 ``ScriptedServer`` is a stdlib ``http.server`` on 127.0.0.1 (random port) in a thread. Its
 ``script(method, path, body, attempt)`` returns a :class:`Reply`; every call is recorded in
 ``hits`` so tests can count attempts. ``vllm_server`` is a session fixture that starts
-``python -m vllm.entrypoints.openai.api_server`` on the default model and yields its URL.
+``python -m vllm.entrypoints.openai.api_server`` on the default model (float32, like
+``conftest.vllm_engine``) and yields its URL.
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ def vllm_server(default_model: str, tmp_path_factory: pytest.TempPathFactory) ->
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager",
         "--gpu-memory-utilization", "0.1",
+        "--kv-cache-memory-bytes", str(2**30),  # overrides the share above: steadier on CPU hosts
+        # float32, like the shared in-process engine (conftest.vllm_engine): vLLM's CPU kernels are
+        # then batch-invariant, so concurrent requests and the two engines agree token for token.
+        "--dtype", "float32",
         "--max-model-len", "4096",
         "--logprobs-mode", "processed_logprobs",
     ]

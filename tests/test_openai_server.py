@@ -303,6 +303,7 @@ def test_server_generate_ordered_seeded_and_too_long(server_engine, default_mode
     for i in (0, 1, 3):
         assert out[i].ok and out[i].text.strip() and out[i].finish_reason in ("stop", "length")
         assert out[i].prompt_tokens > 0 and 0 < out[i].completion_tokens <= 24
+    assert out[0].text == out[3].text  # same request + seed -> same text (float32 server: batch-invariant)
     assert out[0].text != out[1].text
     bad = out[2]
     assert bad.finish_reason == "error" and bad.error.startswith("HTTP 400") and "context length" in bad.error
@@ -310,16 +311,17 @@ def test_server_generate_ordered_seeded_and_too_long(server_engine, default_mode
 
 @pytest.mark.vllm
 def test_server_honours_the_seed(vllm_server):
-    """Same request + seed -> same text, when the server runs the requests one at a time.
+    """The seed reaches the server: same seed -> same text, another seed -> another text.
 
-    Sent concurrently, identical requests can land in differently shaped server batches, and
-    vLLM's CPU kernels are not batch-invariant: observed to diverge after a few tokens.
+    (On a bfloat16 server, identical requests sent concurrently can land in differently shaped
+    batches and diverge after a few tokens; the test server runs float32, which is batch-invariant.)
     """
     chats = [ask("Name a colour.", 1), ask("Name a colour.", 2), ask("Name a colour.", 1)]
-    with OpenAIServerEngine(vllm_server, show_progress=False, max_concurrency=1) as eng:
+    chats += [ask(f"Tell me about the number {i}.", i) for i in range(6)] + [ask("Name a colour.", 1)]
+    with OpenAIServerEngine(vllm_server, show_progress=False, max_concurrency=4) as eng:
         out = eng.generate(chats, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=24))
     assert all(c.ok and c.text.strip() for c in out)
-    assert out[0].text == out[2].text
+    assert out[0].text == out[2].text == out[-1].text
     assert out[0].text != out[1].text
 
 

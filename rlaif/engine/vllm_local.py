@@ -84,6 +84,11 @@ class VLLMEngine:
             # equals the raw log-probabilities, which is what RL rollouts sample with.
             logprobs_mode="processed_logprobs",
         )
+        if self.on_cpu:
+            # vLLM's CPU backend crashes ("CPU Generator does not use offset") when a request
+            # with its own seed has its prompt split over two scheduler steps; rlaif seeds
+            # every request, so prompts are scheduled whole on CPU hosts.
+            kwargs["enable_chunked_prefill"] = False
         if s.kv_cache_gib:
             kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_gib * 2**30)
         if s.max_model_len:
@@ -192,7 +197,7 @@ class VLLMEngine:
                 continue
             prompts.append({"prompt_token_ids": ids})
             params.append(self._vllm.SamplingParams(
-                max_tokens=1, temperature=1.0, top_p=1.0, logprobs=len(options), allowed_token_ids=opt_ids, seed=0,
+                max_tokens=1, temperature=1.0, top_p=1.0, logprobs=len(options), allowed_token_ids=opt_ids,
             ))
             slots.append(i)
             wanted.append(opt_ids)
