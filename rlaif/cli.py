@@ -7,7 +7,14 @@ import sys
 
 
 def _add_engine_flags(p) -> None:
-    p.add_argument("--backend", dest="engine.backend", choices=["vllm", "transformers", "fake"], help="engine backend (default: vllm)")
+    p.add_argument("--backend", dest="engine.backend", choices=["vllm", "openai", "transformers", "fake"],
+                   help="engine backend (default: vllm in-process; openai: a server speaking the OpenAI API)")
+    p.add_argument("--base-url", dest="engine.base_url", help="openai backend: server address, e.g. http://127.0.0.1:8000")
+    p.add_argument("--served-model", dest="engine.served_model", help="openai backend: model name on the server (default: its first)")
+    p.add_argument("--api-key-env", dest="engine.api_key_env", help="openai backend: environment variable holding the API key")
+    p.add_argument("--max-concurrency", dest="engine.max_concurrency", type=int, help="openai backend: requests in flight (default 32)")
+    p.add_argument("--request-timeout", dest="engine.request_timeout_s", type=float, help="openai backend: seconds per request (default 120)")
+    p.add_argument("--max-retries", dest="engine.max_retries", type=int, help="openai backend: retries on errors, 429 and 5xx (default 6)")
     p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
     p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
                    help="engine memory share (of CPU memory on CPU hosts)")

@@ -70,6 +70,13 @@ def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
 
         if e.backend == "fake":
             return create_engine(model_id, "fake")
+        if e.backend == "openai":
+            import os
+
+            key = os.environ.get(e.api_key_env) if e.api_key_env else None
+            return create_engine(model_id, "openai", base_url=e.base_url, model=e.served_model, api_key=key,
+                                 max_concurrency=e.max_concurrency, timeout_s=e.request_timeout_s,
+                                 max_retries=e.max_retries, show_progress=not quiet)
         return create_engine(
             model_id,
             e.backend,
@@ -112,10 +119,15 @@ def cmd_label(args: argparse.Namespace) -> int:
             tie_band=args.tie_band, keep_ties=not args.drop_ties, few_shot=not args.no_few_shot, seed=args.seed,
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
-        model_id = args.feedback_model if engine_cfg.backend == "fake" else resolve_model(
+        model_id = args.feedback_model if engine_cfg.backend in ("fake", "openai") else resolve_model(
             args.feedback_model, log=lambda m: print(m, file=sys.stderr))
+        factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+        if engine_cfg.backend == "openai":
+            server = factory()
+            model_id = server.model
+            factory = lambda: server  # noqa: E731
         manifest = label_run(
-            pairs, args.out, const, settings, make_engine_factory(engine_cfg, model_id, args.seed, args.quiet), model_id,
+            pairs, args.out, const, settings, factory, model_id,
             chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
         )
     except (ConstitutionError, ModelError, PromptError, RunFolderError, ValueError) as exc:
@@ -145,7 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg = resolve(file_values, flags, const.defaults)
         # Resolve (and if needed prepare) the model before any engine starts, so a wrong
         # path is reported in a second rather than after vLLM's start-up.
-        resolve = (lambda m: m) if cfg.engine.backend == "fake" else (lambda m: resolve_model(m, log=lambda x: print(x, file=sys.stderr)))
+        resolve = (lambda m: m) if cfg.engine.backend in ("fake", "openai") else (lambda m: resolve_model(m, log=lambda x: print(x, file=sys.stderr)))
         model_id = resolve(cfg.model)
         feedback_id = resolve(cfg.label.feedback_model) if cfg.label.enabled and cfg.label.feedback_model else model_id
     except (ConfigError, ConstitutionError, ModelError) as exc:
@@ -154,6 +166,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, args.quiet) if feedback_id != model_id else None
 
     engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, args.quiet)
+    if cfg.engine.backend == "openai":
+        # A server client is cheap to make; it tells which model the server really serves,
+        # and that name is what the rows' provenance should carry.
+        server = engine_factory()
+        model_id = feedback_id = server.model
+        engine_factory = lambda: server  # noqa: E731
 
     try:
         manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,

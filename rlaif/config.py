@@ -35,7 +35,19 @@ class EngineConfig:
     """How the model is served."""
 
     backend: str = "vllm"
-    """'vllm' (in-process), 'transformers' (plain generate; slower) or 'fake' (scripted, for tests)."""
+    """'vllm' (in-process), 'openai' (a server speaking the OpenAI API, e.g. vllm serve),
+    'transformers' (plain generate; slower) or 'fake' (scripted, for tests)."""
+    base_url: str | None = None
+    """openai backend: the server's address, e.g. http://127.0.0.1:8000."""
+    served_model: str | None = None
+    """openai backend: the model name on the server (None: the server's first model)."""
+    api_key_env: str | None = None
+    """openai backend: name of the environment variable holding the API key (never stored)."""
+    max_concurrency: int = 32
+    """openai backend: requests in flight at once."""
+    request_timeout_s: float = 120.0
+    max_retries: int = 6
+    """openai backend: retries on connection errors, timeouts, 429 and 5xx (exponential backoff)."""
     max_model_len: int | None = None
     """Context length; None = the model's own, capped at 8192."""
     gpu_memory_utilization: float | None = None
@@ -49,8 +61,12 @@ class EngineConfig:
     """Run code shipped with a model; off unless you trust the model's source."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("vllm", "transformers", "fake"):
-            raise ConfigError(f"engine.backend must be 'vllm', 'transformers' or 'fake', got {self.backend!r}")
+        if self.backend not in ("vllm", "openai", "transformers", "fake"):
+            raise ConfigError(f"engine.backend must be 'vllm', 'openai', 'transformers' or 'fake', got {self.backend!r}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("engine.backend 'openai' needs engine.base_url (--base-url)")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.request_timeout_s <= 0:
+            raise ConfigError("max_concurrency must be >= 1, max_retries >= 0 and request_timeout_s > 0")
 
 
 PAIR_MODES = ("revision", "samples-all", "samples-random")

@@ -1,4 +1,4 @@
-"""Engines: in-process vLLM, plain transformers, and a scripted fake for tests. See :mod:`rlaif.engine.base`."""
+"""Engines: in-process vLLM, an OpenAI-compatible server, plain transformers, and a scripted fake for tests. See :mod:`rlaif.engine.base`."""
 
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 
@@ -19,8 +19,16 @@ def create_engine(model: str, backend: str = "vllm", **settings) -> Engine:
         if keep.get("dtype") == "auto":
             keep.pop("dtype")
         return HFEngine(model, **keep)
+    if backend == "openai":
+        from rlaif.engine.openai_server import OpenAIServerEngine
+
+        keep = {k: settings[k] for k in ("model", "api_key", "max_concurrency", "timeout_s", "max_retries", "show_progress")
+                if settings.get(k) is not None}
+        if not settings.get("base_url"):
+            raise ValueError("the openai backend needs a base_url (the server's address)")
+        return OpenAIServerEngine(settings["base_url"], **keep)
     if backend == "fake":
         from rlaif.engine.fake import FakeEngine
 
         return FakeEngine(model=model)
-    raise ValueError(f"unknown engine backend {backend!r} (choose 'vllm', 'transformers' or 'fake')")
+    raise ValueError(f"unknown engine backend {backend!r} (choose 'vllm', 'transformers', 'openai' or 'fake')")

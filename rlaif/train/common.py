@@ -66,6 +66,29 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+def save_dtype(cfg: TrainConfig, model) -> torch.dtype:
+    """The dtype of the final weights: as configured, or the starting model's (recorded at load)."""
+    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if cfg.save_dtype != "auto":
+        return named[cfg.save_dtype]
+    src = getattr(model, "_rlaif_source_dtype", None)
+    return getattr(torch, str(src).removeprefix("torch."), torch.float32) if src else torch.float32
+
+
+def load_pretrained(auto_cls, path: str, cfg: TrainConfig, **kw):
+    """``auto_cls.from_pretrained`` in float32 (the master weights), remembering the stored dtype."""
+    import json
+
+    stored = None
+    cfg_file = Path(path) / "config.json"
+    if cfg_file.exists():
+        raw = json.loads(cfg_file.read_text())
+        stored = raw.get("dtype") or raw.get("torch_dtype")
+    model = auto_cls.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32, **kw)
+    model._rlaif_source_dtype = stored  # on the module, not the config, so it is never saved
+    return model
+
+
 def save_final(model, tokenizer, out: Path, cfg: TrainConfig, rank: int = 0) -> Path:
     """Write the model in Hugging Face format (safetensors) with its tokenizer."""
     state = None
@@ -79,6 +102,13 @@ def save_final(model, tokenizer, out: Path, cfg: TrainConfig, rank: int = 0) -> 
     m = unwrap(model)
     if cfg.lora.enabled and cfg.lora.merge_on_save and state is None:
         m = m.merge_and_unload()
+    dtype = save_dtype(cfg, m)
+    if state is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    else:
+        m = m.to(dtype)  # training is over: cast in place
+    if hasattr(m, "config"):
+        m.config.dtype = dtype
     m.save_pretrained(str(out), safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(str(out))
     return out
@@ -178,6 +208,9 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int):
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.adam_betas,
+        # one fused kernel for all parameters (CPU and CUDA); sharded (DTensor) parameters
+        # use the multi-tensor path
+        **({"fused": True} if not any(hasattr(p, "device_mesh") for p in params) else {"foreach": True}),
     )
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
@@ -423,3 +456,15 @@ def load_splits(cfg: TrainConfig, tok, kind: str, rank: int = 0) -> tuple[list[d
             f"{stats['dropped']} dropped; {len(train)} train / {len(ev)} eval examples"
         )
     return train, ev
+
+
+def cleanup(s: Session) -> None:
+    """Close the metric log and, under torchrun, the process group."""
+    if s.log is not None:
+        s.log.close()
+    if s.dist.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

@@ -111,6 +111,8 @@ class TrainConfig:
     """Under torchrun / accelerate launch: "fsdp", "ddp" ("auto" = fsdp when several processes)."""
     tensorboard: bool = True
     """Also log to TensorBoard when it is installed."""
+    save_dtype: str = "auto"
+    """dtype of the final weights: "auto" (the starting model's), "bf16", "fp16" or "fp32"."""
 
     def __post_init__(self):
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
@@ -128,6 +130,7 @@ class TrainConfig:
         _check(self.length_grouping >= 1, "length_grouping must be >= 1")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision: auto, bf16 or fp32")
         _check(self.parallel in ("auto", "fsdp", "ddp"), "parallel: auto, fsdp or ddp")
+        _check(self.save_dtype in ("auto", "bf16", "fp16", "fp32"), "save_dtype: auto, bf16, fp16 or fp32")
         _check(self.log_every >= 1 and self.eval_every >= 0 and self.save_every >= 0, "bad log/eval/save interval")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         _check(self.max_steps == -1 or self.max_steps > 0, "max_steps must be -1 or positive")

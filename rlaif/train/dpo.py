@@ -16,7 +16,7 @@ import torch
 
 from . import reference
 from .common import (
-    LoopSpec, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
+    LoopSpec, cleanup, load_pretrained, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
     prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config
@@ -111,7 +111,7 @@ def loop_spec(cfg: DPOConfig, pad_id: int) -> LoopSpec:
 def _load_lm(path: str, cfg: DPOConfig):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+    return load_pretrained(AutoModelForCausalLM, path, cfg)
 
 
 def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
@@ -154,7 +154,7 @@ def main(config_path: str | None, overrides: list[str] | None = None) -> int:
     s, spec = setup(cfg)
     metrics = train(s, spec)
     out = save(s)
-    s.log.close()
+    cleanup(s)
     if s.dist.rank == 0:
         print(f"[rlaif.train] policy saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0

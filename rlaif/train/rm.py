@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .common import (
-    LoopSpec, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
+    LoopSpec, cleanup, load_pretrained, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
 )
 from .config import TrainConfig, load_config
@@ -67,9 +67,7 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.trust_remote_code)
     train, ev = load_splits(cfg, tok, "preference", d.rank)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32
-    )
+    model = load_pretrained(AutoModelForSequenceClassification, path, cfg, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     model = prepare_model(apply_lora(model, cfg, "SEQ_CLS"), cfg, d)
     spec = loop_spec(cfg, tok.pad_token_id)
@@ -90,7 +88,7 @@ def main(config_path: str | None, overrides: list[str] | None = None) -> int:
     s, spec = setup(cfg)
     metrics = train(s, spec)
     out = save(s)
-    s.log.close()
+    cleanup(s)
     if s.dist.rank == 0:
         print(f"[rlaif.train] reward model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0

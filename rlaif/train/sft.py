@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from .common import (
-    LoopSpec, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
+    LoopSpec, cleanup, load_pretrained, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
     prepare_model, resolve_model_path, save_final, seed_everything, setup_device,
 )
 from .config import TrainConfig, load_config
@@ -51,7 +50,7 @@ def setup(cfg: SFTConfig) -> tuple[Session, LoopSpec]:
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.trust_remote_code)
     train, ev = load_splits(cfg, tok, "sft", d.rank)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+    model = load_pretrained(AutoModelForCausalLM, path, cfg)
     model = prepare_model(apply_lora(model, cfg, "CAUSAL_LM"), cfg, d)
     spec = loop_spec(cfg, tok.pad_token_id)
     s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
@@ -71,7 +70,7 @@ def main(config_path: str | None, overrides: list[str] | None = None) -> int:
     s, spec = setup(cfg)
     metrics = train(s, spec)
     out = save(s)
-    s.log.close()
+    cleanup(s)
     if s.dist.rank == 0:
         print(f"[rlaif.train] model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0

@@ -1,5 +1,4 @@
 """Data loading, formats, chat-template masks, truncation, batching."""
-import json
 
 import pytest
 

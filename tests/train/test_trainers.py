@@ -94,6 +94,8 @@ def test_rm_smoke_resume_and_hf_load(tiny_model_dir, run_folder, tmp_path):
     m = AutoModelForSequenceClassification.from_pretrained(a / "final")
     assert type(m).__name__ == "LlamaForSequenceClassification" and m.config.num_labels == 1
     assert m.config.pad_token_id == 0
+    # save_dtype auto keeps the starting model's dtype (float32 for the tiny model)
+    assert {t.dtype for t in load_file(str(a / "final" / "model.safetensors")).values()} == {torch.float32}
     # transformers' pooling reads the last non-padding token: right padding changes nothing
     ex = [{"prompt": [2, 5, 6, 3], "chosen": [7, 8, 3], "rejected": [9, 3], "chosen_prob": 1.0, "margin": 0.0}]
     batch = collate_pairs(ex, pad_id=0)
@@ -146,7 +148,10 @@ def test_dpo_online_reference_matches_precomputed(tiny_model_dir, run_folder, tm
 def test_dpo_variants_run(tiny_model_dir, run_folder, tmp_path, loss):
     beta = {"ipo": 0.5, "hinge": 0.1, "simpo": 2.0}[loss]
     r = run("dpo", tiny_model_dir, run_folder, tmp_path, loss, "max_steps=2", f"loss={loss}", f"beta={beta}",
-            "eval_fraction=0")
+            "eval_fraction=0", "save_dtype=bf16")
+    final = load_file(str(r / "final" / "model.safetensors"))
+    assert {t.dtype for t in final.values()} == {torch.bfloat16}
+    assert json.loads((r / "final" / "config.json").read_text())["dtype"] == "bfloat16"
     l1 = train_losses(r)[1]
     if loss == "ipo":  # h = 0 at the start: (0 - 1/(2 beta))^2 = 1
         assert l1 == pytest.approx(1.0, rel=1e-5)
