@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-VERDICT = re.compile(r"\(\s*([AB])\s*\)|\b(?:answer|response|option)\s+(?:is\s+)?\(?([AB])\b", re.I)
+VERDICT = re.compile(r"^\s*\(?([AB])\b|\b(?:answer|response|option)\s*(?:is\s*)?:?\s*\(?([AB])\b", re.I)
 
 
 def parse_verdict(text: str) -> str | None:
@@ -39,7 +39,7 @@ def main() -> None:
     from rlaif.constitution import load_constitution
     from rlaif.engine.base import ChatRequest, SamplingConfig
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.label import JUDGE_SYSTEM, LabelSettings, label_pairs, question, render_conversation, sample_label_principles, sanitise
+    from rlaif.label import LabelSettings, label_pairs, question, render_conversation, sample_label_principles, sanitise
     from rlaif.model_zoo import resolve_model
     from rlaif.prompts import read_pairs
 
@@ -64,7 +64,7 @@ def main() -> None:
         for flipped in (False, True):
             first, second = (b, a) if flipped else (a, b)
             user = question(principle.comparison, conv, first, second, cot=False)
-            reqs.append(ChatRequest(({"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}), seed=0))
+            reqs.append(ChatRequest(({"role": "user", "content": user},), seed=0))
             meta.append(flipped)
     t0 = time.perf_counter()
     outs = engine.generate(reqs, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=args.max_tokens))

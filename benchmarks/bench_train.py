@@ -22,6 +22,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256, help="longest prompt + completion, in tokens")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=1, help="run each case this often, alternating; report medians")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -218,22 +220,24 @@ def main() -> None:
     for kind in ("fixed", "variable"):
         make_data(root / kind, a.pairs, a.seq_len, kind == "variable")
     print(f"model={a.model} device={device} precision={precision} pairs={a.pairs} batch={a.batch_size} "
-          f"seq_len={a.seq_len} torch={torch.__version__}")
+          f"seq_len={a.seq_len} repeats={a.repeats} (medians) torch={torch.__version__}")
     rows = []
     for trainer in a.trainers.split(","):
         for kind in ("fixed", "variable"):
-            res = {}
-            for impl in ("rlaif", "trl"):
-                c = {"trainer": trainer, "impl": impl, "model": model, "data": str(root / kind),
-                     "tmp": str(root / f"run-{trainer}-{kind}-{impl}"), "batch_size": a.batch_size,
-                     "max_length": a.seq_len + 64, "precision": precision, "device": device}
-                p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(c)], capture_output=True,
-                                   text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-                if p.returncode != 0 or not line:
-                    print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"{impl} {trainer} {kind} failed")
-                res[impl] = json.loads(line[0][7:])
+            runs: dict[str, list[dict]] = {"rlaif": [], "trl": []}
+            for rep in range(a.repeats):  # alternate, so that load changes hit both alike
+                for impl in ("rlaif", "trl"):
+                    c = {"trainer": trainer, "impl": impl, "model": model, "data": str(root / kind),
+                         "tmp": str(root / f"run-{trainer}-{kind}-{impl}-{rep}"), "batch_size": a.batch_size,
+                         "max_length": a.seq_len + 64, "precision": precision, "device": device}
+                    p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(c)], capture_output=True,
+                                       text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if p.returncode != 0 or not line:
+                        print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
+                        raise SystemExit(f"{impl} {trainer} {kind} failed")
+                    runs[impl].append(json.loads(line[0][7:]))
+            res = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
             rows.append((trainer, kind, res))
     mem = "peak GiB (CUDA alloc)" if device == "cuda" else "peak RSS GiB"
     print(f"\n| trainer | data | rlaif tok/s | TRL tok/s | ratio | rlaif s/step | TRL s/step | rlaif {mem} | TRL {mem} |")
