@@ -41,7 +41,9 @@ def main() -> None:
         "one order, 1 principle": LabelSettings(ensemble=1, both_orders=False),
         "both orders, 1 principle": LabelSettings(ensemble=1),
         f"both orders, ensemble of {args.ensemble}": LabelSettings(ensemble=args.ensemble),
-        f"both orders, ensemble of {args.ensemble}, no few-shot": LabelSettings(ensemble=args.ensemble, few_shot=False),
+        f"both orders, ensemble of {2 * args.ensemble}": LabelSettings(ensemble=2 * args.ensemble),
+        f"both orders, ensemble of {args.ensemble}, with few-shot examples": LabelSettings(ensemble=args.ensemble, few_shot=True),
+        f"one order, ensemble of {args.ensemble}": LabelSettings(ensemble=args.ensemble, both_orders=False),
     }
     if not args.skip_cot:
         variants[f"both orders, ensemble of {args.ensemble}, CoT (clamped 0.4-0.6)"] = LabelSettings(ensemble=args.ensemble, cot=True)

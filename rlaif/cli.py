@@ -39,7 +39,7 @@ def _add_label(sub) -> None:
     p.add_argument("--single-order", action="store_true", help="score only the given order (for measuring position bias)")
     p.add_argument("--tie-band", type=float, default=0.0, help="|P - 0.5| <= band counts as a tie")
     p.add_argument("--drop-ties", action="store_true", help="leave ties out of the preference dataset")
-    p.add_argument("--no-few-shot", action="store_true", help="do not show the constitution's comparison examples")
+    p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
     p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")

@@ -116,7 +116,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         const = load_constitution(args.constitution, args.principles_dir)
         settings = LabelSettings(
             ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
-            tie_band=args.tie_band, keep_ties=not args.drop_ties, few_shot=not args.no_few_shot, seed=args.seed,
+            tie_band=args.tie_band, keep_ties=not args.drop_ties, few_shot=args.few_shot, seed=args.seed,
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
         model_id = args.feedback_model if engine_cfg.backend in ("fake", "openai") else resolve_model(

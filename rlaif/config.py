@@ -88,7 +88,7 @@ class LabelConfig:
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     tie_band: float = 0.0
     keep_ties: bool = True
-    few_shot: bool = True
+    few_shot: bool = False
     feedback_model: str | None = None
     """None: the policy model, served by the same engine."""
 

@@ -65,8 +65,9 @@ class LabelSettings:
     """Keep ties in the preference dataset (flagged), or drop them."""
     max_response_chars: int = 6000
     """Longer responses are cut (and the pair flagged) so that one long answer cannot fill the context."""
-    few_shot: bool = True
-    """Put the constitution's comparison examples before each question."""
+    few_shot: bool = False
+    """Put the constitution's comparison examples before each question (off by default: on the
+    default model they pull its answers toward copying the examples; see the README's table)."""
     seed: int = 0
 
     def __post_init__(self) -> None:

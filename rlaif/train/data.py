@@ -226,7 +226,10 @@ def truncate_pair(
 
 
 def truncate_sequence(ids: list[int], mask: list[int], policy: Truncation):
-    """A whole conversation keeps its first ``max_length`` tokens; None means drop."""
+    """A whole conversation keeps its first ``max_length`` tokens; None means drop.
+
+    (Multi-turn conversations are cut at the end, so earlier turns keep their context.)
+    """
     if len(ids) <= policy.max_length:
         return ids, mask
     if policy.mode == "drop":
@@ -289,7 +292,7 @@ def tokenize_sft(rows, tok, policy: Truncation) -> tuple[list[dict], dict[str, i
         else:
             raise ValueError(f"SFT row needs 'messages', 'prompt'+'completion' or 'text'; got {sorted(row)}")
         cut = truncate_sequence(ids, mask, policy)
-        if cut is None:
+        if cut is None or not any(cut[1]):  # nothing left to train on
             stats["dropped"] += 1
             continue
         stats["truncated"] += len(cut[0]) != len(ids)

@@ -1,4 +1,4 @@
-"""Reference log-probabilities for DPO: computed once, cached on disk.
+"""Completion log-probabilities, and DPO's reference log-probabilities cached on disk.
 
 The cache file is named by a SHA-256 of (model weights, tokenised train and eval
 data, autocast dtype), so any change to the model, the data, the tokenizer, the chat
@@ -6,7 +6,9 @@ template or the truncation settings computes fresh values.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -50,11 +52,42 @@ def cache_key(model_hash: str, train: list[dict], ev: list[dict], amp: torch.dty
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def _inner(model):
+    model = getattr(model, "module", model)  # DDP
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+
+
+def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs over the completion region and its mask, both ``(N, K)``.
+
+    Only the last ``K`` positions, from the batch's earliest completion token on,
+    go through the LM head (``logits_to_keep``): with vocabularies of 50-150k
+    tokens the logits of prompt positions cost as much as the rest of the model
+    and are never used. Logits at position ``t`` score token ``t + 1``.
+
+    Args:
+        batch: ``input_ids``, ``attention_mask``, ``loss_mask``, all ``(N, T)``, right-padded.
+    """
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    t = ids.shape[1]
+    used = mask.bool().any(0)
+    first = int(used.int().argmax()) if bool(used.any()) else t - 1
+    start = max(first - 1, 0)
+    k = t - start
+    extra = {"logits_to_keep": k} if _takes_logits_to_keep(type(_inner(model))) else {}
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False, **extra).logits
+    logits = logits[:, -k:]
+    return token_logps(logits[:, :-1], ids[:, start + 1 :]), mask[:, start + 1 :]
+
+
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed completion log-probabilities of every row, ``(2B,)`` (chosen rows first)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    lp = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
-    return sequence_logps(lp, batch["loss_mask"][:, 1:])
+    return sequence_logps(*completion_logps(model, batch))
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ from .common import (
 )
 from .config import TrainConfig, load_config
 from .data import collate_sft
-from .losses import sft_loss, token_logps
+from .losses import sft_loss
+from .reference import completion_logps
 
 
 @dataclass
@@ -27,10 +28,8 @@ class SFTConfig(TrainConfig):
 
 def loop_spec(cfg: SFTConfig, pad_id: int) -> LoopSpec:
     def loss_fn(s: Session, batch, normalizer):
-        logits = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        # position t predicts token t + 1
-        lp = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
-        loss, metrics = sft_loss(lp, batch["loss_mask"][:, 1:], normalizer)
+        lp, mask = completion_logps(s.model, batch)  # skips the logits of leading prompt tokens
+        loss, metrics = sft_loss(lp, mask, normalizer)
         metrics.pop("tokens")  # a count, not a mean: the loop reports tokens/s instead
         return loss, metrics
 
