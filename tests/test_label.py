@@ -196,3 +196,42 @@ def test_label_cli_with_fake_backend(repo_root, tmp_path):
     assert "agreement with reference labels" in res.stdout
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["counts"]["pairs"] >= 60
+
+
+def test_generate_with_ai_labels_revision_pairs(repo_root, tmp_path):
+    from rlaif.config import resolve
+    from rlaif.generate import generate
+
+    flags = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "out": str(tmp_path / "g"), "limit": 6,
+             "chunk_size": 4, "rounds": 1, "label.enabled": True, "label.ensemble": 2}
+    cfg = resolve({}, flags, CONST.defaults)
+
+    def judge(req, options):  # prefers the revision, which the fake engine words as a reply to the revision request
+        a, b = _blocks(req)
+        p = 0.8 if "Rewrite" in a else 0.2
+        return [math.log(p), math.log(1 - p)]
+
+    engine = FakeEngine(scorer=judge)
+    m = generate(cfg, CONST, lambda: engine, "m", show_progress=False, log=lambda s: None)
+    ds = datasets.load_from_disk(str(tmp_path / "g" / "preferences"))
+    assert len(ds) == 6 and m["counts"]["label_pairs"] == 6 and m["counts"]["label_revision_preferred"] == 6
+    row = ds[0]
+    assert row["label_source"] == "ai" and row["chosen_prob"] == pytest.approx(0.8)
+    assert row["response_ids"][0].endswith(":final") and "Rewrite" in row["chosen"][0]["content"]
+    assert [d for d, _ in engine.calls][:4] == ["chunk 1/2 response", "chunk 1/2 critique 1/1", "chunk 1/2 revision 1/1", "chunk 1/2 label"]
+
+
+def test_generate_sample_pairs(repo_root, tmp_path):
+    from rlaif.config import ConfigError, resolve
+    from rlaif.generate import generate
+
+    base = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "limit": 3, "rounds": 0,
+            "samples_per_prompt": 4, "label.enabled": True, "label.ensemble": 1}
+    cfg = resolve({}, {**base, "out": str(tmp_path / "all"), "label.pairs": "samples-all"}, CONST.defaults)
+    m = generate(cfg, CONST, FakeEngine, "m", show_progress=False, log=lambda s: None)
+    assert m["counts"]["label_pairs"] == 3 * 6  # C(4, 2) pairs per prompt
+    cfg = resolve({}, {**base, "out": str(tmp_path / "rand"), "label.pairs": "samples-random", "label.pairs_per_prompt": 2}, CONST.defaults)
+    m = generate(cfg, CONST, FakeEngine, "m", show_progress=False, log=lambda s: None)
+    assert m["counts"]["label_pairs"] == 3 * 2
+    with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
+        resolve({}, {**base, "out": "x", "samples_per_prompt": 1, "label.pairs": "samples-all"}, CONST.defaults)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,3 +167,23 @@ def test_missing_model_reported_before_engine_starts(repo_root, tmp_path):
     assert res.returncode == 2 and "does not exist" in res.stderr
     assert time.time() - t0 < 30  # no engine start-up happened
     assert not Path(tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_labeller_on_real_model(vllm_engine, repo_root):
+    from rlaif.label import LabelSettings, label_pairs
+    from rlaif.prompts import read_pairs
+
+    const = load_constitution("default")
+    pairs = read_pairs(repo_root / "prompts" / "reference-pairs.jsonl")
+    pairs = pairs[:4] + [p for p in pairs if p.meta.get("category") == "injection"]
+    labels = label_pairs(vllm_engine, const, pairs, LabelSettings(ensemble=2))
+    assert all(l.error is None for l in labels)
+    for l in labels:
+        assert 0.0 <= l.p_a <= 1.0 and len(l.per_principle) == 2
+        assert l.likert in range(1, 9) and 0 <= l.margin <= 3
+    names_option = [p for p in pairs if re.search(r"\([AB]\)|Response [AB]", p.response_a + p.response_b)]
+    assert len(names_option) >= 3
+    assert all("defused" in l.flags for l, p in zip(labels, pairs) if p in names_option)
+    # same pairs, same seed: the same principles and probabilities
+    again = label_pairs(vllm_engine, const, pairs, LabelSettings(ensemble=2))
+    assert [l.per_principle for l in again] == [l.per_principle for l in labels]

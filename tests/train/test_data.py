@@ -129,3 +129,10 @@ def test_collate_pairs_layout(tokenizer):
     assert b["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert b["loss_mask"].tolist() == [[0, 0, 1, 0], [0, 0, 1, 1]]
     assert b["index"].tolist() == [7]
+
+
+def test_sft_row_with_no_trainable_tokens_left_is_dropped(tokenizer):
+    long_user = " ".join(["w1"] * 40)
+    rows = [{"messages": [{"role": "user", "content": long_user}, {"role": "assistant", "content": "w2"}]}]
+    ex, st = D.tokenize_sft(rows, tokenizer, D.Truncation(20, 10))
+    assert ex == [] and st["dropped"] == 1
