@@ -19,7 +19,7 @@ from rlaif.constitution import Constitution
 from rlaif.config import LabelConfig
 from rlaif.critique import LoopSettings, derive_seed, run_chunk
 from rlaif.label import Pair, label_pairs
-from rlaif.labelling import ai_preference_features, ai_preference_row, keep_for_dataset, label_from_row, label_to_row
+from rlaif.labelling import messages_feature, ai_preference_features, ai_preference_row, keep_for_dataset, label_from_row, label_to_row
 from rlaif.engine.base import Engine, describe
 from rlaif.prompts import read_prompts
 from rlaif.records import PromptRecord, Trajectory
@@ -28,16 +28,11 @@ from rlaif.runs import RunDir, atomic_write_text, chunked
 EngineFactory = Callable[[], Engine]
 
 
-def _messages_feature():
-    from datasets import Value
+def _provenance_features() -> dict[str, Any]:
+    """Columns every generated row carries (see :func:`_provenance`)."""
+    from datasets import Sequence, Value
 
-    return [{"role": Value("string"), "content": Value("string")}]
-
-
-def _features(kind: str):
-    from datasets import Features, Sequence, Value
-
-    common = {
+    return {
         "id": Value("string"),
         "prompt_id": Value("string"),
         "sample": Value("int64"),
@@ -48,13 +43,19 @@ def _features(kind: str):
         "model": Value("string"),
         "rounds": Value("int64"),
     }
+
+
+def _features(kind: str):
+    from datasets import Features, Value
+
+    common = _provenance_features()
     if kind == "sft":
-        return Features({"messages": _messages_feature(), **common})
+        return Features({"messages": messages_feature(), **common})
     return Features(
         {
-            "prompt": _messages_feature(),
-            "chosen": _messages_feature(),
-            "rejected": _messages_feature(),
+            "prompt": messages_feature(),
+            "chosen": messages_feature(),
+            "rejected": messages_feature(),
             "label_source": Value("string"),
             **common,
         }
@@ -124,16 +125,9 @@ def token_stats(trajs: list[Trajectory]) -> dict[str, dict[str, int]]:
 def _ai_extra_features():
     from datasets import Sequence, Value
 
-    return {
-        "prompt_id": Value("string"),
-        "category": Value("string"),
-        "constitution": Value("string"),
-        "constitution_sha256": Value("string"),
-        "principle_ids": Sequence(Value("string")),
-        "model": Value("string"),
-        "rounds": Value("int64"),
-        "response_ids": Sequence(Value("string")),
-    }
+    # The pair's own id replaces the trajectory id; "sample" is per response, so it is left out.
+    extra = {k: v for k, v in _provenance_features().items() if k not in ("id", "sample")}
+    return {**extra, "response_ids": Sequence(Value("string"))}
 
 
 def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str):

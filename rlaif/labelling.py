@@ -33,7 +33,7 @@ def label_from_row(row: dict[str, Any]) -> PairLabel:
     return PairLabel(**row)
 
 
-def _messages_feature():
+def messages_feature():
     from datasets import Value
 
     return [{"role": Value("string"), "content": Value("string")}]
@@ -44,9 +44,9 @@ def ai_preference_features(extra: dict[str, Any] | None = None):
 
     return Features(
         {
-            "prompt": _messages_feature(),
-            "chosen": _messages_feature(),
-            "rejected": _messages_feature(),
+            "prompt": messages_feature(),
+            "chosen": messages_feature(),
+            "rejected": messages_feature(),
             "chosen_prob": Value("float64"),
             "margin": Value("float64"),
             "likert": Value("int64"),

@@ -1,0 +1,223 @@
+"""Rollouts for RL: sampling through the in-process vLLM engine, rewards, and batching.
+
+* :func:`sample` asks the running :class:`~rlaif.engine.vllm_local.VLLMEngine` for token
+  ids plus the log-probability of every sampled token (vLLM's sampler log-probs, which at
+  ``top_p = 1`` are ``log softmax(logits / temperature)``), one seeded request per
+  response, so a rollout is a function of (weights, prompt, seed) whatever the batch.
+* A reward function takes the prompts (message lists) and the response texts and
+  returns one score per response: :class:`SequenceClassifierReward` wraps a reward model
+  from ``rlaif train rm`` (or any Hugging Face sequence-classification model with one
+  label); :func:`load_reward_fn` loads a ``module:function`` for programmatic rewards.
+* :func:`collate` lays the rollouts out for the trainer and :func:`response_logps` /
+  :func:`response_values` read the policy's log-probs and the critic's values at the
+  response tokens.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .losses import token_logps
+from .rl_losses import entropy_from_logits
+
+Messages = list[dict[str, Any]]
+RewardFn = Callable[[Sequence[Messages], Sequence[str]], "torch.Tensor | Sequence[float]"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response with the engine's log-probabilities of its tokens."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    """``log pi(a_t | s_t)`` of each response token as the sampler saw it."""
+    text: str
+    finish_reason: str
+    """"stop" (an end token or stop string ended it) or "length" (cut at max_tokens)."""
+
+    @property
+    def ended(self) -> bool:
+        return self.finish_reason == "stop"
+
+
+def sample(engine, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], max_tokens: int,
+           temperature: float = 1.0) -> list[Sample]:
+    """Sample one response per prompt (in order) with per-request seeds.
+
+    ``engine`` is a :class:`rlaif.engine.vllm_local.VLLMEngine`; its ``llm`` is driven
+    directly because the chat-level ``generate`` returns text only. ``max_tokens`` is
+    capped so that prompt + response fits the engine's context.
+    """
+    if len(prompt_ids) != len(seeds):
+        raise ValueError("one seed per prompt")
+    make_params = engine._vllm.SamplingParams  # the engine module is the one that imports vLLM
+    params = []
+    for ids, seed in zip(prompt_ids, seeds):
+        room = engine.max_model_len - len(ids)
+        if room < 1:
+            raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in the engine's context ({engine.max_model_len})")
+        params.append(make_params(temperature=temperature, top_p=1.0, top_k=0, max_tokens=min(max_tokens, room),
+                                  logprobs=0, seed=int(seed)))
+    outs = engine.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
+    samples = []
+    for ids, out in zip(prompt_ids, outs):
+        o = out.outputs[0]
+        toks = tuple(int(t) for t in o.token_ids)
+        lps = tuple(float(o.logprobs[t][tok].logprob) for t, tok in enumerate(toks))
+        samples.append(Sample(tuple(ids), toks, lps, o.text, o.finish_reason or "stop"))
+    return samples
+
+
+# ------------------------------------------------------------------ rewards
+class SequenceClassifierReward:
+    """Scores (prompt, response) with a sequence-classification model with one label.
+
+    The conversation ``prompt + [assistant: response]`` is rendered with the reward
+    model's own chat template and tokenised exactly as ``rlaif train rm`` tokenised its
+    training pairs; the score is the head's output at the last non-padding token (the
+    model's own pooling, with right padding and ``pad_token_id`` set).
+    """
+
+    def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 8, max_length: int = 2048,
+                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, dtype=dtype, trust_remote_code=trust_remote_code
+        ).to(device).eval().requires_grad_(False)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"reward model {self.path} has {self.model.config.num_labels} labels; expected 1")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def encode(self, prompt: Messages, response: str) -> list[int]:
+        from .data import encode_prompt_completion
+
+        p, c = encode_prompt_completion(self.tokenizer, list(prompt), [{"role": "assistant", "content": response}])
+        ids = p + c
+        return ids[-self.max_length:]  # keep the end: the score is read at the last token
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        out = torch.zeros(len(seqs), dtype=torch.float32)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        pad = self.model.config.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in idx], device=self.device)
+            attn = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            out[idx] = logits[:, 0].float().cpu()
+        return out
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """Import ``"package.module:function"``: ``function(prompts, responses) -> (B,) scores``."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"reward_fn {spec!r} must look like 'package.module:function'")
+    fn = getattr(importlib.import_module(module), name)
+    if not callable(fn):
+        raise ValueError(f"reward_fn {spec!r} is not callable")
+    return fn
+
+
+def score(reward_fn: RewardFn, prompts: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:
+    """Call ``reward_fn`` and check it returned one finite float per response: ``(B,)`` float32."""
+    out = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float32).reshape(-1).cpu()
+    if out.shape[0] != len(responses):
+        raise ValueError(f"the reward function returned {out.shape[0]} scores for {len(responses)} responses")
+    if not torch.isfinite(out).all():
+        raise ValueError("the reward function returned a non-finite score")
+    return out
+
+
+# ------------------------------------------------------------------ batching
+def _pad(rows: Sequence[Sequence], value, dtype) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype)
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + response sequences and response-aligned tensors.
+
+    Returns ``input_ids`` / ``attention_mask`` ``(B, L)``; ``response_ids``,
+    ``response_mask``, ``engine_logp`` ``(B, R)``; ``start`` ``(B,)`` (index of the first
+    response token in ``input_ids``), ``length`` ``(B,)`` (response tokens) and ``ended``
+    ``(B,)`` (the response has an end token).
+    """
+    seqs = [list(s.prompt_ids) + list(s.response_ids) for s in samples]
+    return {
+        "input_ids": _pad(seqs, pad_id, torch.long),
+        "attention_mask": _pad([[1] * len(q) for q in seqs], 0, torch.long),
+        "response_ids": _pad([s.response_ids for s in samples], pad_id, torch.long),
+        "response_mask": _pad([[1] * len(s.response_ids) for s in samples], 0, torch.float32),
+        "engine_logp": _pad([s.logprobs for s in samples], 0.0, torch.float32),
+        "start": torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long),
+        "length": torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long),
+        "ended": torch.tensor([s.ended for s in samples], dtype=torch.bool),
+    }
+
+
+def select(batch: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of every tensor, with padding columns no row of the selection needs cut off."""
+    out = {k: v[idx] for k, v in batch.items()}
+    width = int(out["attention_mask"].sum(-1).max())
+    resp = max(1, int(out["length"].max()))
+    for k in ("input_ids", "attention_mask"):
+        out[k] = out[k][:, :width]
+    for k, v in out.items():
+        if v.dim() == 2 and k not in ("input_ids", "attention_mask"):
+            out[k] = v[:, :resp]
+    return out
+
+
+def _positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Index of the position whose output predicts each response token, ``(B, R)``, and the
+    first such position over the batch."""
+    R = batch["response_ids"].shape[1]
+    pos = batch["start"][:, None] - 1 + torch.arange(R, device=batch["start"].device)[None, :]
+    L = batch["input_ids"].shape[1]
+    return pos.clamp(max=L - 1), int(batch["start"].min()) - 1
+
+
+def response_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log pi(a_t | s_t)`` of every response token, ``(B, R)`` (and the entropies, ``(B, R)``).
+
+    The logits are divided by ``temperature``, so the log-probs are those of the
+    distribution the engine sampled from. Only the positions from the earliest response
+    start onwards go through the LM head (``logits_to_keep``).
+    """
+    pos, first = _positions(batch)
+    L = batch["input_ids"].shape[1]
+    keep = L - first
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep)
+    logits = out.logits  # (B, keep, V): positions first .. L-1
+    idx = (pos - first).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    logits = torch.gather(logits, 1, idx)
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = token_logps(logits, batch["response_ids"])
+    ent = entropy_from_logits(logits.detach()) if with_entropy else None
+    return lp, ent
+
+
+def response_values(critic, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``V(s_t)`` before every response token, ``(B, R)``, from a token-classification critic."""
+    pos, _ = _positions(batch)
+    out = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return torch.gather(out.logits[..., 0], 1, pos).float()
