@@ -292,6 +292,7 @@ def make_engine(cfg: PPOConfig, path: str):
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
 
     e = cfg.engine
+    rollout.enable_worker_calls()  # see rollout.sync_weights
     return VLLMEngine(path, VLLMSettings(
         max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
         kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
@@ -372,7 +373,7 @@ def prompt_indices(n: int, size: int, seed: int, iteration: int) -> list[int]:
 
 def sync_weights(s: PPOSession) -> float:
     """Load the policy's weights into the running engine; returns seconds."""
-    return s.engine.update_weights(unwrap(s.policy).state_dict().items())
+    return rollout.sync_weights(s.engine, unwrap(s.policy))
 
 
 def _engine_sleeps(s: PPOSession) -> bool:
@@ -431,8 +432,8 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
                 (pl + vl).backward()  # separate models: each loss reaches only its own
                 n = float(m.sum())
                 tokens += n
-                sums["policy/loss"] += float(pl)
-                sums["value/loss"] += float(vl)
+                sums["policy/loss"] += float(pl.detach())
+                sums["value/loss"] += float(vl.detach())
                 for pre, d in (("policy/", pm), ("value/", vm)):
                     for k, val in d.items():
                         sums[pre + k] += float(val) * n
