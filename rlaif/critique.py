@@ -90,7 +90,12 @@ class _Pending:
     initial: Step | None = None
     rounds: list[Round] = field(default_factory=list)
     failure: str | None = None
+    retryable: bool = False
     latest: str = ""
+
+    def fail(self, reason: str, out: Completion) -> None:
+        self.failure = reason
+        self.retryable = out.retryable
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def run_chunk(
     ]
     for c, out in zip(convs, engine.generate(requests, settings.sampling["response"], desc=f"{tag}response")):
         if not out.ok:
-            c.failure = f"response: {out.error}"
+            c.fail(f"response: {out.error}", out)
             continue
         c.initial = _step("", out)
         c.latest = c.initial.text
@@ -142,7 +147,7 @@ def run_chunk(
         rev_slots, rev_reqs = [], []
         for i, (b, c, p, out) in enumerate(zip(bases, active, principles, critiques)):
             if not out.ok:
-                c.failure = f"critique round {r + 1}: {out.error}"
+                c.fail(f"critique round {r + 1}: {out.error}", out)
                 continue
             conv = b + [
                 {"role": "user", "content": p.critique},
@@ -155,7 +160,7 @@ def run_chunk(
         for i, out in zip(rev_slots, revisions):
             c, p = active[i], principles[i]
             if not out.ok:
-                c.failure = f"revision round {r + 1}: {out.error}"
+                c.fail(f"revision round {r + 1}: {out.error}", out)
                 continue
             c.rounds.append(Round(p.id, _step(p.critique, critiques[i]), _step(p.revision, out)))
             # An empty revision would erase the answer; the next round keeps the last real one.
@@ -174,6 +179,7 @@ def run_chunk(
             status="failed" if c.failure else "ok",
             failure=c.failure,
             meta=dict(c.prompt.meta),
+            retryable=c.retryable,
         )
         for c in convs
     ]

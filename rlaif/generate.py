@@ -195,18 +195,27 @@ def generate(
     fp = fingerprint(settings)
     run = RunDir(cfg.out)
     state = run.open(settings, fp, overwrite=overwrite)
+    if state == "done" and any(any(_retryable(run, i)) for i in run.committed()):
+        state = "resume"  # finished, but with transient failures to try again
     if state == "done":
         manifest = json.loads(run.manifest_file.read_text())
         log(f"{run.path} is already complete: nothing to do ({manifest['counts']['trajectories']} trajectories).")
         return manifest
 
     chunks = chunked(prompts, cfg.chunk_size)
-    todo = [i for i in range(len(chunks)) if i not in run.committed()]
+    committed = run.committed()
+    todo = [i for i in range(len(chunks)) if i not in committed]
+    # Committed chunks keep their rows, except those that failed for a transient reason
+    # (a server that gave up after its retries): they are processed again.
+    retry = {i: _retryable(run, i) for i in sorted(committed)}
+    retry = {i: ids for i, ids in retry.items() if ids[0] or ids[1]}
     if state == "resume":
-        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
+            + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
     loop = LoopSettings(cfg.rounds, cfg.samples_per_prompt, cfg.seed, cfg.sampling)
     engine_info: dict[str, Any] = {}
-    if todo:
+    work = sorted([*todo, *retry])
+    if work:
         engine = engine_factory()
         feedback = engine
         engine_info = describe(engine)
@@ -215,24 +224,54 @@ def generate(
                 feedback = feedback_factory()
                 engine_info["feedback"] = describe(feedback)
             bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
-            for i in todo:
+            for i in work:
                 t0 = time.time()
                 tag = f"chunk {i + 1}/{len(chunks)}"
-                trajs = run_chunk(engine, const, chunks[i], loop, label=tag)
+                old_rows = {r["id"]: r for r in run.read_chunk(i)} if i in retry else {}
+                old_labels = {r["pair"]["id"]: r for r in run.read_chunk(i, "labels")} if i in retry and cfg.label.enabled else {}
+                redo_ids = retry[i][0] if i in retry else None
+                subset = chunks[i] if redo_ids is None else [p for p in chunks[i] if any(t.startswith(f"{p.id}#") for t in redo_ids)]
+                fresh = {t.id: t for t in run_chunk(engine, const, subset, loop, label=tag)} if subset else {}
+                # keep every committed row that did not fail transiently; take the new one otherwise
+                trajs = [fresh[tid] if (tid in fresh and (redo_ids is None or tid in redo_ids)) else Trajectory.from_row(old_rows[tid])
+                         for tid in _chunk_ids(chunks[i], cfg.samples_per_prompt)]
                 side = {}
                 if cfg.label.enabled:
                     pairs = make_pairs(trajs, cfg.label, cfg.seed)
-                    labels = label_pairs(feedback, const, pairs, cfg.label.settings(cfg.seed), desc=f"{tag} label")
-                    side["labels"] = [{"pair": pair_to_row(p), **label_to_row(l)} for p, l in zip(pairs, labels)]
+                    keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
+                    need = [p for p in pairs if p.id not in keep]
+                    new = dict(zip([p.id for p in need], label_pairs(feedback, const, need, cfg.label.settings(cfg.seed), desc=f"{tag} label")))
+                    side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id])} for p in pairs]
                 stats = {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)}
                 run.commit_chunk(i, [t.to_row() for t in trajs], stats, side)
-                bar.update(1)
+                if i in todo:
+                    bar.update(1)
             bar.close()
         finally:
             if feedback is not engine:
                 feedback.close()
             engine.close()
     return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log)
+
+
+def _chunk_ids(prompts: list[PromptRecord], samples: int) -> list[str]:
+    return [f"{p.id}#{s}" for p in prompts for s in range(samples)]
+
+
+def _retryable(run: RunDir, index: int) -> tuple[set[str], set[str]]:
+    """Ids of a committed chunk's trajectories and label pairs that failed transiently."""
+    trajs = {r["id"] for r in run.read_chunk(index) if r["status"] == "failed" and r.get("retryable")}
+    labels = set()
+    if (run.chunks / f"{index:05d}.labels.jsonl").exists():
+        labels = {r["pair"]["id"] for r in run.read_chunk(index, "labels") if r.get("error") and r.get("retryable")}
+    return trajs, labels
+
+
+def _label_still_valid(row: dict[str, Any] | None, pair: Pair) -> bool:
+    if row is None or (row.get("error") and row.get("retryable")):
+        return False
+    old = row["pair"]
+    return old["response_a"] == pair.response_a and old["response_b"] == pair.response_b
 
 
 def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair]:

@@ -106,6 +106,7 @@ class PairLabel:
     flags: tuple[str, ...] = ()
     reasoning: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    retryable: bool = False  # the error was transient; a resumed run labels the pair again
 
     @property
     def chosen(self) -> str:
@@ -208,6 +209,7 @@ class _Job:
     p_first: float | None = None
     reasoning: str = ""
     error: str | None = None
+    retryable: bool = False
 
 
 def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], settings: LabelSettings, desc: str = "label") -> list[PairLabel]:
@@ -241,7 +243,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
         reqs = [ChatRequest(tuple(j.messages), derive_seed(settings.seed, pairs[j.pair_index].id, j.principle.id, j.flipped, "cot")) for j in jobs]
         for j, out in zip(jobs, engine.generate(reqs, settings.cot_sampling, desc=f"{desc} reasoning")):
             if not out.ok:
-                j.error = out.error
+                j.error, j.retryable = out.error, out.retryable
                 continue
             # Keep the reasoning, drop any verdict it already wrote: the verdict is read from log-probs.
             j.reasoning = re.split(r"(?i)\b(?:so )?the answer is|\banswer\s*:|\bthe better response is", out.text)[0].strip()
@@ -254,7 +256,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
         if s.ok:
             j.p_first = math.exp(s.logprobs[0])
         else:
-            j.error = s.error
+            j.error, j.retryable = s.error, s.retryable
 
     by_pair: dict[int, list[_Job]] = {}
     for j in jobs:
@@ -265,9 +267,10 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             out.append(early[i])
             continue
         pj = by_pair[i]
-        errors = [j.error for j in pj if j.error]
-        if errors:
-            out.append(PairLabel(pair.id, 0.5, {}, 0.0, 0.5, likert(0.5), 0.0, tuple(pair_flags[i]), error=errors[0]))
+        failed = [j for j in pj if j.error]
+        if failed:
+            out.append(PairLabel(pair.id, 0.5, {}, 0.0, 0.5, likert(0.5), 0.0, tuple(pair_flags[i]),
+                                 error=failed[0].error, retryable=any(j.retryable for j in failed)))
             continue
         per: dict[str, float] = {}
         agree_n = 0

@@ -166,27 +166,43 @@ def label_run(
     fp = fingerprint(run_settings)
     run = RunDir(out)
     state = run.open(run_settings, fp, overwrite=overwrite)
+    if state == "done" and any(r.get("error") and r.get("retryable") for r in run.read_chunks()):
+        state = "resume"  # finished, but with transient failures to try again
     if state == "done":
         manifest = json.loads(run.manifest_file.read_text())
         log(f"{run.path} is already complete: nothing to do ({manifest['counts']['pairs']} pairs).")
         return manifest
     chunks = chunked(pairs, chunk_size)
-    todo = [i for i in range(len(chunks)) if i not in run.committed()]
+    committed = run.committed()
+    todo = [i for i in range(len(chunks)) if i not in committed]
+    # pairs whose label failed for a transient reason (a server that gave up) are labelled again
+    retry = {i: {r["pair_id"] for r in run.read_chunk(i) if r.get("error") and r.get("retryable")} for i in sorted(committed)}
+    retry = {i: ids for i, ids in retry.items() if ids}
     if state == "resume":
-        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
+            + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
     engine_info: dict[str, Any] = {}
-    if todo:
+    work = sorted([*todo, *retry])
+    if work:
         engine = engine_factory()
         engine_info = describe(engine)
         try:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
-            for i in todo:
+            for i in work:
                 t0 = time.time()
-                labels = label_pairs(engine, const, chunks[i], settings, desc=f"chunk {i + 1}/{len(chunks)} label")
-                run.commit_chunk(i, [label_to_row(l) for l in labels], {"chunk": i, "wall_s": time.time() - t0, "pairs": len(labels)})
-                bar.update(1)
+                desc = f"chunk {i + 1}/{len(chunks)} label"
+                if i in retry:
+                    rows = run.read_chunk(i)
+                    again = [p for p in chunks[i] if p.id in retry[i]]
+                    new = {l.pair_id: label_to_row(l) for l in label_pairs(engine, const, again, settings, desc=desc)}
+                    rows = [new.get(r["pair_id"], r) for r in rows]
+                else:
+                    rows = [label_to_row(l) for l in label_pairs(engine, const, chunks[i], settings, desc=desc)]
+                run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0, "pairs": len(rows)})
+                if i in todo:
+                    bar.update(1)
             bar.close()
         finally:
             engine.close()

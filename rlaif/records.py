@@ -29,6 +29,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None  # set when the request could not be served (e.g. prompt too long)
+    retryable: bool = False  # the failure was transient (server gave up after retries): try again on resume
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,8 @@ class Trajectory:
     status: Status
     failure: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    retryable: bool = False
+    """A failed trajectory whose failure was transient; a resumed run processes it again."""
 
     @property
     def final(self) -> str | None:
@@ -104,4 +107,5 @@ class Trajectory:
             status=row["status"],
             failure=row.get("failure"),
             meta=row.get("meta") or {},
+            retryable=bool(row.get("retryable", False)),
         )

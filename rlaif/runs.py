@@ -142,16 +142,18 @@ class RunDir:
 
     def read_chunks(self, side: str | None = None) -> list[dict[str, Any]]:
         """Rows of every committed chunk in order (or of their ``side`` files)."""
-        rows: list[dict[str, Any]] = []
-        for index in sorted(self.committed()):
-            path = self.chunk_file(index) if side is None else self.chunks / f"{index:05d}.{side}.jsonl"
-            if not path.exists():
-                raise RunFolderError(f"{path} is missing for committed chunk {index}")
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise RunFolderError(f"{path}:{lineno}: damaged row ({exc})") from None
+        return [row for index in sorted(self.committed()) for row in self.read_chunk(index, side)]
+
+    def read_chunk(self, index: int, side: str | None = None) -> list[dict[str, Any]]:
+        path = self.chunk_file(index) if side is None else self.chunks / f"{index:05d}.{side}.jsonl"
+        if not path.exists():
+            raise RunFolderError(f"{path} is missing for committed chunk {index}")
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RunFolderError(f"{path}:{lineno}: damaged row ({exc})") from None
         return rows
 
     def chunk_stats(self) -> list[dict[str, Any]]:

@@ -235,3 +235,23 @@ def test_generate_sample_pairs(repo_root, tmp_path):
     assert m["counts"]["label_pairs"] == 3 * 2
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         resolve({}, {**base, "out": "x", "samples_per_prompt": 1, "label.pairs": "samples-all"}, CONST.defaults)
+
+
+def test_label_run_retries_transient_failures_on_resume(tmp_path):
+    from rlaif.engine.base import OptionScores
+
+    class Flaky(FakeEngine):
+        def score_options(self, requests, options, desc=""):
+            out = super().score_options(requests, options, desc)
+            return [OptionScores((), 0, error="server gave up", retryable=True) if "q1" in r.messages[-1]["content"] else s
+                    for r, s in zip(requests, out)]
+
+    pairs = _pairs(4)
+    m = label_run(pairs, str(tmp_path / "l"), CONST, LabelSettings(ensemble=1), lambda: Flaky(scorer=content_judge()),
+                  "judge", chunk_size=2, log=lambda s: None, show_progress=False)
+    assert m["counts"]["failed"] == 1 and m["counts"]["preference_rows"] == 3
+    engine = FakeEngine(scorer=content_judge())
+    m = label_run(pairs, str(tmp_path / "l"), CONST, LabelSettings(ensemble=1), lambda: engine, "judge", chunk_size=2,
+                  log=lambda s: None, show_progress=False)
+    assert m["counts"]["failed"] == 0 and m["counts"]["preference_rows"] == 4
+    assert engine.calls == [("chunk 1/2 label", 2)]  # only the failed pair, in both orders

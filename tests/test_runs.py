@@ -158,3 +158,59 @@ def test_config_file_and_unknown_keys(repo_root, tmp_path):
     cfgfile.write_text(cfgfile.read_text() + "roundz: 3\n")
     res = subprocess.run([sys.executable, "-m", "rlaif", "generate", "--config", str(cfgfile), "--quiet"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown key(s) ['roundz']" in res.stderr
+
+
+class FlakyEngine(FakeEngine):
+    """Fails every request whose prompt mentions `word`, as a server that gave up would."""
+
+    def __init__(self, word: str, retryable: bool = True):
+        super().__init__()
+        self.word, self.retryable = word, retryable
+
+    def generate(self, requests, sampling, desc=""):
+        from rlaif.records import Completion
+
+        out = super().generate(requests, sampling, desc)
+        return [Completion("", "error", 0, 0, error="server gave up after 7 attempts", retryable=self.retryable)
+                if any(self.word in m["content"] for m in r.messages) else c for r, c in zip(requests, out)]
+
+
+def test_transient_failures_are_retried_on_resume(repo_root, tmp_path):
+    cfg, const = _cfg(repo_root, tmp_path / "flaky")
+    prompts = [json.loads(l) for l in (repo_root / "prompts" / "rlaif-prompts.jsonl").read_text().splitlines()[:10]]
+    word = prompts[4]["prompt"].split()[2]
+    victims = {p["id"] for p in prompts if word in p["prompt"]}
+    m = generate(cfg, const, lambda: FlakyEngine(word), "m", show_progress=False, log=lambda s: None)
+    assert m["counts"]["failed"] == len(victims) >= 1
+    before = {r["id"]: r for r in (json.loads(l) for c in sorted((tmp_path / "flaky" / "chunks").glob("[0-9]*[0-9].jsonl")) for l in c.read_text().splitlines())}
+
+    # the run is finished but holds transient failures: a plain re-run retries exactly those
+    engine = FakeEngine()
+    logs = []
+    m = generate(cfg, const, lambda: engine, "m", show_progress=False, log=logs.append)
+    assert "retrying transient failures" in logs[0]
+    assert m["counts"]["failed"] == 0 and m["counts"]["trajectories"] == 10
+    assert sum(n for _, n in engine.calls if "response" in _) == len(victims)  # only the failed prompts ran again
+    after = {r["id"]: r for r in (json.loads(l) for c in sorted((tmp_path / "flaky" / "chunks").glob("[0-9]*[0-9].jsonl")) for l in c.read_text().splitlines())}
+    assert set(after) == set(before)
+    for tid, row in before.items():
+        if row["prompt_id"] not in victims:
+            assert after[tid] == row  # untouched
+    clean, _ = _cfg(repo_root, tmp_path / "clean")
+    generate(clean, const, FakeEngine, "m", show_progress=False, log=lambda s: None)
+    assert _rows(tmp_path / "flaky") == _rows(tmp_path / "clean")
+
+
+def test_permanent_failures_are_not_retried(repo_root, tmp_path):
+    cfg, const = _cfg(repo_root, tmp_path / "perm")
+    word = "the"
+    generate(cfg, const, lambda: FlakyEngine(word, retryable=False), "m", show_progress=False, log=lambda s: None)
+    (tmp_path / "perm" / "manifest.json").unlink()
+
+    def no_engine():
+        raise AssertionError("nothing to retry")
+
+    m = generate(cfg, const, no_engine, "m", show_progress=False, log=lambda s: None)
+    assert m["counts"]["failed"] >= 1
+    failed = [json.loads(l) for l in (tmp_path / "perm" / "failed.jsonl").read_text().splitlines()]
+    assert failed and all("gave up" in f["reason"] for f in failed)

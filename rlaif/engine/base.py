@@ -68,6 +68,7 @@ class OptionScores:
     logprobs: tuple[float, ...]
     prompt_tokens: int
     error: str | None = None
+    retryable: bool = False  # transient failure: worth trying again later
 
     @property
     def ok(self) -> bool:

@@ -307,7 +307,9 @@ class OpenAIServerEngine:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
             reason = choice.get("finish_reason")
-        except (_Fatal, _GaveUp) as exc:
+        except _GaveUp as exc:
+            return Completion("", "error", 0, 0, error=str(exc), retryable=True)
+        except _Fatal as exc:
             return Completion("", "error", 0, 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return Completion("", "error", 0, 0, error=f"malformed chat completion from the server: {exc!r}")
@@ -404,7 +406,9 @@ class OpenAIServerEngine:
             for entry in [first, *(first.get("top_logprobs") or [])]:
                 lp = float(entry["logprob"])
                 table[str(entry["token"])] = float("-inf") if lp <= _MASKED else lp
-        except (_Fatal, _GaveUp) as exc:
+        except _GaveUp as exc:
+            return OptionScores((), 0, error=str(exc), retryable=True)
+        except _Fatal as exc:
             return OptionScores((), 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")

@@ -1,0 +1,293 @@
+"""``rlaif bon``: best-of-N (rejection) sampling against a reward model.
+
+For every prompt, N responses are sampled (one seeded request each, so a prompt's
+samples do not depend on the batch), every response is scored by the reward model, and
+
+* the best response becomes an SFT row (``DIR/sft``, ``messages`` as ``rlaif generate``
+  writes them), and
+* best versus worst becomes a preference pair (``DIR/preferences``, TRL's conversational
+  ``prompt`` / ``chosen`` / ``rejected``) with both rewards and their margin.
+
+Responses that hit the token limit take no part unless ``--keep-truncated`` (a
+half-finished answer makes poor SFT data); a prompt whose best and worst responses are
+the same text, or whose margin is not above ``--min-margin``, gives no pair. The run
+folder works like ``rlaif generate``'s: chunks of prompts are committed atomically, a
+rerun with the same settings resumes, and ``manifest.json`` is written last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
+from rlaif.records import PromptRecord
+from rlaif.runs import RunDir, chunked
+
+RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Any]
+
+
+@dataclass(frozen=True)
+class BonSettings:
+    """What shapes a best-of-N run's rows."""
+
+    n: int = 4
+    """Responses sampled per prompt (at least 2)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=256))
+    seed: int = 0
+    keep_truncated: bool = False
+    """Let responses cut at max_tokens be chosen or rejected."""
+    min_margin: float = 0.0
+    """A pair needs best - worst reward above this."""
+    chunk_size: int = 64
+    """Prompts per committed chunk (one engine call and one scoring pass each)."""
+
+    def __post_init__(self):
+        if self.n < 2:
+            raise ValueError("n must be at least 2 (best and worst of N)")
+        if self.min_margin < 0 or self.chunk_size < 1:
+            raise ValueError("min_margin must be >= 0 and chunk_size >= 1")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sample: int
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    reward: float | None
+    """None when the response could not be generated (an engine error)."""
+
+
+def pick(cands: Sequence[Candidate], keep_truncated: bool = False, min_margin: float = 0.0) -> tuple[Candidate | None, Candidate | None]:
+    """Best and worst eligible candidates; worst is None when they make no pair.
+
+    Eligible: generated without error, not empty, and (unless ``keep_truncated``) ended
+    before the token limit. Ties go to the lower sample index, so the choice is stable.
+    """
+    ok = [c for c in cands if c.reward is not None and c.text.strip() and (keep_truncated or c.finish_reason != "length")]
+    if not ok:
+        return None, None
+    best = max(ok, key=lambda c: (c.reward, -c.sample))
+    worst = min(ok, key=lambda c: (c.reward, c.sample))
+    if worst is best or worst.text == best.text or best.reward - worst.reward <= min_margin:
+        return best, None
+    return best, worst
+
+
+def sft_row(prompt: list[dict], best: Candidate, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [*prompt, {"role": "assistant", "content": best.text}], "reward": best.reward,
+            "sample": best.sample, **meta}
+
+
+def preference_row(prompt: list[dict], best: Candidate, worst: Candidate, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": best.text}],
+        "rejected": [{"role": "assistant", "content": worst.text}],
+        "chosen_reward": best.reward, "rejected_reward": worst.reward, "margin": best.reward - worst.reward,
+        "label_source": "reward-model", **meta,
+    }
+
+
+def _features(kind: str):
+    from datasets import Features, Value
+
+    msgs = [{"role": Value("string"), "content": Value("string")}]
+    common = {"prompt_id": Value("string"), "category": Value("string"), "n": Value("int64"),
+              "mean_reward": Value("float64"), "model": Value("string"), "reward_model": Value("string")}
+    if kind == "sft":
+        return Features({"messages": msgs, "reward": Value("float64"), "sample": Value("int64"), **common})
+    return Features({"prompt": msgs, "chosen": msgs, "rejected": msgs, "chosen_reward": Value("float64"),
+                     "rejected_reward": Value("float64"), "margin": Value("float64"), "label_source": Value("string"), **common})
+
+
+def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[PromptRecord], s: BonSettings) -> list[dict]:
+    """One chunk: N samples per prompt in one engine call, all scored in one reward call; chunk rows."""
+    from rlaif.critique import derive_seed
+
+    reqs = [ChatRequest(p.messages, seed=derive_seed(s.seed, p.id, k, "bon")) for p in prompts for k in range(s.n)]
+    outs = engine.generate(reqs, s.sampling, desc="best-of-n")
+    done = [i for i, o in enumerate(outs) if o.ok]
+    rewards: dict[int, float] = {}
+    if done:
+        import torch
+
+        got = torch.as_tensor(reward_fn([list(reqs[i].messages) for i in done], [outs[i].text for i in done]), dtype=torch.float64)
+        rewards = dict(zip(done, got.reshape(-1).tolist()))
+    rows = []
+    for j, p in enumerate(prompts):
+        cands = []
+        for k in range(s.n):
+            o = outs[j * s.n + k]
+            cands.append(asdict(Candidate(k, o.text, o.finish_reason, o.completion_tokens, rewards.get(j * s.n + k))))
+        rows.append({"prompt_id": p.id, "prompt": [dict(m) for m in p.messages],
+                     "category": str(p.meta.get("category", "")), "candidates": cands})
+    return rows
+
+
+def build_rows(rows: list[dict], s: BonSettings, model_id: str, reward_id: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """SFT rows, preference rows and reward statistics from committed chunk rows."""
+    sft, prefs = [], []
+    best_r, worst_r, all_r, truncated = [], [], [], 0
+    for r in rows:
+        cands = [Candidate(**c) for c in r["candidates"]]
+        scored = [c.reward for c in cands if c.reward is not None]
+        truncated += sum(c.finish_reason == "length" for c in cands)
+        all_r += scored
+        best, worst = pick(cands, s.keep_truncated, s.min_margin)
+        if best is None:
+            continue
+        meta = {"prompt_id": r["prompt_id"], "category": r["category"], "n": len(cands),
+                "mean_reward": sum(scored) / len(scored), "model": model_id, "reward_model": reward_id}
+        sft.append(sft_row(r["prompt"], best, meta))
+        best_r.append(best.reward)
+        if worst is not None:
+            prefs.append(preference_row(r["prompt"], best, worst, meta))
+            worst_r.append(worst.reward)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    stats = {"responses": len(rows) * s.n, "scored": len(all_r), "truncated": truncated,
+             "mean_reward": mean(all_r), "mean_best_reward": mean(best_r), "mean_worst_reward": mean(worst_r)}
+    return sft, prefs, stats
+
+
+def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], reward_fn: RewardFn, s: BonSettings,
+            out: str, model_id: str, reward_id: str, source: str = "", overwrite: bool = False,
+            show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) best-of-N sampling into run folder ``out``; returns the manifest."""
+    from rlaif.config import fingerprint
+
+    t_start = time.time()
+    settings = {"kind": "bon", **asdict(s), "model": model_id, "reward_model": reward_id,
+                "prompts_sha256": fingerprint({"p": [[p.id, list(p.messages)] for p in prompts]}), "n_prompts": len(prompts)}
+    fp = fingerprint(settings)
+    run = RunDir(out)
+    state = run.open(settings, fp, overwrite=overwrite)
+    if state == "done":
+        log(f"{run.path} is already complete: nothing to do.")
+        return json.loads(run.manifest_file.read_text())
+    chunks = chunked(prompts, s.chunk_size)
+    todo = [i for i in range(len(chunks)) if i not in run.committed()]
+    if state == "resume":
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+    engine_info: dict[str, Any] = {}
+    if todo:
+        from tqdm.auto import tqdm
+
+        engine = engine_factory()
+        engine_info = describe(engine)
+        try:
+            for i in tqdm(todo, desc="chunks", disable=not show_progress):
+                t0 = time.time()
+                rows = sample_and_score(engine, reward_fn, chunks[i], s)
+                run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0})
+        finally:
+            engine.close()
+    sft, prefs, stats = build_rows(run.read_chunks(), s, model_id, reward_id)
+    run.save_dataset("sft", sft, _features("sft"))
+    run.save_dataset("preferences", prefs, _features("preferences"))
+    wall = sum(x.get("wall_s", 0.0) for x in run.chunk_stats())
+    manifest = {
+        "command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fp, "settings": settings, "prompts": {"path": source, "count": len(prompts)},
+        "engine": engine_info, "counts": {"prompts": len(prompts), "sft_rows": len(sft), "preference_rows": len(prefs), **stats},
+        "timing": {"sample_and_score_wall_s": round(wall, 2), "this_invocation_wall_s": round(time.time() - t_start, 2)},
+        "outputs": {k: str(run.path / k) for k in ("sft", "preferences", "sft.jsonl", "preferences.jsonl")},
+    }
+    run.write_manifest(manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------ command line
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``rlaif bon`` flags (engine flags as ``rlaif generate`` has them)."""
+    from rlaif.cli import _add_engine_flags
+
+    p.add_argument("--prompts", required=True, help="prompt file (.jsonl, .txt, .parquet) or saved dataset folder")
+    p.add_argument("--reward-model", dest="reward_model", help="sequence-classification reward model folder (e.g. runs/rm-demo/final) or hub id")
+    p.add_argument("--reward-fn", dest="reward_fn", help="programmatic reward instead: package.module:function(prompts, responses)")
+    p.add_argument("--n", type=int, default=4, help="responses per prompt (default 4)")
+    p.add_argument("--out", required=True, help="run folder: DIR/sft, DIR/preferences, DIR/manifest.json")
+    p.add_argument("--model", default="default", help="policy model: 'default', a folder or a hub id")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", dest="top_p", type=float, default=1.0)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256, help="most tokens per response")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--chunk-size", dest="chunk_size", type=int, default=64, help="prompts per committed chunk")
+    p.add_argument("--keep-truncated", dest="keep_truncated", action="store_true", help="let responses cut at --max-tokens be chosen")
+    p.add_argument("--min-margin", dest="min_margin", type=float, default=0.0, help="pairs need best - worst reward above this")
+    p.add_argument("--reward-batch-size", dest="reward_batch_size", type=int, default=8)
+    p.add_argument("--reward-device", dest="reward_device", default="auto", help="auto, cpu or cuda[:N]")
+    _add_engine_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlaif bon", description="Best-of-N sampling scored by a reward model.")
+    add_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Body of ``rlaif bon``; input problems raise :class:`rlaif.commands.UserError`."""
+    from rlaif.commands import UserError, make_engine_factory
+    from rlaif.config import ConfigError, EngineConfig
+    from rlaif.model_zoo import ModelError, resolve_model
+    from rlaif.prompts import PromptError, read_prompts
+    from rlaif.runs import RunFolderError
+
+    if bool(args.reward_model) == bool(args.reward_fn):
+        raise UserError("give one of --reward-model or --reward-fn")
+    try:
+        values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
+        engine_cfg = EngineConfig(**values)
+        s = BonSettings(args.n, SamplingConfig(args.temperature, args.top_p, args.max_tokens), args.seed,
+                        args.keep_truncated, args.min_margin, args.chunk_size)
+        prompts = read_prompts(args.prompts, limit=args.limit)
+        quiet_log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        model_id = args.model if engine_cfg.backend in ("fake", "openai") else resolve_model(args.model, log=quiet_log)
+        from rlaif.train.rollout import SequenceClassifierReward, load_reward_fn
+
+        if args.reward_fn:
+            reward_fn, reward_id = load_reward_fn(args.reward_fn), args.reward_fn
+        else:
+            import torch
+
+            device = args.reward_device if args.reward_device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            reward_id = resolve_model(args.reward_model, log=quiet_log)
+            reward_fn = SequenceClassifierReward(reward_id, device, args.reward_batch_size,
+                                                 trust_remote_code=bool(engine_cfg.trust_remote_code))
+        factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+        m = run_bon(prompts, factory, reward_fn, s, args.out, model_id, reward_id, source=str(args.prompts),
+                    overwrite=args.overwrite, show_progress=not args.quiet)
+    except (ConfigError, ModelError, PromptError, RunFolderError, ValueError, ImportError, AttributeError) as exc:
+        raise UserError(str(exc)) from None
+    c = m["counts"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
+    print(f"prompts {c['prompts']}   responses {c['responses']}   truncated {c['truncated']}   "
+          f"sft rows {c['sft_rows']}   preference rows {c['preference_rows']}")
+    print(f"mean reward {fmt(c['mean_reward'])}   best {fmt(c['mean_best_reward'])}   worst {fmt(c['mean_worst_reward'])}")
+    print(f"datasets: {m['outputs']['sft']}  {m['outputs']['preferences']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlaif.bon ...``: parse, run, and turn input errors into exit status 2."""
+    from rlaif.commands import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"rlaif: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
