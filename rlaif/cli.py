@@ -108,8 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_label(sub)
 
-    p = sub.add_parser("train", help="train a model on rlaif data")
-    p.add_argument("kind", choices=["sft", "rm", "dpo"], help="what to train")
+    p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
+    from rlaif.bon import add_arguments
+
+    add_arguments(p)
+
+    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo or ppo")
+    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo"], help="what to train")
     p.add_argument("--config", required=True, help="training YAML file")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
     return parser

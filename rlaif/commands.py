@@ -185,6 +185,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bon(args: argparse.Namespace) -> int:
+    from rlaif.bon import run
+
+    return run(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         from rlaif.train import main as train_main

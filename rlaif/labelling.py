@@ -237,7 +237,8 @@ def label_run(
             "preference_rows": len(rows),
         },
         "agreement": report,
-        "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None},
+        "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
+                   "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"preferences": str(run.path / "preferences"), "labels": str(run.path / "labels.jsonl")},
     }
     run.write_manifest(manifest)

@@ -83,6 +83,8 @@ class VLLMEngine:
             # a distribution normalised over them. At temperature 1 without top-p/top-k this
             # equals the raw log-probabilities, which is what RL rollouts sample with.
             logprobs_mode="processed_logprobs",
+            # Worker-side method for weight hand-over (see rlaif.engine.vllm_worker).
+            worker_extension_cls="rlaif.engine.vllm_worker.WeightSyncExtension",
         )
         if self.on_cpu:
             # vLLM's CPU backend crashes ("CPU Generator does not use offset") when a request
@@ -220,7 +222,8 @@ class VLLMEngine:
         ``reload_weights``: no restart and no checkpoint on disk. (vLLM's CPU backend repacks
         weights at load time, so a plain ``model.load_weights`` after start-up fails there;
         tensors passed directly as RPC arguments do not survive serialisation.) The prefix
-        cache is reset afterwards, since its KV entries came from the old weights.
+        cache is reset afterwards, since its KV entries came from the old weights. A tied LM
+        head is repacked too (see :class:`rlaif.engine.vllm_worker.WeightSyncExtension`).
         """
         import shutil
         import tempfile
@@ -240,7 +243,7 @@ class VLLMEngine:
                 seen.add(t.data_ptr())
                 tensors[name] = t.detach().to("cpu").contiguous()
             save_file(tensors, os.path.join(folder, "model.safetensors"))
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+            self.llm.collective_rpc("rlaif_reload_weights", kwargs={"weights_path": folder})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.llm.reset_prefix_cache()

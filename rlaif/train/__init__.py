@@ -1,13 +1,13 @@
-"""Built-in trainers: SFT, Bradley-Terry reward model, DPO family.
+"""Built-in trainers: SFT, Bradley-Terry reward model, DPO family, PPO.
 
-``main(kind, config_path, overrides)`` is what ``rlaif train sft|rm|dpo`` calls.
+``main(kind, config_path, overrides)`` is what ``rlaif train sft|rm|dpo|ppo`` calls.
 Importing this package does not import torch; each recipe does when it runs.
 """
 from __future__ import annotations
 
 import importlib
 
-KINDS = ("sft", "rm", "dpo")
+KINDS = ("sft", "rm", "dpo", "ppo")
 
 
 def main(kind: str, config_path: str | None, overrides: list[str] | None = None) -> int:

@@ -292,7 +292,6 @@ def make_engine(cfg: PPOConfig, path: str):
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
 
     e = cfg.engine
-    rollout.enable_worker_calls()  # see rollout.sync_weights
     return VLLMEngine(path, VLLMSettings(
         max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
         kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import importlib
-import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -62,7 +60,7 @@ def sample(engine, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], ma
         room = engine.max_model_len - len(ids)
         if room < 1:
             raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in the engine's context ({engine.max_model_len})")
-        params.append(make_params(temperature=temperature, top_p=1.0, top_k=0, max_tokens=min(max_tokens, room),
+        params.append(make_params(temperature=temperature, top_p=1.0, max_tokens=min(max_tokens, room),
                                   logprobs=0, seed=int(seed)))
     outs = engine.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
     samples = []
@@ -75,58 +73,13 @@ def sample(engine, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], ma
 
 
 # ------------------------------------------------------------------ weight sync
-#: vLLM refuses to run a Python function inside its workers unless this is set when the
-#: engine starts (the function is pickled over vLLM's local IPC sockets).
-WORKER_CALLS_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
-
-
-def enable_worker_calls() -> None:
-    """Let :func:`sync_weights` run its fix-up inside vLLM's workers; call before the engine starts."""
-    os.environ[WORKER_CALLS_ENV] = "1"
-
-
-def _ties_embeddings(model) -> bool:
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    return emb is not None and head is not None and emb.weight is head.weight
-
-
-def _refresh_tied_lm_head(worker) -> bool:
-    """Runs inside a vLLM worker: rebuild the LM head's CPU GEMM kernel from the current weights.
-
-    vLLM's CPU backend packs the LM head's weight into a oneDNN (or sgl) kernel when the
-    model loads. ``reload_weights`` reprocesses every layer that received weights, but a
-    head tied to the embeddings receives none (the checkpoint has no ``lm_head.weight``),
-    so its kernel would keep computing logits with the old embedding matrix.
-    """
-    model = worker.get_model()
-    head = getattr(model, "lm_head", None)
-    inner = getattr(model, "model", None)
-    emb = getattr(inner, "embed_tokens", None)
-    if head is None or emb is None or getattr(head, "weight", None) is not getattr(emb, "weight", None):
-        return False
-    head.quant_method.process_weights_after_loading(head)
-    return True
-
-
 def sync_weights(engine, model) -> float:
     """Load ``model``'s weights into the running engine (no restart, nothing on disk); returns seconds.
 
-    ``engine.update_weights`` does the transfer; on vLLM's CPU backend a model whose LM
-    head is tied to its embeddings also needs the head's packed kernel rebuilt (see
-    :func:`_refresh_tied_lm_head`), which needs :func:`enable_worker_calls` before the
-    engine started.
+    ``engine.update_weights`` hands the tensors over through shared memory and has the
+    workers reload them in place (tied LM heads included, see rlaif.engine.vllm_worker).
     """
-    t0 = time.perf_counter()
-    engine.update_weights(model.state_dict().items())
-    if getattr(engine, "on_cpu", False) and _ties_embeddings(model):
-        if os.environ.get(WORKER_CALLS_ENV) != "1":
-            raise RuntimeError(
-                "this model ties its LM head to its embeddings, and vLLM's CPU backend keeps a packed copy of "
-                "the head that a weight reload does not refresh; start the engine after "
-                "rlaif.train.rollout.enable_worker_calls() so that the copy can be rebuilt"
-            )
-        engine.llm.collective_rpc(_refresh_tied_lm_head)
-    return time.perf_counter() - t0
+    return engine.update_weights(model.state_dict().items())
 
 
 # ------------------------------------------------------------------ rewards

@@ -323,7 +323,6 @@ def tiny_chat(tmp_path_factory):
 def engine(tiny_chat):
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
 
-    rollout.enable_worker_calls()
     e = VLLMEngine(str(tiny_chat), VLLMSettings(max_model_len=256, kv_cache_gib=0.25, dtype="float32"), show_progress=False)
     yield e
     e.close()
@@ -407,7 +406,7 @@ def test_one_ppo_iteration_end_to_end(engine, tiny_chat, prompt_file, tmp_path):
     from rlaif.train import ppo
 
     cfg = _cfg(tiny_chat, prompt_file, tmp_path, "one", "max_steps=1", "ppo_epochs=2", "batch_size=4", "grad_accum=2",
-               "missing_eos_penalty=0.5", "kl_estimator=k3", "adaptive_kl=true", "kl_target=0.5")
+               "missing_eos_penalty=0.5", "kl_estimator=k3", "adaptive_kl=true", "kl_target=0.5", "eval_fraction=0.1")
     s = ppo.setup(cfg, engine=engine, reward_fn=good_share)
     before = {k: v.clone() for k, v in s.policy.state_dict().items()}
     critic_before = s.critic.score.weight.clone()
@@ -418,6 +417,7 @@ def test_one_ppo_iteration_end_to_end(engine, tiny_chat, prompt_file, tmp_path):
                 "response_length", "truncated", "rollout/tokens_per_s", "rollout/logprob_gap_mean",
                 "time/rollout_s", "time/score_s", "time/update_s", "time/sync_s"):
         assert math.isfinite(metrics[f"train/{key}"]), key
+    assert 0.0 <= metrics["eval/score"] <= 1.0 and metrics["eval/response_length"] > 0  # 5 held-out prompts
     assert metrics["train/rollout/logprob_gap_max"] < 1e-3  # the engine sampled with the trainer's weights
     assert metrics["train/kl"] == pytest.approx(0.0, abs=1e-4)  # first rollout: policy == reference
     assert metrics["train/policy/approx_kl"] > 0  # two epochs: the second saw a moved policy
