@@ -100,7 +100,6 @@ def main() -> None:
     path = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     prompts = _prompt_ids(tok, args.prompts)
-    rollout.enable_worker_calls()
     engine = VLLMEngine(path, VLLMSettings(max_model_len=1024, kv_cache_gib=args.kv_cache_gib, dtype=args.dtype),
                         show_progress=False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
