@@ -214,3 +214,15 @@ def test_permanent_failures_are_not_retried(repo_root, tmp_path):
     assert m["counts"]["failed"] >= 1
     failed = [json.loads(l) for l in (tmp_path / "perm" / "failed.jsonl").read_text().splitlines()]
     assert failed and all("gave up" in f["reason"] for f in failed)
+
+
+def test_train_cli_takes_overrides_after_config(monkeypatch):
+    import rlaif.train
+    from rlaif.cli import main
+
+    seen = {}
+    monkeypatch.setattr(rlaif.train, "main", lambda kind, cfg, ov: seen.update(kind=kind, cfg=cfg, ov=ov) or 0)
+    assert main(["train", "rm", "--config", "c.yaml", "max_steps=2", "lora.enabled=true"]) == 0
+    assert seen == {"kind": "rm", "cfg": "c.yaml", "ov": ["max_steps=2", "lora.enabled=true"]}
+    with pytest.raises(SystemExit):
+        main(["train", "rm", "--config", "c.yaml", "--bogus"])
