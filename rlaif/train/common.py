@@ -236,6 +236,13 @@ class LoopSpec:
     loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
+def autocast_context(d: Dist, amp: torch.dtype | None):
+    """Mixed-precision context for the session's device, or a no-op when ``amp`` is None."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(d.device.type, dtype=amp)
+
+
 @dataclass
 class Session:
     cfg: TrainConfig
@@ -257,9 +264,7 @@ class Session:
         return self.cfg.run_dir
 
     def autocast(self):
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.amp)
+        return autocast_context(self.dist, self.amp)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.dist.device) for k, v in batch.items()}

@@ -38,7 +38,7 @@ import torch
 from . import rollout
 from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from .common import (
-    Dist, _warn_if_config_changed, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
+    Dist, _warn_if_config_changed, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config, save_config
@@ -197,11 +197,7 @@ class PPOSession:
         return self.cfg.run_dir
 
     def autocast(self):
-        import contextlib
-
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.amp)
+        return autocast_context(self.dist, self.amp)
 
 
 # ------------------------------------------------------------------- set-up
