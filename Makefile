@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv and the default model, then generate a small dataset
+#   make demo   set up .venv and the default model, then generate a small AI-labelled dataset
 #   make test   set up .venv, then run the test suite
+# make demo-train then trains SFT, reward model, DPO and PPO on the demo output (configs/*-demo.yaml).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 DEMO_LIMIT ?= 24
 
-.PHONY: setup model demo test lint bench clean-demo
+.PHONY: setup model demo demo-train test lint bench clean-demo
 
 setup:
 	@bash scripts/setup.sh
@@ -16,7 +17,14 @@ model: setup
 
 demo: model
 	@$(PY) -m rlaif lint
-	$(PY) -m rlaif generate --prompts prompts/rlaif-prompts.jsonl --out $(DEMO_OUT) --limit $(DEMO_LIMIT) --rounds 1
+	$(PY) -m rlaif generate --prompts prompts/rlaif-prompts.jsonl --out $(DEMO_OUT) --limit $(DEMO_LIMIT) --rounds 1 --label
+
+# PPO needs the reward model, so rm runs before ppo.
+demo-train: demo
+	$(PY) -m rlaif train sft --config configs/sft-demo.yaml
+	$(PY) -m rlaif train rm --config configs/rm-demo.yaml
+	$(PY) -m rlaif train dpo --config configs/dpo-demo.yaml
+	$(PY) -m rlaif train ppo --config configs/ppo-demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

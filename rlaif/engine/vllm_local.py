@@ -21,6 +21,7 @@ from rlaif.records import Completion
 log = logging.getLogger(__name__)
 
 CPU_KV_SHARE = 0.35
+WEIGHT_TRANSFERS = ("auto", "reload", "ipc")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,19 @@ class VLLMSettings:
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
     seed: int = 0
+    sleep_mode: bool = False
+    """Build the engine so that it can sleep (weights offloaded, KV cache freed) while a trainer
+    on the same accelerator updates; see :meth:`VLLMEngine.sleep`. vLLM's CPU backend has no
+    sleep mode, so the flag is ignored there (with a log line)."""
+    weight_transfer: str = "auto"
+    """How :meth:`VLLMEngine.update_weights` hands weights over: "reload" (a safetensors file in
+    shared memory, reloaded in place by the workers; works everywhere), "ipc" (vLLM's CUDA-IPC
+    weight-transfer engine: the workers read the trainer's GPU tensors directly; CUDA only) or
+    "auto" (ipc on CUDA hosts whose vLLM has it, reload elsewhere)."""
 
     def __post_init__(self) -> None:
+        if self.weight_transfer not in WEIGHT_TRANSFERS:
+            raise ValueError(f"weight_transfer must be one of {WEIGHT_TRANSFERS}, got {self.weight_transfer!r}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.max_model_len is not None and self.max_model_len < 16:
@@ -91,6 +103,14 @@ class VLLMEngine:
             # with its own seed has its prompt split over two scheduler steps; rlaif seeds
             # every request, so prompts are scheduled whole on CPU hosts.
             kwargs["enable_chunked_prefill"] = False
+        self.transfer = _pick_transfer(s.weight_transfer, current_platform)
+        if self.transfer == "ipc":
+            kwargs["weight_transfer_config"] = {"backend": "ipc"}
+        self.can_sleep = bool(s.sleep_mode and current_platform.is_sleep_mode_available())
+        if s.sleep_mode and not self.can_sleep:
+            log.info("vLLM on this platform has no sleep mode; the engine stays awake")
+        if self.can_sleep:
+            kwargs["enable_sleep_mode"] = True
         if s.kv_cache_gib:
             kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_gib * 2**30)
         if s.max_model_len:
@@ -109,6 +129,8 @@ class VLLMEngine:
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.version = getattr(vllm, "__version__", "unknown")
         self._engine_kwargs = {k: v for k, v in kwargs.items() if k != "model"}
+        self._ipc_sender = None
+        self.asleep = False
         log.info("vLLM %s started in %.1fs (eager=%s, kv share=%s)", self.version, self.startup_s, eager, util)
 
     # ---------------------------------------------------------------- chat template
@@ -212,12 +234,36 @@ class VLLMEngine:
                 results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []))
         return [r for r in results if r is not None]
 
+    def sampling_params(self, **kwargs: Any) -> Any:
+        """A ``vllm.SamplingParams`` for callers that drive :attr:`llm` directly (RL rollouts)."""
+        return self._vllm.SamplingParams(**kwargs)
+
+    # ---------------------------------------------------------------- sleep (RL)
+
+    def sleep(self) -> bool:
+        """Offload the weights and free the KV cache while a trainer on the same accelerator
+        updates (vLLM sleep level 1). Returns whether the engine went to sleep: False where the
+        engine was not built with ``sleep_mode`` or the platform has none (vLLM CPU)."""
+        if not self.can_sleep or self.asleep:
+            return False
+        self.llm.sleep(level=1)
+        self.asleep = True
+        return True
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep` (weights back on the accelerator, KV cache re-allocated)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     # ---------------------------------------------------------------- weights (RL)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
         """Load new weights (Hugging Face names) into the running engine; returns seconds.
 
-        The tensors are written as one safetensors file to a folder in shared memory
+        On CUDA hosts (``weight_transfer`` "ipc", the default there) the tensors go through
+        vLLM's own weight-transfer engine: CUDA-IPC handles of the trainer's GPU tensors, read
+        by the workers in place (see :meth:`_update_weights_ipc`). Elsewhere the tensors are written as one safetensors file to a folder in shared memory
         (``/dev/shm`` where it exists) and the engine's workers reload from it in place with
         ``reload_weights``: no restart and no checkpoint on disk. (vLLM's CPU backend repacks
         weights at load time, so a plain ``model.load_weights`` after start-up fails there;
@@ -225,6 +271,10 @@ class VLLMEngine:
         cache is reset afterwards, since its KV entries came from the old weights. A tied LM
         head is repacked too (see :class:`rlaif.engine.vllm_worker.WeightSyncExtension`).
         """
+        if self.asleep:
+            self.wake_up()
+        if self.transfer == "ipc":
+            return self._update_weights_ipc(named_tensors)
         import shutil
         import tempfile
 
@@ -246,6 +296,36 @@ class VLLMEngine:
             self.llm.collective_rpc("rlaif_reload_weights", kwargs={"weights_path": folder})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def _update_weights_ipc(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
+        """vLLM's weight-transfer protocol (start / update / finish) over CUDA IPC.
+
+        The trainer-side engine is built once; each call hands it this round's tensors
+        (moved to the current CUDA device if they are not there yet, tied storages sent once).
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        tensors, seen = [], set()
+        dev = torch.device("cuda", torch.cuda.current_device())
+        for name, t in named_tensors:
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            tensors.append((name, t.detach().to(dev)))
+        if self._ipc_sender is None:
+            from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo, IPCTrainerWeightTransferEngine
+
+            self._ipc_source = _TensorListSource()
+            self._ipc_sender = IPCTrainerWeightTransferEngine.trainer_init(
+                IPCTrainerInitInfo(rank=0), client=_OfflineSyncClient(self.llm), source=self._ipc_source)
+        self._ipc_source.tensors = tensors
+        try:
+            self._ipc_sender.send_weights()
+        finally:
+            self._ipc_source.tensors = []
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
@@ -276,6 +356,65 @@ class VLLMEngine:
         import gc
 
         gc.collect()
+
+
+def _pick_transfer(wanted: str, platform: Any) -> str:
+    """The weight hand-over this host supports (see ``VLLMSettings.weight_transfer``)."""
+    has_ipc = False
+    if platform.is_cuda():
+        try:
+            from vllm.distributed.weight_transfer import ipc_engine  # noqa: F401
+
+            has_ipc = True
+        except ImportError:
+            pass
+    if wanted == "ipc" and not has_ipc:
+        raise ValueError("weight_transfer='ipc' needs a CUDA host and a vLLM with vllm.distributed.weight_transfer")
+    if wanted == "auto":
+        return "ipc" if has_ipc else "reload"
+    return wanted
+
+
+class _OfflineSyncClient:
+    """vLLM's trainer-side weight-sync client protocol over an in-process ``vllm.LLM``.
+
+    The trainer engines call ``client.init_weight_transfer_engine(init_info)`` and
+    ``client.update_weights(update_info)`` with the bare dicts, while ``LLM`` takes them wrapped
+    in a request (``{"init_info": ...}``, ``{"update_info": ...}``): this adapter does the
+    wrapping.
+    """
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: Any) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.finish_weight_update(weight_version)
+
+
+def _TensorListSource():
+    """A vLLM ``WeightSource`` over a list of (name, tensor) set before each send."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+
+    class TensorListSource(WeightSource):
+        def __init__(self):
+            self.tensors: list[tuple[str, Any]] = []
+
+        def metadata(self):
+            return [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.tensors]
+
+        def __iter__(self):
+            return iter(list(self.tensors))
+
+    return TensorListSource()
 
 
 def _tqdm():

@@ -64,13 +64,18 @@ class RolloutEngine:
     """Skip graph capture (None = on for CPU hosts)."""
     sleep: bool = True
     """Put the engine to sleep (weights offloaded, KV cache freed) during the update, where vLLM
-    supports it (GPU engines built with sleep mode). vLLM's CPU backend has no sleep mode."""
+    supports it (GPU hosts: the engine is then built with sleep mode). vLLM's CPU backend has none."""
+    weight_transfer: str = "auto"
+    """Weight hand-over after each update: "reload" (safetensors in shared memory, reloaded in
+    place), "ipc" (vLLM's CUDA-IPC weight-transfer engine) or "auto" (ipc on CUDA hosts)."""
 
     def __post_init__(self):
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError("engine.kv_cache_gib must be > 0 (or null)")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("engine.gpu_memory_utilization must lie in (0, 1]")
+        if self.weight_transfer not in ("auto", "reload", "ipc"):
+            raise ValueError(f"engine.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}")
 
 
 @dataclass
@@ -291,7 +296,7 @@ def make_engine(cfg: PPOConfig, path: str):
     return VLLMEngine(path, VLLMSettings(
         max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
         kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
-        trust_remote_code=cfg.trust_remote_code, seed=cfg.seed,
+        trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, sleep_mode=e.sleep, weight_transfer=e.weight_transfer,
     ), show_progress=False)
 
 
@@ -369,13 +374,6 @@ def prompt_indices(n: int, size: int, seed: int, iteration: int) -> list[int]:
 def sync_weights(s: PPOSession) -> float:
     """Load the policy's weights into the running engine; returns seconds."""
     return rollout.sync_weights(s.engine, unwrap(s.policy))
-
-
-def _engine_sleeps(s: PPOSession) -> bool:
-    if not s.cfg.engine.sleep:
-        return False
-    mc = getattr(getattr(s.engine.llm, "llm_engine", None), "model_config", None)
-    return bool(getattr(mc, "enable_sleep_mode", False))
 
 
 @torch.no_grad()
@@ -481,9 +479,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     if cfg.whiten_advantages:
         adv = masked_whiten(adv, mask)
     # -- update (the engine sleeps through it where vLLM supports that: weights offloaded, KV cache freed)
-    asleep = _engine_sleeps(s)
-    if asleep:
-        s.engine.llm.sleep(level=1)
+    asleep = s.engine.sleep() if s.cfg.engine.sleep and hasattr(s.engine, "sleep") else False
     m = update(s, batch, tok["old_logp"], tok["values"], adv, returns, it)
     t_update = time.perf_counter()
     seq_kl = kl.sum(-1)
@@ -491,7 +487,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
         s.position["kl_coef"] = adaptive_kl_coef(beta, float(seq_kl.mean()), cfg.kl_target, cfg.kl_horizon, len(samples))
     # -- sync
     if asleep:
-        s.engine.llm.wake_up()
+        s.engine.wake_up()
     sync_s = sync_weights(s)
     t_end = time.perf_counter()
     n_tokens = int(batch["length"].sum())

@@ -54,7 +54,7 @@ def sample(engine, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], ma
     """
     if len(prompt_ids) != len(seeds):
         raise ValueError("one seed per prompt")
-    make_params = engine._vllm.SamplingParams  # the engine module is the one that imports vLLM
+    make_params = engine.sampling_params
     params = []
     for ids, seed in zip(prompt_ids, seeds):
         room = engine.max_model_len - len(ids)
