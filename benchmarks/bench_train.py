@@ -109,7 +109,7 @@ def run_rlaif(c: dict) -> dict:
         f"model={c['model']}", f"data={c['data']}", f"runs_dir={c['tmp']}", "name=bench", "resume=false",
         f"batch_size={c['batch_size']}", "grad_accum=1", "epochs=1", "eval_fraction=0", "lr=1e-6",
         f"max_length={c['max_length']}", f"max_prompt_length={c['max_length'] // 2}", f"precision={c['precision']}",
-        "tensorboard=false", "warmup_steps=1", f"device={c['device']}",
+        "tensorboard=false", "warmup_steps=1", f"device={c['device']}", *c.get("overrides", []),
     ])
     s, spec = recipe.setup(cfg)
     groups = [[b] for b in micro_batches(s, spec, 0)]
@@ -183,7 +183,7 @@ def worker(c: dict) -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    out = run_rlaif(c) if c["impl"] == "rlaif" else run_trl(c)
+    out = run_trl(c) if c["impl"] == "trl" else run_rlaif(c)
     t, n, cpu = out["times"][1:], out["tokens"][1:], out["cpu"][1:]
     print("RESULT " + json.dumps({
         "tokens_per_s": sum(n) / sum(t), "step_s": sum(t) / len(t), "steps": len(out["times"]),
@@ -227,13 +227,18 @@ def main() -> None:
           f"seq_len={a.seq_len} repeats={a.repeats} (medians) torch={torch.__version__}")
     rows = []
     for trainer in a.trainers.split(","):
+        # the reward model also runs without its shared prompt pass, to show what that pass is worth
+        variants = {"rlaif": [], "trl": []}
+        if trainer == "rm":
+            variants = {"rlaif": [], "rlaif, prompt not shared": ["shared_prompt=false"], "trl": []}
         for kind in ("fixed", "variable"):
-            runs: dict[str, list[dict]] = {"rlaif": [], "trl": []}
+            runs: dict[str, list[dict]] = {v: [] for v in variants}
             for rep in range(a.repeats):  # alternate, so that load changes hit both alike
-                for impl in ("rlaif", "trl"):
-                    c = {"trainer": trainer, "impl": impl, "model": model, "data": str(root / kind),
-                         "tmp": str(root / f"run-{trainer}-{kind}-{impl}-{rep}"), "batch_size": a.batch_size,
-                         "max_length": a.seq_len + 64, "precision": precision, "device": device}
+                for impl, overrides in variants.items():
+                    c = {"trainer": trainer, "impl": "trl" if impl == "trl" else "rlaif", "model": model,
+                         "data": str(root / kind), "tmp": str(root / f"run-{trainer}-{kind}-{len(runs[impl])}-{rep}-{impl[:5]}"),
+                         "batch_size": a.batch_size, "max_length": a.seq_len + 64, "precision": precision,
+                         "device": device, "overrides": overrides}
                     p = subprocess.run([sys.executable, __file__, "--worker", json.dumps(c)], capture_output=True,
                                        text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -242,13 +247,14 @@ def main() -> None:
                         raise SystemExit(f"{impl} {trainer} {kind} failed")
                     runs[impl].append(json.loads(line[0][7:]))
             res = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
-            rows.append((trainer, kind, res))
+            for impl in variants:
+                if impl != "trl":
+                    rows.append((trainer if impl == "rlaif" else f"{trainer} ({impl[7:]})", kind, res[impl], res["trl"]))
     mem = "peak GiB (CUDA alloc)" if device == "cuda" else "peak RSS GiB"
     print(f"\n| trainer | data | rlaif tok/s | TRL tok/s | ratio | rlaif tok/CPU-s | TRL tok/CPU-s | ratio "
           f"| rlaif s/step | TRL s/step | rlaif {mem} | TRL {mem} | ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for trainer, kind, r in rows:
-        ours, trl = r["rlaif"], r["trl"]
+    for trainer, kind, ours, trl in rows:
         print(f"| {trainer} | {kind} | {ours['tokens_per_s']:.0f} | {trl['tokens_per_s']:.0f} | "
               f"{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | {ours['tokens_per_cpu_s']:.0f} | "
               f"{trl['tokens_per_cpu_s']:.0f} | {ours['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:.2f}x | "

@@ -92,3 +92,30 @@ def test_sleep_is_a_no_op_without_sleep_mode():
     e.can_sleep, e.asleep = False, False
     assert e.sleep() is False and e.asleep is False
     e.wake_up()  # nothing to undo
+
+
+def test_auto_transfer_falls_back_to_reload_when_ipc_fails(monkeypatch):
+    e = object.__new__(vllm_local.VLLMEngine)
+    e.settings, e.transfer, e.asleep = VLLMSettings(), "ipc", False
+    calls = []
+
+    def broken_ipc(tensors):
+        raise RuntimeError("no CUDA IPC here")
+
+    class LLM:
+        def collective_rpc(self, method, kwargs):
+            import os
+
+            calls.append((method, sorted(os.listdir(kwargs["weights_path"]))))
+
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+
+    e._update_weights_ipc, e.llm = broken_ipc, LLM()
+    seconds = e.update_weights([("w", torch.ones(2)), ("v", torch.zeros(3))])
+    assert seconds >= 0 and e.transfer == "reload"
+    assert calls == [("rlaif_reload_weights", ["model.safetensors"]), ("reset_prefix_cache",)]
+    # an explicit "ipc" does not hide the failure
+    e.settings, e.transfer = VLLMSettings(weight_transfer="ipc"), "ipc"
+    with pytest.raises(RuntimeError, match="no CUDA IPC"):
+        e.update_weights([("w", torch.ones(2))])

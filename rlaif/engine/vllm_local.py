@@ -274,7 +274,15 @@ class VLLMEngine:
         if self.asleep:
             self.wake_up()
         if self.transfer == "ipc":
-            return self._update_weights_ipc(named_tensors)
+            named_tensors = list(named_tensors)
+            try:
+                return self._update_weights_ipc(named_tensors)
+            except Exception as exc:  # noqa: BLE001 - "auto" falls back to the path that works everywhere
+                if self.settings.weight_transfer == "ipc":
+                    raise
+                log.warning("CUDA-IPC weight transfer failed (%s: %s); using the shared-memory reload from now on",
+                            type(exc).__name__, exc)
+                self.transfer = "reload"
         import shutil
         import tempfile
 

@@ -390,5 +390,33 @@ def collate_pairs(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tens
     return batch
 
 
+def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """The same pairs laid out for one prompt pass shared by both completions.
+
+    ``prompt_ids`` / ``prompt_mask`` are ``(B, P)``; ``completion_ids`` / ``completion_mask``
+    are ``(2B, C)``, interleaved (chosen of pair 0, rejected of pair 0, chosen of pair 1, ...)
+    to match a prompt cache repeated with ``batch_repeat_interleave(2)``;
+    ``completion_positions`` continue each row's own prompt length. ``attention_mask`` is the
+    mask over prompt cache + completion, ``(2B, P + C)``, so it counts the same real tokens as
+    :func:`collate_pairs`.
+    """
+    prompts = [e["prompt"] for e in examples]
+    comps = [c for e in examples for c in (e["chosen"], e["rejected"])]
+    prompt_mask = _pad([[1] * len(p) for p in prompts], 0)
+    comp_mask = _pad([[1] * len(c) for c in comps], 0)
+    lens = torch.tensor([len(p) for p in prompts], dtype=torch.long).repeat_interleave(2)
+    return {
+        "prompt_ids": _pad(prompts, pad_id),
+        "prompt_mask": prompt_mask,
+        "completion_ids": _pad(comps, pad_id),
+        "completion_mask": comp_mask,
+        "completion_positions": lens[:, None] + torch.arange(comp_mask.shape[1])[None, :],
+        "attention_mask": torch.cat([prompt_mask.repeat_interleave(2, 0), comp_mask], 1),
+        "chosen_prob": torch.tensor([e["chosen_prob"] for e in examples], dtype=torch.float32),
+        "margin": torch.tensor([e["margin"] for e in examples], dtype=torch.float32),
+        "index": torch.tensor([e.get("index", -1) for e in examples], dtype=torch.long),
+    }
+
+
 def pair_length(e: dict) -> int:
     return len(e["prompt"]) + max(len(e["chosen"]), len(e["rejected"]))

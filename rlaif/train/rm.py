@@ -17,7 +17,7 @@ from .common import (
     resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, pair_length
+from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
 from .losses import bradley_terry_loss
 
 
@@ -29,6 +29,11 @@ class RMConfig(TrainConfig):
     """Subtract the row's ``margin`` from the reward gap (Llama 2 margin loss)."""
     center_rewards_coef: float = 0.0
     """Weight of ``mean((r_c + r_r)^2)`` that keeps rewards centred on zero (Eisenstein et al. 2023)."""
+    shared_prompt: bool = True
+    """Run each pair's prompt through the model once and let chosen and rejected continue from
+    its key/value cache, instead of processing the prompt twice (same rewards and gradients;
+    the saving grows with the prompt's share of the tokens). Off with gradient checkpointing,
+    which disables the cache; models whose cache cannot be repeated fall back to the plain pass."""
     name: str = "rm"
 
     def __post_init__(self):
@@ -43,16 +48,55 @@ def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.logits.squeeze(-1).float()
 
 
-def loop_spec(cfg: RMConfig, pad_id: int) -> LoopSpec:
+def rewards_shared_prompt(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen, rejected)`` rewards, ``(B,)`` each, from one prompt pass per pair.
+
+    The prompts run once with the cache on; the cache is repeated for the two completions
+    (autograd flows through the repeat, so the prompt's gradient sums both uses), and the
+    completions continue from it with their own positions and a mask that hides the prompt
+    padding. The score head pools at the last non-padding completion token, as the plain
+    pass does on the full sequence.
+    """
+    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)
+    r = model(input_ids=batch["completion_ids"], attention_mask=batch["attention_mask"],
+              position_ids=batch["completion_positions"], past_key_values=cache, use_cache=True).logits
+    r = r.squeeze(-1).float().view(-1, 2)
+    return r[:, 0], r[:, 1]
+
+
+def _can_share_prompt(model, pad_id: int) -> bool:
+    from transformers import DynamicCache
+
+    m = getattr(model, "module", model)
+    cfg = getattr(m, "config", None)
+    if cfg is None or getattr(m, "is_gradient_checkpointing", False):
+        return False
+    if getattr(cfg, "sliding_window", None) or getattr(cfg, "model_type", "") not in SHARED_PROMPT_MODELS:
+        return False
+    return callable(getattr(DynamicCache, "batch_repeat_interleave", None))
+
+
+# Decoder families whose sequence-classification forward takes a cache and explicit positions
+# the way rewards_shared_prompt uses them (checked against the plain pass in the tests).
+SHARED_PROMPT_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo", "olmo2", "granite"}
+
+
+def loop_spec(cfg: RMConfig, pad_id: int, shared: bool = False) -> LoopSpec:
     def loss_fn(s: Session, batch, normalizer):
-        r = rewards(s.model, batch)
-        b = r.shape[0] // 2
+        if "prompt_ids" in batch:
+            rc, rr = rewards_shared_prompt(s.model, batch)
+        else:
+            r = rewards(s.model, batch)
+            b = r.shape[0] // 2
+            rc, rr = r[:b], r[b:]
         p = batch["chosen_prob"] if cfg.soft_labels else 1.0
         m = batch["margin"] if cfg.use_margin else 0.0
-        return bradley_terry_loss(r[:b], r[b:], p, m, cfg.center_rewards_coef, normalizer)
+        return bradley_terry_loss(rc, rr, p, m, cfg.center_rewards_coef, normalizer)
 
     return LoopSpec(
-        collate=lambda ex: collate_pairs(ex, pad_id),
+        collate=(lambda ex: collate_pairs_shared_prompt(ex, pad_id)) if shared else (lambda ex: collate_pairs(ex, pad_id)),
         length=pair_length,
         count=lambda batch: int(batch["chosen_prob"].shape[0]),
         loss_fn=loss_fn,
@@ -70,7 +114,8 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
     model = load_pretrained(AutoModelForSequenceClassification, path, cfg, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     model = prepare_model(apply_lora(model, cfg, "SEQ_CLS"), cfg, d)
-    spec = loop_spec(cfg, tok.pad_token_id)
+    shared = cfg.shared_prompt and _can_share_prompt(model, tok.pad_token_id)
+    spec = loop_spec(cfg, tok.pad_token_id, shared)
     s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
     return init_session(s, spec), spec
 

@@ -213,3 +213,62 @@ def test_rm_lora_with_gradient_checkpointing(tiny_model_dir, run_folder, tmp_pat
     assert not any("embed_tokens" in k for k in ckpt)  # frozen weights are not checkpointed
     m = AutoModelForSequenceClassification.from_pretrained(r / "final")
     assert not any("lora" in n for n, _ in m.named_parameters())
+
+
+def test_rm_shared_prompt_pass_matches_plain_pass(tiny_model_dir):
+    """One prompt pass shared by chosen and rejected gives the plain pass's rewards and gradients."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlaif.train import rm
+    from rlaif.train.data import collate_pairs, collate_pairs_shared_prompt
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float64)
+    model.config.pad_token_id = 0
+    assert rm._can_share_prompt(model, 0)
+    rng = torch.Generator().manual_seed(0)
+
+    def seq(n):
+        return torch.randint(4, 120, (n,), generator=rng).tolist()
+
+    # prompts and completions of different lengths, so that both paddings are exercised
+    ex = [{"prompt": seq(p), "chosen": seq(c), "rejected": seq(r), "chosen_prob": 0.8, "margin": 0.0}
+          for p, c, r in [(5, 7, 3), (11, 2, 9), (1, 4, 4), (8, 10, 1)]]
+    plain = collate_pairs(ex, 0)
+    shared = collate_pairs_shared_prompt(ex, 0)
+    assert int(plain["attention_mask"].sum()) == int(shared["attention_mask"].sum())
+
+    def run(fn, batch):
+        model.zero_grad()
+        rc, rr = fn(batch)
+        (rc.sum() * 0.7 - rr.sum() * 1.3).backward()
+        return rc.detach(), rr.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def plain_fn(batch):
+        r = rm.rewards(model, batch)
+        return r[: len(ex)], r[len(ex):]
+
+    rc1, rr1, g1 = run(plain_fn, plain)
+    rc2, rr2, g2 = run(lambda b: rm.rewards_shared_prompt(model, b), shared)
+    torch.testing.assert_close(rc2, rc1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(rr2, rr1, rtol=1e-9, atol=1e-9)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for n in g1:
+        # rotary tables are computed in float32 even for a float64 model: agreement to ~1e-7
+        torch.testing.assert_close(g2[n], g1[n], rtol=1e-5, atol=1e-6)
+    # the prompt matters: changing it changes both rewards
+    ex[0]["prompt"] = seq(5)
+    rc3, rr3 = rm.rewards_shared_prompt(model, collate_pairs_shared_prompt(ex, 0))
+    assert abs(float(rc3[0] - rc2[0])) > 1e-6 and abs(float(rr3[0] - rr2[0])) > 1e-6
+
+
+def test_rm_shared_prompt_off_with_gradient_checkpointing(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlaif.train import rm
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not rm._can_share_prompt(model, 0)
