@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv and the default model, then generate a small AI-labelled dataset
 #   make test   set up .venv, then run the test suite
-# make demo-train then trains SFT, reward model, DPO and PPO on the demo output (configs/*-demo.yaml).
+# make demo-train then trains SFT, reward model, DPO and PPO on the demo output (configs/*-demo.yaml)
+# and samples best-of-4 with the reward model.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
@@ -19,12 +20,13 @@ demo: model
 	@$(PY) -m rlaif lint
 	$(PY) -m rlaif generate --prompts prompts/rlaif-prompts.jsonl --out $(DEMO_OUT) --limit $(DEMO_LIMIT) --rounds 1 --label
 
-# PPO needs the reward model, so rm runs before ppo.
+# PPO and best-of-N need the reward model, so rm runs first.
 demo-train: demo
 	$(PY) -m rlaif train sft --config configs/sft-demo.yaml
 	$(PY) -m rlaif train rm --config configs/rm-demo.yaml
 	$(PY) -m rlaif train dpo --config configs/dpo-demo.yaml
 	$(PY) -m rlaif train ppo --config configs/ppo-demo.yaml
+	$(PY) -m rlaif bon --prompts prompts/rlaif-prompts.jsonl --limit 16 --n 4 --reward-model runs/rm-demo/final --out runs/bon-demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -114,8 +114,11 @@ def run_rlaif(c: dict) -> dict:
     s, spec = recipe.setup(cfg)
     groups = [[b] for b in micro_batches(s, spec, 0)]
     _reset_peak(c["device"])
-    times, cpu, tokens = [], [], []
+    times, cpu, tokens, slots = [], [], [], []
     for g in groups:
+        batch = spec.collate(g[0])
+        slots.append(sum(int(batch[k].numel()) for k in ("prompt_ids", "completion_ids")) if "prompt_ids" in batch
+                     else int(batch["input_ids"].numel()))
         _sync(c["device"])
         t0, c0 = time.perf_counter(), time.process_time()
         m = run_step(s, spec, g)
@@ -123,7 +126,7 @@ def run_rlaif(c: dict) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         tokens.append(m["tokens"])
-    return {"times": times, "cpu": cpu, "tokens": tokens, "peak_gib": _peak_mem(c["device"])}
+    return {"times": times, "cpu": cpu, "tokens": tokens, "slots": slots, "peak_gib": _peak_mem(c["device"])}
 
 
 def run_trl(c: dict) -> dict:
@@ -142,7 +145,7 @@ def run_trl(c: dict) -> dict:
         save_strategy="no", use_cpu=c["device"] == "cpu", disable_tqdm=True, dataloader_num_workers=0, seed=0,
         max_length=c["max_length"],
     )
-    times, cpu, tokens = [], [], []
+    times, cpu, tokens, slots = [], [], [], []
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -172,11 +175,12 @@ def run_trl(c: dict) -> dict:
     class Counting(Base):
         def training_step(self, model, inputs, *rest, **kw):
             tokens.append(int(inputs["attention_mask"].sum()))
+            slots.append(int(inputs["input_ids"].numel()))
             return super().training_step(model, inputs, *rest, **kw)
 
     trainer = Counting(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
     trainer.train()
-    return {"times": times, "cpu": cpu, "tokens": tokens, "peak_gib": _peak_mem(c["device"])}
+    return {"times": times, "cpu": cpu, "tokens": tokens, "slots": slots, "peak_gib": _peak_mem(c["device"])}
 
 
 def worker(c: dict) -> None:
@@ -189,6 +193,8 @@ def worker(c: dict) -> None:
         "tokens_per_s": sum(n) / sum(t), "step_s": sum(t) / len(t), "steps": len(out["times"]),
         "tokens_per_cpu_s": sum(n) / sum(cpu),
         "peak_gib": out["peak_gib"],
+        # real tokens / token positions the model processed (padding, and a prompt processed twice, cost slots)
+        "token_efficiency": sum(out["tokens"]) / max(sum(out["slots"]), 1),
     }), flush=True)
 
 
@@ -252,14 +258,14 @@ def main() -> None:
                     rows.append((trainer if impl == "rlaif" else f"{trainer} ({impl[7:]})", kind, res[impl], res["trl"]))
     mem = "peak GiB (CUDA alloc)" if device == "cuda" else "peak RSS GiB"
     print(f"\n| trainer | data | rlaif tok/s | TRL tok/s | ratio | rlaif tok/CPU-s | TRL tok/CPU-s | ratio "
-          f"| rlaif s/step | TRL s/step | rlaif {mem} | TRL {mem} | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| rlaif s/step | TRL s/step | rlaif {mem} | TRL {mem} | ratio | rlaif tokens/slots | TRL tokens/slots |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for trainer, kind, ours, trl in rows:
         print(f"| {trainer} | {kind} | {ours['tokens_per_s']:.0f} | {trl['tokens_per_s']:.0f} | "
               f"{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | {ours['tokens_per_cpu_s']:.0f} | "
               f"{trl['tokens_per_cpu_s']:.0f} | {ours['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:.2f}x | "
               f"{ours['step_s']:.3f} | {trl['step_s']:.3f} | {ours['peak_gib']:.2f} | {trl['peak_gib']:.2f} | "
-              f"{ours['peak_gib'] / trl['peak_gib']:.2f}x |")
+              f"{ours['peak_gib'] / trl['peak_gib']:.2f}x | {ours['token_efficiency']:.2f} | {trl['token_efficiency']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo or ppo")
     p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo"], help="what to train")
-    p.add_argument("--config", required=True, help="training YAML file")
+    p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
     return parser
 

@@ -196,4 +196,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rlaif.train import main as train_main
     except ImportError as exc:
         raise UserError(f"training needs extra packages ({exc}); install with: pip install 'rlaif[train]'") from None
-    return train_main(args.kind, args.config, args.overrides)
+    from rlaif.train.config import TrainConfigError
+
+    try:
+        return train_main(args.kind, args.config, args.overrides)
+    except TrainConfigError as exc:
+        raise UserError(f"rlaif train {args.kind}: {exc}") from None

@@ -185,15 +185,28 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return d
 
 
+class TrainConfigError(ValueError):
+    """A training config that cannot be used (missing file, unknown key, bad value)."""
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
-    """Read ``path`` (YAML mapping), apply ``overrides``, build and validate ``cls``."""
+    """Read ``path`` (YAML mapping), apply ``overrides``, build and validate ``cls``.
+
+    Every problem with the file or the settings is raised as :class:`TrainConfigError`.
+    """
     d: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a YAML mapping")
-    return from_dict(cls, apply_overrides(d, overrides or []))
+    where = str(path) if path is not None else "settings"
+    try:
+        if path is not None:
+            with open(path, encoding="utf-8") as f:
+                d = yaml.safe_load(f) or {}
+            if not isinstance(d, dict):
+                raise ValueError("expected a YAML mapping")
+        return from_dict(cls, apply_overrides(d, overrides or []))
+    except TrainConfigError:
+        raise
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        raise TrainConfigError(f"{where}: {exc}") from None
 
 
 def to_dict(cfg) -> dict[str, Any]:

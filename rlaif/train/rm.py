@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .common import (
+    _is_fsdp,
     LoopSpec, cleanup, load_pretrained, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
 )
@@ -69,7 +70,11 @@ def rewards_shared_prompt(model, batch: dict[str, torch.Tensor]) -> tuple[torch.
 def _can_share_prompt(model, pad_id: int) -> bool:
     from transformers import DynamicCache
 
-    m = getattr(model, "module", model)
+    if _is_fsdp(model):
+        # FSDP2 frees the gathered weights after each forward, and the backward of the
+        # first of two forwards through the same layers then finds them gone.
+        return False
+    m = getattr(model, "module", model)  # DDP: checked with 2 processes, same losses as the plain pass
     cfg = getattr(m, "config", None)
     if cfg is None or getattr(m, "is_gradient_checkpointing", False):
         return False

@@ -272,3 +272,14 @@ def test_rm_shared_prompt_off_with_gradient_checkpointing(tiny_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float32)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert not rm._can_share_prompt(model, 0)
+
+
+def test_train_cli_reports_bad_settings_without_a_traceback(capsys):
+    from rlaif.cli import main
+
+    assert main(["train", "rm"]) == 2
+    assert "data is required" in capsys.readouterr().err
+    assert main(["train", "dpo", "--config", "no-such-file.yaml"]) == 2
+    assert "no-such-file.yaml" in capsys.readouterr().err
+    assert main(["train", "sft", "data=x", "bogus=1"]) == 2
+    assert "unknown" in capsys.readouterr().err
