@@ -4,7 +4,14 @@ precision, in one run. A benchmark script, not a test: it prints a table and rat
 
     python benchmarks/bench_train.py                      # small random-init model, CPU-sized
     python benchmarks/bench_train.py --model default      # the embedded SmolLM2-135M-Instruct
-    python benchmarks/bench_train.py --pairs 256 --batch-size 8 --seq-len 512   # a GPU-sized run
+    python benchmarks/bench_train.py --model llama-0.5b --pairs 128 --batch-size 8 --seq-len 1024   # a GPU run
+
+On CUDA the script also measures the bf16 matmul peak and reports model FLOPs utilisation
+(MFU): tokens/s x 6N FLOPs per token (forward and backward of the trained model; N counts
+every weight that takes part in a matmul, i.e. all parameters but the input embedding), over
+that peak. With precomputed reference log-probs DPO runs no reference forward, so 6N is its
+cost as well. ``--tokenizer`` names a tokenizer folder for the random-init presets where the
+default model is not prepared (a GPU host without network access).
 
 Each case runs in its own process, so peak memory is per case: on CUDA the peak
 allocated during the training steps, on CPU the process's peak resident set
@@ -38,19 +45,52 @@ WORDS = ("the of and to in is you that it he was for on are as with his they at 
 
 
 # --------------------------------------------------------------------- set-up
-def make_small_model(out: Path, tokenizer_src: str) -> None:
-    """A random-init 4-layer Llama with the default model's tokenizer (vocab 49152)."""
+# Random-init Llama shapes (with the default model's 49,152-token vocabulary):
+# small: CPU-sized; llama-0.5b: 0.55B parameters (untied); llama-1.3b: 1.4B parameters (untied).
+PRESETS = {
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=True),
+    "llama-0.5b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12,
+                       num_key_value_heads=4, tie_word_embeddings=False),
+    "llama-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                       num_key_value_heads=16, tie_word_embeddings=False),
+}
+
+
+def make_random_model(out: Path, tokenizer_src: str, preset: str) -> dict[str, int]:
+    """A random-init Llama of a preset shape; returns N per trainer, the parameters that take part
+    in matmuls (DPO: the decoder and the LM head; RM: the decoder, whose score head is negligible)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_src)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=tok.bos_token_id)
+    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **PRESETS[preset])
+    with torch.device("meta"):
+        n_total = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
+    emb = cfg.vocab_size * cfg.hidden_size
+    n_lm = n_total - (0 if cfg.tie_word_embeddings else emb)  # a tied table is the LM head's matmul
+    return {"dpo": n_lm, "rm": n_lm - emb}
+
+
+def matmul_peak_tflops(device: str, dtype_name: str = "bfloat16", n: int = 8192, iters: int = 20) -> float:
+    """Measured dense matmul throughput (TFLOP/s) of this accelerator, for MFU."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
 
 def make_data(out: Path, n: int, seq_len: int, variable: bool, seed: int = 0) -> None:
@@ -201,7 +241,9 @@ def worker(c: dict) -> None:
 # --------------------------------------------------------------------- driver
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="small", help='"small" (random-init 4-layer Llama), "default", or a folder')
+    ap.add_argument("--model", default="small",
+                    help=f'a random-init preset {sorted(PRESETS)}, "default" (the embedded model), or a folder')
+    ap.add_argument("--tokenizer", default="default", help="tokenizer for the random-init presets (a folder)")
     ap.add_argument("--trainers", default="rm,dpo")
     ap.add_argument("--pairs", type=int, default=24, help="pairs in the data set (one epoch is run)")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -209,6 +251,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=1, help="run each case this often, alternating; report medians")
+    ap.add_argument("--no-variants", action="store_true", help="skip the rlaif run without the shared prompt pass")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -221,22 +264,29 @@ def main() -> None:
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = a.precision if a.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     root = Path(tempfile.mkdtemp(prefix="rlaif-bench-"))
-    model = a.model
-    if model == "small":
-        model = str(root / "small-model")
-        make_small_model(Path(model), resolve_model_path("default"))
+    model, n_matmul = a.model, None
+    if model in PRESETS:
+        model = str(root / f"{a.model}-model")
+        n_matmul = make_random_model(Path(model), resolve_model_path(a.tokenizer), a.model)
+        print(f"random-init {a.model}: N = {n_matmul['dpo'] / 1e9:.3f}B parameters in matmuls with the LM head, "
+              f"{n_matmul['rm'] / 1e9:.3f}B without")
     else:
         model = resolve_model_path(model)
+    peak = None
+    if device == "cuda":
+        peak = matmul_peak_tflops(device, "bfloat16" if precision == "bf16" else "float32")
+        print(f"measured {'bf16' if precision == 'bf16' else 'fp32'} matmul peak: {peak:.0f} TFLOP/s "
+              f"({torch.cuda.get_device_name()})")
     for kind in ("fixed", "variable"):
         make_data(root / kind, a.pairs, a.seq_len, kind == "variable")
     print(f"model={a.model} device={device} precision={precision} pairs={a.pairs} batch={a.batch_size} "
           f"seq_len={a.seq_len} repeats={a.repeats} (medians) torch={torch.__version__}")
     rows = []
     for trainer in a.trainers.split(","):
-        # the reward model also runs without its shared prompt pass, to show what that pass is worth
-        variants = {"rlaif": [], "trl": []}
-        if trainer == "rm":
-            variants = {"rlaif": [], "rlaif, prompt not shared": ["shared_prompt=false"], "trl": []}
+        # rlaif also runs without its shared prompt pass, to show what that pass is worth
+        variants = {"rlaif": [], "rlaif, prompt not shared": ["shared_prompt=false"], "trl": []}
+        if a.no_variants:
+            variants.pop("rlaif, prompt not shared")
         for kind in ("fixed", "variable"):
             runs: dict[str, list[dict]] = {v: [] for v in variants}
             for rep in range(a.repeats):  # alternate, so that load changes hit both alike
@@ -266,6 +316,14 @@ def main() -> None:
               f"{trl['tokens_per_cpu_s']:.0f} | {ours['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:.2f}x | "
               f"{ours['step_s']:.3f} | {trl['step_s']:.3f} | {ours['peak_gib']:.2f} | {trl['peak_gib']:.2f} | "
               f"{ours['peak_gib'] / trl['peak_gib']:.2f}x | {ours['token_efficiency']:.2f} | {trl['token_efficiency']:.2f} |")
+    if peak and n_matmul:
+        # MFU from real tokens only: padding costs time but earns nothing
+        print(f"\n| trainer | data | rlaif MFU | TRL MFU |  (6N FLOPs per real token, peak {peak:.0f} TFLOP/s)")
+        print("|---|---|---:|---:|")
+        for trainer, kind, ours, trl in rows:
+            n = n_matmul["rm" if trainer.startswith("rm") else "dpo"]
+            mfu = [r["tokens_per_s"] * 6 * n / (peak * 1e12) for r in (ours, trl)]
+            print(f"| {trainer} | {kind} | {mfu[0]:.1%} | {mfu[1]:.1%} |")
 
 
 if __name__ == "__main__":

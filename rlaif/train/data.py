@@ -390,7 +390,7 @@ def collate_pairs(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tens
     return batch
 
 
-def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int, carry_last: bool = False) -> dict[str, torch.Tensor]:
     """The same pairs laid out for one prompt pass shared by both completions.
 
     ``prompt_ids`` / ``prompt_mask`` are ``(B, P)``; ``completion_ids`` / ``completion_mask``
@@ -399,13 +399,25 @@ def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int) -> dict[s
     ``completion_positions`` continue each row's own prompt length. ``attention_mask`` is the
     mask over prompt cache + completion, ``(2B, P + C)``, so it counts the same real tokens as
     :func:`collate_pairs`.
+
+    ``carry_last`` (for log-probabilities of the completion) moves each prompt's last token to
+    the front of its completions, so that the completion pass also yields the logits that
+    score the first completion token; ``completion_loss_mask`` then marks the completion
+    tokens. Pairs whose prompt has fewer than two tokens cannot be split that way: the batch
+    then falls back to :func:`collate_pairs` (callers dispatch on ``"prompt_ids" in batch``).
     """
-    prompts = [e["prompt"] for e in examples]
-    comps = [c for e in examples for c in (e["chosen"], e["rejected"])]
+    if carry_last and any(len(e["prompt"]) < 2 for e in examples):
+        return collate_pairs(examples, pad_id)
+    if carry_last:
+        prompts = [e["prompt"][:-1] for e in examples]
+        comps = [[e["prompt"][-1]] + c for e in examples for c in (e["chosen"], e["rejected"])]
+    else:
+        prompts = [e["prompt"] for e in examples]
+        comps = [c for e in examples for c in (e["chosen"], e["rejected"])]
     prompt_mask = _pad([[1] * len(p) for p in prompts], 0)
     comp_mask = _pad([[1] * len(c) for c in comps], 0)
     lens = torch.tensor([len(p) for p in prompts], dtype=torch.long).repeat_interleave(2)
-    return {
+    batch = {
         "prompt_ids": _pad(prompts, pad_id),
         "prompt_mask": prompt_mask,
         "completion_ids": _pad(comps, pad_id),
@@ -416,6 +428,17 @@ def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int) -> dict[s
         "margin": torch.tensor([e["margin"] for e in examples], dtype=torch.float32),
         "index": torch.tensor([e.get("index", -1) for e in examples], dtype=torch.long),
     }
+    if carry_last:
+        batch["completion_loss_mask"] = _pad([[0] + [1] * (len(c) - 1) for c in comps], 0)
+    if all("ref_chosen" in e for e in examples):
+        batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float64)
+        batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float64)
+    return batch
+
+
+def chosen_first(x: torch.Tensor) -> torch.Tensor:
+    """Rows interleaved (c0, r0, c1, r1, ...) -> chosen rows then rejected rows, as collate_pairs orders them."""
+    return x.view(-1, 2, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
 
 def pair_length(e: dict) -> int:

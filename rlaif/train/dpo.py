@@ -20,7 +20,7 @@ from .common import (
     prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, pair_length
+from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
 from .losses import DPO_LOSS_TYPES, PAIR_LOSSES, simpo_loss, soft_label_noise
 
 
@@ -44,6 +44,9 @@ class DPOConfig(TrainConfig):
     """Reference model folder (default: the starting model)."""
     ref_cache_dir: str | None = None
     """Where precomputed reference log-probs are cached (default: <runs_dir>/.cache/ref_logps)."""
+    shared_prompt: bool = True
+    """Run each pair's prompt once and let chosen and rejected continue from its key/value cache
+    (same log-probs and gradients as the plain pass; off with gradient checkpointing and FSDP)."""
     name: str = "dpo"
 
     def __post_init__(self):
@@ -75,10 +78,10 @@ def _reference_context(s: Session):
     return unwrap(s.model).disable_adapter()  # LoRA: the base model is the reference
 
 
-def loop_spec(cfg: DPOConfig, pad_id: int) -> LoopSpec:
+def loop_spec(cfg: DPOConfig, pad_id: int, shared: bool = False) -> LoopSpec:
     def loss_fn(s: Session, batch, normalizer):
         logps = reference.pair_logps(s.model, batch)
-        n_tokens = batch["loss_mask"][:, 1:].sum(-1).clamp(min=1)
+        n_tokens = reference.completion_token_counts(batch).clamp(min=1)
         b = logps.shape[0] // 2
         if cfg.needs_reference:
             if "ref_chosen" in batch:
@@ -101,7 +104,8 @@ def loop_spec(cfg: DPOConfig, pad_id: int) -> LoopSpec:
         return loss, m
 
     return LoopSpec(
-        collate=lambda ex: collate_pairs(ex, pad_id),
+        collate=(lambda ex: collate_pairs_shared_prompt(ex, pad_id, carry_last=True)) if shared
+        else (lambda ex: collate_pairs(ex, pad_id)),
         length=pair_length,
         count=lambda batch: int(batch["chosen_prob"].shape[0]),
         loss_fn=loss_fn,
@@ -122,7 +126,7 @@ def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
     train, ev = load_splits(cfg, tok, "preference", d.rank)
     model = prepare_model(apply_lora(_load_lm(path, cfg), cfg, "CAUSAL_LM"), cfg, d)
     s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
-    spec = loop_spec(cfg, tok.pad_token_id)
+    ref = None
     if cfg.needs_reference:
         ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
         # A separate frozen reference is needed for a named ref_model, or to score on the
@@ -138,6 +142,9 @@ def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
                     d.device, s.autocast, s.amp, cfg.cache_dir, d.rank,
                 )
             s.extra["ref"] = ref = None  # no longer needed in memory
+    # an online reference scores the same batches, so it must take the shared pass too
+    shared = cfg.shared_prompt and reference.can_share_prompt(model) and (ref is None or reference.can_share_prompt(ref))
+    spec = loop_spec(cfg, tok.pad_token_id, shared)
     return init_session(s, spec), spec
 
 

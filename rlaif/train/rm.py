@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from .common import (
-    _is_fsdp,
     LoopSpec, cleanup, load_pretrained, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
 )
 from .config import TrainConfig, load_config
 from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
 from .losses import bradley_terry_loss
+from .reference import can_share_prompt
 
 
 @dataclass
@@ -67,27 +67,6 @@ def rewards_shared_prompt(model, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return r[:, 0], r[:, 1]
 
 
-def _can_share_prompt(model, pad_id: int) -> bool:
-    from transformers import DynamicCache
-
-    if _is_fsdp(model):
-        # FSDP2 frees the gathered weights after each forward, and the backward of the
-        # first of two forwards through the same layers then finds them gone.
-        return False
-    m = getattr(model, "module", model)  # DDP: checked with 2 processes, same losses as the plain pass
-    cfg = getattr(m, "config", None)
-    if cfg is None or getattr(m, "is_gradient_checkpointing", False):
-        return False
-    if getattr(cfg, "sliding_window", None) or getattr(cfg, "model_type", "") not in SHARED_PROMPT_MODELS:
-        return False
-    return callable(getattr(DynamicCache, "batch_repeat_interleave", None))
-
-
-# Decoder families whose sequence-classification forward takes a cache and explicit positions
-# the way rewards_shared_prompt uses them (checked against the plain pass in the tests).
-SHARED_PROMPT_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo", "olmo2", "granite"}
-
-
 def loop_spec(cfg: RMConfig, pad_id: int, shared: bool = False) -> LoopSpec:
     def loss_fn(s: Session, batch, normalizer):
         if "prompt_ids" in batch:
@@ -119,7 +98,7 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
     model = load_pretrained(AutoModelForSequenceClassification, path, cfg, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     model = prepare_model(apply_lora(model, cfg, "SEQ_CLS"), cfg, d)
-    shared = cfg.shared_prompt and _can_share_prompt(model, tok.pad_token_id)
+    shared = cfg.shared_prompt and can_share_prompt(model)
     spec = loop_spec(cfg, tok.pad_token_id, shared)
     s = Session(cfg, model, tok, train, ev, d, autocast_dtype(cfg, d.device))
     return init_session(s, spec), spec

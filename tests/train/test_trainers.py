@@ -220,13 +220,13 @@ def test_rm_shared_prompt_pass_matches_plain_pass(tiny_model_dir):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rlaif.train import rm
+    from rlaif.train import reference, rm
     from rlaif.train.data import collate_pairs, collate_pairs_shared_prompt
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float64)
     model.config.pad_token_id = 0
-    assert rm._can_share_prompt(model, 0)
+    assert reference.can_share_prompt(model)
     rng = torch.Generator().manual_seed(0)
 
     def seq(n):
@@ -267,11 +267,11 @@ def test_rm_shared_prompt_off_with_gradient_checkpointing(tiny_model_dir):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rlaif.train import rm
+    from rlaif.train import reference
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float32)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert not rm._can_share_prompt(model, 0)
+    assert not reference.can_share_prompt(model)
 
 
 def test_train_cli_reports_bad_settings_without_a_traceback(capsys):
@@ -283,3 +283,44 @@ def test_train_cli_reports_bad_settings_without_a_traceback(capsys):
     assert "no-such-file.yaml" in capsys.readouterr().err
     assert main(["train", "sft", "data=x", "bogus=1"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_dpo_shared_prompt_pass_matches_plain_pass(tiny_model_dir):
+    """Completion log-probs from one shared prompt pass equal the plain pass's, gradients too."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train import reference
+    from rlaif.train.data import collate_pairs, collate_pairs_shared_prompt
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    assert reference.can_share_prompt(model)
+    rng = torch.Generator().manual_seed(0)
+
+    def seq(n):
+        return torch.randint(4, 120, (n,), generator=rng).tolist()
+
+    ex = [{"prompt": seq(p), "chosen": seq(c), "rejected": seq(r), "chosen_prob": 0.8, "margin": 0.0,
+           "ref_chosen": -1.0, "ref_rejected": -2.0}
+          for p, c, r in [(5, 7, 3), (11, 2, 9), (2, 4, 4), (8, 10, 1)]]
+    plain = collate_pairs(ex, 0)
+    shared = collate_pairs_shared_prompt(ex, 0, carry_last=True)
+    assert "prompt_ids" in shared and shared["ref_chosen"].tolist() == [-1.0] * 4
+    assert reference.completion_token_counts(shared).tolist() == reference.completion_token_counts(plain).tolist() \
+        == [7, 2, 4, 10, 3, 9, 4, 1]
+
+    def run(batch):
+        model.zero_grad()
+        lp = reference.pair_logps(model, batch)
+        (lp * torch.linspace(-1, 1, lp.numel(), dtype=lp.dtype)).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    lp1, g1 = run(plain)
+    lp2, g2 = run(shared)
+    torch.testing.assert_close(lp2, lp1, rtol=1e-9, atol=1e-9)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for n in g1:  # rotary tables are float32 even in a float64 model
+        torch.testing.assert_close(g2[n], g1[n], rtol=1e-5, atol=1e-6)
+    # a one-token prompt cannot give up its last token: the plain layout is used
+    ex[0]["prompt"] = seq(1)
+    assert "prompt_ids" not in collate_pairs_shared_prompt(ex, 0, carry_last=True)
