@@ -150,6 +150,9 @@ def _coerce(tp: Any, value: Any) -> Any:
     """Build nested dataclasses and promote ints to floats where a float is declared."""
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value)
+    args = typing.get_args(tp)
+    if value is not None and type(None) in args and float in args and str not in args:
+        tp = float  # an optional number (e.g. "target_kl: 1e-3") is a number when set
     if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         # YAML 1.1 reads "1e-5" (no dot) as a string; a float field accepts it.
         try:

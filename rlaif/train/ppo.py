@@ -107,6 +107,10 @@ class PPOConfig(TrainConfig):
     """Sampling temperature; the trainer divides its logits by it too, so the ratios stay exact."""
     ppo_epochs: int = 1
     """Passes over each iteration's rollouts."""
+    target_kl: float | None = None
+    """Early stop: once a mini-batch's approximate KL to the rollout policy exceeds 1.5 x target_kl,
+    that mini-batch is not applied and the iteration's remaining PPO epochs are skipped (the
+    learning-rate schedule still advances as if they ran). None never stops early."""
     cliprange: float = 0.2
     """Policy ratio clip epsilon."""
     cliprange_value: float = 0.2
@@ -150,6 +154,8 @@ class PPOConfig(TrainConfig):
             raise ValueError("gamma and lam must lie in [0, 1]")
         if self.cliprange <= 0 or self.cliprange_value <= 0:
             raise ValueError("cliprange and cliprange_value must be > 0")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError("target_kl must be > 0 (or null)")
         if self.kl_coef < 0 or self.kl_target <= 0 or self.kl_horizon <= 0:
             raise ValueError("need kl_coef >= 0, kl_target > 0 and kl_horizon > 0")
         if min(self.rollout_batch_size, self.samples_per_prompt, self.ppo_epochs, self.max_new_tokens, self.reward_batch_size) < 1:
@@ -406,11 +412,15 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
     sums: dict[str, float] = defaultdict(float)
     tokens, steps = 0.0, 0
     s.policy.train(), s.critic.train()
+    planned = cfg.ppo_epochs * math.ceil(B / mb)
+    stopped = False
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=g)
         for lo in range(0, B, mb):
             mb_idx = perm[lo : lo + mb]
             normalizer = float(mask[mb_idx].sum().clamp(min=1.0))
+            mb_sums: dict[str, float] = defaultdict(float)
+            mb_tokens = 0.0
             for mi in range(0, len(mb_idx), cfg.batch_size):
                 idx = mb_idx[mi : mi + cfg.batch_size]
                 sub = {k: v.to(dev) for k, v in rollout.select(batch, idx).items()}
@@ -424,12 +434,20 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
                     vl, vm = value_loss(v, part(old_values), part(returns), m, cfg.cliprange_value, normalizer)
                 (pl + vl).backward()  # separate models: each loss reaches only its own
                 n = float(m.sum())
-                tokens += n
-                sums["policy/loss"] += float(pl.detach())
-                sums["value/loss"] += float(vl.detach())
+                mb_tokens += n
+                mb_sums["policy/loss"] += float(pl.detach())
+                mb_sums["value/loss"] += float(vl.detach())
                 for pre, d in (("policy/", pm), ("value/", vm)):
                     for k, val in d.items():
-                        sums[pre + k] += float(val) * n
+                        mb_sums[pre + k] += float(val) * n
+            if cfg.target_kl is not None and mb_sums["policy/approx_kl"] / max(mb_tokens, 1.0) > 1.5 * cfg.target_kl:
+                # this mini-batch already drifted too far from the rollout policy: drop it and stop
+                s.optimizer.zero_grad(set_to_none=True)
+                stopped = True
+                break
+            for k, val in mb_sums.items():
+                sums[k] += val
+            tokens += mb_tokens
             if cfg.max_grad_norm > 0:
                 sums["policy/grad_norm"] += float(torch.nn.utils.clip_grad_norm_(s.policy.parameters(), cfg.max_grad_norm))
                 sums["value/grad_norm"] += float(torch.nn.utils.clip_grad_norm_(s.critic.parameters(), cfg.max_grad_norm))
@@ -437,8 +455,14 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             steps += 1
+        if stopped:
+            break
+    for _ in range(planned - steps):  # keep the schedule a function of the iteration
+        s.scheduler.step()
     per_step = ("policy/loss", "value/loss", "policy/grad_norm", "value/grad_norm")
-    out = {k: v / steps if k in per_step else v / max(tokens, 1.0) for k, v in sums.items()}
+    out = {k: v / max(steps, 1) if k in per_step else v / max(tokens, 1.0) for k, v in sums.items()}
+    out["policy/update_steps"] = float(steps)
+    out["policy/early_stop"] = float(stopped)
     out["lr"] = s.optimizer.param_groups[0]["lr"]
     return out
 

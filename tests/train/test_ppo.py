@@ -472,3 +472,25 @@ def test_reward_rises_while_kl_stays_bounded(engine, tiny_chat, prompt_file, tmp
     assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 0.05
     assert max(kls) < 20.0
     assert max(m["train/rollout/logprob_gap_max"] for m in log) < 1e-3
+
+
+@pytest.mark.vllm
+def test_target_kl_stops_the_epochs_early(engine, tiny_chat, prompt_file, tmp_path):
+    from rlaif.train import ppo
+
+    def run(name, *extra):
+        cfg = _cfg(tiny_chat, prompt_file, tmp_path, name, "max_steps=1", "ppo_epochs=3", "batch_size=4",
+                   "grad_accum=2", "lr=1e-3", *extra)
+        s = ppo.setup(cfg, engine=engine, reward_fn=good_share)
+        m = ppo.train(s)
+        lr_after = s.scheduler.last_epoch
+        ppo.cleanup(s)
+        return m, lr_after
+
+    full, steps_full = run("full")
+    early, steps_early = run("early", "target_kl=1e-9")
+    planned = 3 * (16 // 8)
+    assert full["train/policy/update_steps"] == planned and full["train/policy/early_stop"] == 0
+    # the first mini-batch is scored by the rollout policy itself (KL 0) and applied; the next one has moved
+    assert early["train/policy/update_steps"] == 1 and early["train/policy/early_stop"] == 1
+    assert steps_full == steps_early == planned  # the schedule advances as if every epoch ran

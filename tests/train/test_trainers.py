@@ -324,3 +324,11 @@ def test_dpo_shared_prompt_pass_matches_plain_pass(tiny_model_dir):
     # a one-token prompt cannot give up its last token: the plain layout is used
     ex[0]["prompt"] = seq(1)
     assert "prompt_ids" not in collate_pairs_shared_prompt(ex, 0, carry_last=True)
+
+
+def test_optional_float_settings_accept_yaml_exponents():
+    from rlaif.train.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, None, ["data=x", "target_kl=1e-3", "score_clip=5"])
+    assert cfg.target_kl == 1e-3 and isinstance(cfg.score_clip, float)
+    assert load_config(PPOConfig, None, ["data=x", "target_kl=null"]).target_kl is None
