@@ -38,7 +38,7 @@ import torch
 from . import rollout
 from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from .common import (
-    Dist, _warn_if_config_changed, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
+    Dist, _warn_if_config_changed, apply_lora, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config, save_config
@@ -171,8 +171,6 @@ class PPOConfig(TrainConfig):
             raise ValueError("score_clip must be > 0")
         if self.critic_lr is not None and self.critic_lr <= 0:
             raise ValueError("critic_lr must be > 0")
-        if self.lora.enabled:
-            raise ValueError("PPO does not support LoRA yet (the engine sync sends full weights)")
 
     @property
     def rollouts(self) -> int:
@@ -322,11 +320,15 @@ def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.trust_remote_code)
     train_p, train_ids, ev_p, ev_ids = load_prompts(cfg, tok)
-    policy = prepare_model(_no_dropout(load_pretrained(AutoModelForCausalLM, path, cfg)), cfg, d)
-    ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
-    ref = _no_dropout(load_pretrained(AutoModelForCausalLM, ref_path, cfg)).to(d.device).eval().requires_grad_(False)
+    # With LoRA, policy and critic train adapters (the critic's score head in full), the reference
+    # is the policy with its adapters switched off (no copy), and the engine gets merged weights.
+    policy = prepare_model(_no_dropout(apply_lora(load_pretrained(AutoModelForCausalLM, path, cfg), cfg, "CAUSAL_LM")), cfg, d)
+    ref = None
+    if cfg.ref_model or not cfg.lora.enabled:
+        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
+        ref = _no_dropout(load_pretrained(AutoModelForCausalLM, ref_path, cfg)).to(d.device).eval().requires_grad_(False)
     critic_path = resolve_model_path(cfg.critic_model) if cfg.critic_model else path
-    critic = prepare_model(_no_dropout(_load_critic(critic_path, cfg, tok.pad_token_id)), cfg, d)
+    critic = prepare_model(_no_dropout(apply_lora(_load_critic(critic_path, cfg, tok.pad_token_id), cfg, "SEQ_CLS")), cfg, d)
     if reward_fn is None:
         if cfg.reward_fn:
             reward_fn = rollout.load_reward_fn(cfg.reward_fn)
@@ -394,7 +396,11 @@ def score_tokens(s: PPOSession, batch: dict[str, torch.Tensor]) -> dict[str, tor
         r = sub["response_ids"].shape[1]
         with s.autocast():
             lp, ent = rollout.response_logps(s.policy, sub, s.cfg.temperature, with_entropy=True)
-            ref_lp, _ = rollout.response_logps(s.ref, sub, s.cfg.temperature)
+            if s.ref is not None:
+                ref_lp, _ = rollout.response_logps(s.ref, sub, s.cfg.temperature)
+            else:  # LoRA: the base model is the reference
+                with unwrap(s.policy).disable_adapter():
+                    ref_lp, _ = rollout.response_logps(s.policy, sub, s.cfg.temperature)
             v = rollout.response_values(s.critic, sub)
         for k, t in (("old_logp", lp), ("entropy", ent), ("ref_logp", ref_lp), ("values", v)):
             out[k][idx, :r] = t.float().cpu()

@@ -79,7 +79,38 @@ def sync_weights(engine, model) -> float:
     ``engine.update_weights`` hands the tensors over through shared memory and has the
     workers reload them in place (tied LM heads included, see rlaif.engine.vllm_worker).
     """
-    return engine.update_weights(model.state_dict().items())
+    return engine.update_weights(engine_weights(model))
+
+
+def engine_weights(model) -> list[tuple[str, "torch.Tensor"]]:
+    """The policy's weights under the base model's Hugging Face names, as the engine loads them.
+
+    A peft LoRA model is merged on the fly (``W + delta`` per adapted layer, computed without
+    touching the model, so repeated syncs do not drift) and its adapter tensors are left out.
+    """
+    model = getattr(model, "module", model)
+    if not hasattr(model, "get_base_model"):
+        return list(model.state_dict().items())
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {}
+    for name, mod in base.named_modules():
+        if isinstance(mod, LoraLayer) and not getattr(mod, "disable_adapters", False):
+            for adapter in mod.active_adapters:
+                if adapter in mod.lora_A:
+                    d = mod.get_delta_weight(adapter)
+                    deltas[name] = deltas[name] + d if name in deltas else d
+    out = []
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        clean = key.replace(".base_layer.", ".")
+        owner = clean.rsplit(".", 1)[0]
+        if clean.endswith(".weight") and owner in deltas:
+            value = value + deltas[owner].to(value.dtype)
+        out.append((clean, value))
+    return out
 
 
 # ------------------------------------------------------------------ rewards

@@ -494,3 +494,37 @@ def test_target_kl_stops_the_epochs_early(engine, tiny_chat, prompt_file, tmp_pa
     # the first mini-batch is scored by the rollout policy itself (KL 0) and applied; the next one has moved
     assert early["train/policy/update_steps"] == 1 and early["train/policy/early_stop"] == 1
     assert steps_full == steps_early == planned  # the schedule advances as if every epoch ran
+
+
+@pytest.mark.vllm
+def test_lora_ppo_syncs_merged_weights_and_keeps_the_base(engine, tiny_chat, prompt_file, tmp_path):
+    from rlaif.train import ppo, rollout
+
+    cfg = _cfg(tiny_chat, prompt_file, tmp_path, "lora", "max_steps=1", "ppo_epochs=2", "batch_size=4", "grad_accum=2",
+               "lora.enabled=true", "lora.r=4", "lora.dropout=0.1", "lr=1e-2")
+    s = ppo.setup(cfg, engine=engine, reward_fn=good_share)
+    assert s.ref is None  # the reference is the policy with its adapters off: no second copy
+    base = s.policy.get_base_model()
+    frozen = base.model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    metrics = ppo.train(s)
+    assert metrics["train/kl"] == pytest.approx(0.0, abs=1e-4)  # fresh adapters (B = 0): policy == base
+    assert metrics["train/rollout/logprob_gap_max"] < 1e-3
+    # adapters moved, the base weights did not
+    assert torch.equal(frozen, base.model.layers[0].self_attn.q_proj.base_layer.weight)
+    lora_b = base.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert float(lora_b.abs().sum()) > 0
+    # the engine serves the merged policy: its log-probs equal the adapted trainer's
+    names = dict(rollout.engine_weights(s.policy))
+    assert "model.layers.0.self_attn.q_proj.weight" in names and not any("lora_" in n for n in names)
+    assert not torch.equal(names["model.layers.0.self_attn.q_proj.weight"], frozen)
+    prompt = engine.encode_chat([{"role": "user", "content": "w1"}])
+    seq = prompt + engine.tokenizer.encode("w2 good", add_special_tokens=False)
+    s.policy.eval()
+    with torch.no_grad():
+        out = s.policy(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
+    trainer = torch.stack([out[t - 1, seq[t]] for t in range(len(prompt), len(seq))])
+    torch.testing.assert_close(_engine_logps(engine, seq, len(prompt)), trainer, rtol=1e-4, atol=1e-4)
+    out_dir = ppo.save(s)
+    ppo.cleanup(s)
+    assert (out_dir / "model.safetensors").exists()
+    assert not list(out_dir.glob("adapter_*"))  # merged on save: loads in transformers and vLLM as is
