@@ -403,10 +403,10 @@ def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int, carry_las
     ``carry_last`` (for log-probabilities of the completion) moves each prompt's last token to
     the front of its completions, so that the completion pass also yields the logits that
     score the first completion token; ``completion_loss_mask`` then marks the completion
-    tokens. Pairs whose prompt has fewer than two tokens cannot be split that way: the batch
-    then falls back to :func:`collate_pairs` (callers dispatch on ``"prompt_ids" in batch``).
+    tokens. A batch with an empty prompt (or, with ``carry_last``, a one-token prompt) falls
+    back to :func:`collate_pairs` (callers dispatch on ``"prompt_ids" in batch``).
     """
-    if carry_last and any(len(e["prompt"]) < 2 for e in examples):
+    if any(len(e["prompt"]) < (2 if carry_last else 1) for e in examples):
         return collate_pairs(examples, pad_id)
     if carry_last:
         prompts = [e["prompt"][:-1] for e in examples]

@@ -257,6 +257,8 @@ def test_rm_shared_prompt_pass_matches_plain_pass(tiny_model_dir):
     for n in g1:
         # rotary tables are computed in float32 even for a float64 model: agreement to ~1e-7
         torch.testing.assert_close(g2[n], g1[n], rtol=1e-5, atol=1e-6)
+    # an empty prompt (implicit-prompt data with nothing in common) falls back to the plain layout
+    assert "prompt_ids" not in collate_pairs_shared_prompt([{**ex[0], "prompt": []}, ex[1]], 0)
     # the prompt matters: changing it changes both rewards
     ex[0]["prompt"] = seq(5)
     rc3, rr3 = rm.rewards_shared_prompt(model, collate_pairs_shared_prompt(ex, 0))
