@@ -434,12 +434,13 @@ def test_one_ppo_iteration_end_to_end(engine, tiny_chat, prompt_file, tmp_path):
 
 
 @pytest.mark.vllm
-def test_resume_repeats_the_uninterrupted_run(engine, tiny_chat, prompt_file, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_repeats_the_uninterrupted_run(engine, tiny_chat, prompt_file, tmp_path, lora):
     from rlaif.train import ppo
 
     def run(name):
         cfg = _cfg(tiny_chat, prompt_file, tmp_path, name, "max_steps=2", "save_every=1", "keep_checkpoints=3",
-                   "adaptive_kl=true", "batch_size=4", "grad_accum=2")
+                   "adaptive_kl=true", "batch_size=4", "grad_accum=2", f"lora.enabled={str(lora).lower()}")
         s = ppo.setup(cfg, engine=engine, reward_fn=good_share)
         ppo.train(s)
         ppo.cleanup(s)
