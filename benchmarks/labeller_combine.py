@@ -64,7 +64,7 @@ def score(model: str, constitution: str, out: Path) -> None:
             "p_first": raw,
         }
     engine.close()
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, separators=(",", ":")))
 
 
 # ---------------------------------------------------------------- combination rules

@@ -58,7 +58,7 @@ def main() -> None:
             table.setdefault(pid, {}).setdefault(qid, {})[side] = math.exp(s.logprobs[0])
         raw[name] = {"pairs": [{"id": p.id, "label": p.label, "category": p.meta.get("category")} for p in pairs], "p_yes": table}
     engine.close()
-    (ROOT / "benchmarks" / "results" / "labeller-pointwise-scores.json").write_text(json.dumps(raw, indent=1))
+    (ROOT / "benchmarks" / "results" / "labeller-pointwise-scores.json").write_text(json.dumps(raw, separators=(",", ":")))
 
     combos = {qid: [qid] for qid in QUESTIONS}
     combos["hhh + bad"] = ["hhh", "bad"]
