@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .common import _is_fsdp
 from .data import chosen_first, collate_pairs, fingerprint, pair_length
 from .losses import sequence_logps, token_logps
 
@@ -104,14 +105,25 @@ def pair_logps_shared_prompt(model, batch: dict[str, torch.Tensor]) -> torch.Ten
     pass; the prompt's tokens are processed once instead of twice.
     """
     extra = {"logits_to_keep": 1} if _takes_logits_to_keep(type(_inner(model))) else {}
-    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True, **extra)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(2)
     ids = batch["completion_ids"]
-    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], position_ids=batch["completion_positions"],
-                   past_key_values=cache, use_cache=True).logits
+    logits = shared_prompt_forward(model, batch, **extra).logits
     lp = sequence_logps(token_logps(logits[:, :-1], ids[:, 1:]), batch["completion_loss_mask"][:, 1:])
     return chosen_first(lp)
+
+
+def shared_prompt_forward(model, batch: dict[str, torch.Tensor], **prompt_kwargs):
+    """The completion pass of a shared-prompt batch (see ``collate_pairs_shared_prompt``).
+
+    The prompts run once with the cache on (``prompt_kwargs`` go to that call); the cache is
+    repeated for the two completions of each pair (autograd flows through the repeat, so the
+    prompt's gradient sums both uses), and the completions continue from it with their own
+    positions and a mask that hides the prompt padding. Returns the completion pass's output.
+    """
+    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True, **prompt_kwargs)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)
+    return model(input_ids=batch["completion_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["completion_positions"], past_key_values=cache, use_cache=True)
 
 
 def completion_token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -130,7 +142,7 @@ def can_share_prompt(model) -> bool:
     """Whether the shared prompt pass is safe for this (possibly wrapped) model."""
     from transformers import DynamicCache
 
-    if type(model).__name__.startswith("FSDP"):
+    if _is_fsdp(model):
         # FSDP2 frees the gathered weights after each forward, and the backward of the
         # first of two forwards through the same layers then finds them gone.
         return False

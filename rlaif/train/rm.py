@@ -19,7 +19,7 @@ from .common import (
 from .config import TrainConfig, load_config
 from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
 from .losses import bradley_terry_loss
-from .reference import can_share_prompt
+from .reference import can_share_prompt, shared_prompt_forward
 
 
 @dataclass
@@ -50,20 +50,10 @@ def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def rewards_shared_prompt(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(chosen, rejected)`` rewards, ``(B,)`` each, from one prompt pass per pair.
-
-    The prompts run once with the cache on; the cache is repeated for the two completions
-    (autograd flows through the repeat, so the prompt's gradient sums both uses), and the
-    completions continue from it with their own positions and a mask that hides the prompt
-    padding. The score head pools at the last non-padding completion token, as the plain
-    pass does on the full sequence.
-    """
-    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(2)
-    r = model(input_ids=batch["completion_ids"], attention_mask=batch["attention_mask"],
-              position_ids=batch["completion_positions"], past_key_values=cache, use_cache=True).logits
-    r = r.squeeze(-1).float().view(-1, 2)
+    """``(chosen, rejected)`` rewards, ``(B,)`` each, from one prompt pass per pair
+    (:func:`rlaif.train.reference.shared_prompt_forward`). The score head pools at the last
+    non-padding completion token, as the plain pass does on the full sequence."""
+    r = shared_prompt_forward(model, batch).logits.squeeze(-1).float().view(-1, 2)
     return r[:, 0], r[:, 1]
 
 
