@@ -17,7 +17,6 @@ rerun with the same settings resumes, and ``manifest.json`` is written last.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,7 +168,7 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
     state = run.open(settings, fp, overwrite=overwrite)
     if state == "done":
         log(f"{run.path} is already complete: nothing to do.")
-        return json.loads(run.manifest_file.read_text())
+        return run.read_manifest()
     chunks = chunked(prompts, s.chunk_size)
     todo = [i for i in range(len(chunks)) if i not in run.committed()]
     if state == "resume":

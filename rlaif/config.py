@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rlaif import textio
 from rlaif.engine.base import SamplingConfig
 
 STAGES = ("response", "critique", "revision")
@@ -183,7 +184,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # utf-8 whatever the locale; a byte-order mark and CRLF line ends are accepted
+        data = yaml.safe_load(textio.read_text(path, ConfigError)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
     if not isinstance(data, dict):

@@ -21,6 +21,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from rlaif import textio
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_DIR = PACKAGE_DIR / "schemas"
 
@@ -177,10 +179,16 @@ class _YamlDoc:
 
     def __init__(self, path: Path):
         self.path = path
-        self.text = path.read_text(encoding="utf-8")
         self.data: Any = None
         self.node = None
         self.error: Problem | None = None
+        try:
+            # utf-8; a byte-order mark and CRLF line ends (Windows editors) are accepted
+            self.text = textio.read_text(path)
+        except ValueError as exc:
+            self.text = ""
+            self.error = Problem(str(path), 1, str(exc).removeprefix(f"{path}: "))
+            return
         try:
             self.node = yaml.compose(self.text, Loader=yaml.SafeLoader)
             self.data = yaml.safe_load(self.text)

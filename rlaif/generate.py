@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from rlaif.labelling import messages_feature, ai_preference_features, ai_prefere
 from rlaif.engine.base import Engine, describe
 from rlaif.prompts import read_prompts
 from rlaif.records import PromptRecord, Trajectory
-from rlaif.runs import RunDir, atomic_write_text, chunked
+from rlaif.runs import RunDir, chunked
 
 EngineFactory = Callable[[], Engine]
 
@@ -198,7 +197,7 @@ def generate(
     if state == "done" and any(any(_retryable(run, i)) for i in run.committed()):
         state = "resume"  # finished, but with transient failures to try again
     if state == "done":
-        manifest = json.loads(run.manifest_file.read_text())
+        manifest = run.read_manifest()
         log(f"{run.path} is already complete: nothing to do ({manifest['counts']['trajectories']} trajectories).")
         return manifest
 
@@ -319,7 +318,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
         prefs = preference_rows(trajs, const, model_id)
         run.save_dataset("preferences", prefs, _features("preferences"))
     failed = [{"id": t.id, "prompt_id": t.prompt_id, "reason": t.failure} for t in trajs if t.status == "failed"]
-    atomic_write_text(run.path / "failed.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failed))
+    run.write_jsonl("failed.jsonl", failed)
     run.copy_sources(const.file_texts)
     stats = token_stats(trajs)
     gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())

@@ -10,12 +10,13 @@ result is checked like any hand-written constitution before this function return
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rlaif import textio
 
 
 class ImportErrorHF(ValueError):
@@ -51,10 +52,8 @@ def _title(critic: str) -> str:
 def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ImportErrorHF(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ImportErrorHF(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    # a byte-order mark and CRLF line ends are accepted
+    data = textio.read_json(path, ImportErrorHF)
     if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list) or not data["constitutions"]:
         raise ImportErrorHF(f"{path}: expected an object with a non-empty 'constitutions' list")
     for i, pair in enumerate(data["constitutions"]):

@@ -6,7 +6,6 @@ resumable, refuses other settings), and writes ``DIR/preferences`` the same way.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -18,7 +17,7 @@ from rlaif.config import fingerprint
 from rlaif.constitution import Constitution
 from rlaif.engine.base import Engine, describe
 from rlaif.label import LabelSettings, Pair, PairLabel, label_pairs
-from rlaif.runs import RunDir, atomic_write_text, chunked
+from rlaif.runs import RunDir, chunked
 
 
 def label_to_row(lab: PairLabel) -> dict[str, Any]:
@@ -169,7 +168,7 @@ def label_run(
     if state == "done" and any(r.get("error") and r.get("retryable") for r in run.read_chunks()):
         state = "resume"  # finished, but with transient failures to try again
     if state == "done":
-        manifest = json.loads(run.manifest_file.read_text())
+        manifest = run.read_manifest()
         log(f"{run.path} is already complete: nothing to do ({manifest['counts']['pairs']} pairs).")
         return manifest
     chunks = chunked(pairs, chunk_size)
@@ -217,7 +216,7 @@ def label_run(
 
     run.save_dataset("preferences", rows, ai_preference_features({
         "category": Value("string"), "reference_label": Value("string"), "constitution_sha256": Value("string")}))
-    atomic_write_text(run.path / "labels.jsonl", "".join(json.dumps({"id": p.id, **label_to_row(l)}) + "\n" for p, l in zip(pairs, labels)))
+    run.write_jsonl("labels.jsonl", ({"id": p.id, **label_to_row(l)} for p, l in zip(pairs, labels)))
     report = agreement_report(pairs, labels)
     gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())
     manifest = {

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from rlaif import textio
 from rlaif.records import Message, PromptRecord
 
 _ROLES = {"system", "user", "assistant"}
@@ -71,15 +72,10 @@ def _read_jsonl(path: Path) -> Iterable[PromptRecord]:
 
 
 def _read_text(path: Path) -> Iterable[PromptRecord]:
-    with path.open(encoding="utf-8") as fh:
-        index = 0
-        for lineno, line in enumerate(fh, 1):
-            text = line.rstrip("\n")
-            if not text.strip():
-                continue  # blank lines separate nothing in this format; they are not prompts
-            messages = _messages_from(text, f"{path}:{lineno}")
-            yield PromptRecord(id=_prompt_id(messages, index), messages=tuple(messages), meta={})
-            index += 1
+    # blank lines separate nothing in this format; they are not prompts (textio.lines skips them)
+    for index, (lineno, text) in enumerate(textio.lines(textio.read_text(path, PromptError))):
+        messages = _messages_from(text, f"{path}:{lineno}")
+        yield PromptRecord(id=_prompt_id(messages, index), messages=tuple(messages), meta={})
 
 
 def _read_dataset(ds, name: str) -> Iterable[PromptRecord]:
@@ -184,15 +180,13 @@ def read_pairs(path: str | Path, limit: int | None = None):
 
 
 def _jsonl_objects(path: Path):
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise PromptError(f"{where}: each line must be a JSON object")
-            yield where, obj
+    # a byte-order mark and CRLF are accepted; lines end at "\n" only (see rlaif.textio)
+    for lineno, line in textio.lines(textio.read_text(path, PromptError)):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise PromptError(f"{where}: each line must be a JSON object")
+        yield where, obj

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from rlaif import textio
 
 
 class RunFolderError(RuntimeError):
@@ -80,8 +81,8 @@ class RunDir:
         settings = json.loads(json.dumps(settings, default=str))  # compare as stored (tuples become lists)
         if self.settings_file.exists():
             try:
-                old = json.loads(self.settings_file.read_text())
-            except json.JSONDecodeError:
+                old = textio.read_json(self.settings_file, RunFolderError)
+            except RunFolderError:
                 old = {}
             if old.get("fingerprint") != fingerprint:
                 if not overwrite:
@@ -103,7 +104,7 @@ class RunDir:
             if overwrite:
                 self.clear()
         self.chunks.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.settings_file, json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2, default=str))
+        atomic_write_text(self.settings_file, textio.dumps({"fingerprint": fingerprint, "settings": settings}, indent=2, default=str))
         return "new"
 
     def clear(self) -> None:
@@ -135,10 +136,10 @@ class RunDir:
         Side files (``NNNNN.<name>.jsonl``, e.g. labels) and stats are written first; the
         rename of the main chunk file is the commit point, so side files without it mean nothing.
         """
-        atomic_write_text(self.chunks / f"{index:05d}.stats.json", json.dumps(stats))
+        atomic_write_text(self.chunks / f"{index:05d}.stats.json", textio.dumps(stats))
         for name, side_rows in (side or {}).items():
-            atomic_write_text(self.chunks / f"{index:05d}.{name}.jsonl", _jsonl(side_rows))
-        atomic_write_text(self.chunk_file(index), _jsonl(rows))
+            atomic_write_text(self.chunks / f"{index:05d}.{name}.jsonl", textio.dumps_jsonl(side_rows))
+        atomic_write_text(self.chunk_file(index), textio.dumps_jsonl(rows))
 
     def read_chunks(self, side: str | None = None) -> list[dict[str, Any]]:
         """Rows of every committed chunk in order (or of their ``side`` files)."""
@@ -148,20 +149,16 @@ class RunDir:
         path = self.chunk_file(index) if side is None else self.chunks / f"{index:05d}.{side}.jsonl"
         if not path.exists():
             raise RunFolderError(f"{path} is missing for committed chunk {index}")
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RunFolderError(f"{path}:{lineno}: damaged row ({exc})") from None
-        return rows
+        # split on "\n" only (textio.lines): chunks written by older versions hold raw U+2028,
+        # U+2029 and U+0085 inside strings, which str.splitlines() would cut rows at
+        return textio.read_jsonl(path, RunFolderError, what="damaged row")
 
     def chunk_stats(self) -> list[dict[str, Any]]:
         out = []
         for index in sorted(self.committed()):
             f = self.chunks / f"{index:05d}.stats.json"
             if f.exists():
-                out.append(json.loads(f.read_text()))
+                out.append(textio.read_json(f, RunFolderError))
         return out
 
     # ------------------------------------------------------------ outputs
@@ -186,18 +183,21 @@ class RunDir:
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-        atomic_write_text(self.path / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(self.path / f"{name}.jsonl", textio.dumps_jsonl(rows))
 
     def copy_sources(self, file_texts: dict[str, str]) -> None:
         for rel, text in file_texts.items():
             atomic_write_text(self.path / rel, text)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_text(self.manifest_file, json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        atomic_write_text(self.manifest_file, textio.dumps(manifest, indent=2, default=str))
 
+    def read_manifest(self) -> dict[str, Any]:
+        return textio.read_json(self.manifest_file, RunFolderError)
 
-def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace ``name`` (e.g. ``failed.jsonl``) atomically with these rows."""
+        atomic_write_text(self.path / name, textio.dumps_jsonl(rows))
 
 
 def _empty_dataset(features):

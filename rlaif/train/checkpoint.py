@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlaif import textio
+
 
 def _full(p: torch.Tensor) -> torch.Tensor:
     # FSDP2 parameters are DTensors: full_tensor() all-gathers the shards (a collective).
@@ -134,8 +136,8 @@ class MetricsLog:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop records past the step we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(k + "\n" for k in keep))
+            keep = [r for r in textio.read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text(textio.dumps_jsonl(keep), encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -149,7 +151,7 @@ class MetricsLog:
             return
         rec = {"step": step, **{k: float(v) for k, v in values.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(textio.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, float(v), step)

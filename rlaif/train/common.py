@@ -313,12 +313,14 @@ _RUN_LENGTH_KEYS = {"name", "runs_dir", "resume", "epochs", "max_steps", "save_e
 def _warn_if_config_changed(cfg: TrainConfig, run_dir: Path) -> None:
     import yaml
 
+    from rlaif import textio
+
     from .config import to_dict
 
     path = run_dir / "config.yaml"
     if not path.exists():
         return
-    old, new = yaml.safe_load(path.read_text()) or {}, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    old, new = yaml.safe_load(textio.read_text(path)) or {}, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
     changed = sorted(k for k in set(old) | set(new) if k not in _RUN_LENGTH_KEYS and old.get(k) != new.get(k))
     if changed:
         print(f"[rlaif.train] warning: resuming {run_dir} with changed settings {changed}")

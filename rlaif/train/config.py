@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from rlaif import textio
+
 
 @dataclass
 class LoraSettings:
@@ -201,8 +203,8 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
     where = str(path) if path is not None else "settings"
     try:
         if path is not None:
-            with open(path, encoding="utf-8") as f:
-                d = yaml.safe_load(f) or {}
+            # utf-8 whatever the locale; a byte-order mark and CRLF line ends are accepted
+            d = yaml.safe_load(textio.read_text(path, TrainConfigError)) or {}
             if not isinstance(d, dict):
                 raise ValueError("expected a YAML mapping")
         return from_dict(cls, apply_overrides(d, overrides or []))
