@@ -201,8 +201,11 @@ def policy_loss(
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((clipped > unclipped).to(per_token.dtype), m),
-            # k3 with r = pi_old / pi: (r - 1) - log r  (Schulman 2020)
-            "approx_kl": masked_mean(torch.expm1(-log_ratio) + log_ratio, m),
+            # The tokens were sampled from pi_old, so KL(pi_old || pi) is estimated by k3
+            # (Schulman 2020) with r = pi / pi_old, the ratio of the *other* distribution to the
+            # sampling one: (r - 1) - log r, and log r = log_ratio. (r = pi_old / pi would
+            # estimate sum pi_old^2 / pi - 1 - KL, which is not a KL.)
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
             "ratio": masked_mean(ratio, m),
         }
     return (per_token * m).sum() / n, metrics
