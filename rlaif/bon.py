@@ -6,11 +6,12 @@ samples do not depend on the batch), every response is scored by the reward mode
 * the best response becomes an SFT row (``DIR/sft``, ``messages`` as ``rlaif generate``
   writes them), and
 * best versus worst becomes a preference pair (``DIR/preferences``, TRL's conversational
-  ``prompt`` / ``chosen`` / ``rejected``) with both rewards and their margin.
+  ``prompt`` / ``chosen`` / ``rejected``) with both rewards and their difference
+  ``reward_gap`` (not ``margin``, which in rlaif's rows is only ever the labeller's 0-3 level).
 
 Responses that hit the token limit take no part unless ``--keep-truncated`` (a
 half-finished answer makes poor SFT data); a prompt whose best and worst responses are
-the same text, or whose margin is not above ``--min-margin``, gives no pair. The run
+the same text, or whose reward gap is not above ``--min-margin``, gives no pair. The run
 folder works like ``rlaif generate``'s: chunks of prompts are committed atomically, a
 rerun with the same settings resumes, and ``manifest.json`` is written last.
 """
@@ -88,7 +89,7 @@ def preference_row(prompt: list[dict], best: Candidate, worst: Candidate, meta: 
         "prompt": prompt,
         "chosen": [{"role": "assistant", "content": best.text}],
         "rejected": [{"role": "assistant", "content": worst.text}],
-        "chosen_reward": best.reward, "rejected_reward": worst.reward, "margin": best.reward - worst.reward,
+        "chosen_reward": best.reward, "rejected_reward": worst.reward, "reward_gap": best.reward - worst.reward,
         "label_source": "reward-model", **meta,
     }
 
@@ -102,7 +103,7 @@ def _features(kind: str):
     if kind == "sft":
         return Features({"messages": msgs, "reward": Value("float64"), "sample": Value("int64"), **common})
     return Features({"prompt": msgs, "chosen": msgs, "rejected": msgs, "chosen_reward": Value("float64"),
-                     "rejected_reward": Value("float64"), "margin": Value("float64"), "label_source": Value("string"), **common})
+                     "rejected_reward": Value("float64"), "reward_gap": Value("float64"), "label_source": Value("string"), **common})
 
 
 def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[PromptRecord], s: BonSettings) -> list[dict]:

@@ -68,14 +68,15 @@ def test_run_bon_rows_and_resume(tmp_path):
         assert row["messages"][-1] == {"role": "assistant", "content": texts[rewards.index(max(rewards))]}
         assert row["reward"] == max(rewards) == pref["chosen_reward"]
         assert pref["rejected"] == [{"role": "assistant", "content": texts[rewards.index(min(rewards))]}]
-        assert pref["margin"] == pytest.approx(max(rewards) - min(rewards))
+        assert pref["reward_gap"] == pytest.approx(max(rewards) - min(rewards))
+        assert "margin" not in pref  # margin means the labeller's 0-3 level only
         assert row["mean_reward"] == pytest.approx(sum(rewards) / 4)
         assert row["category"] == "c" and row["n"] == 4 and row["reward_model"] == "digit_sum"
     # the rows load in the trainers' readers
     from rlaif.train.data import to_preference_example
 
     ex = to_preference_example(prefs[0])
-    assert ex.chosen_prob == 1.0 and ex.chosen[0]["role"] == "assistant"
+    assert ex.chosen_prob == 1.0 and ex.chosen[0]["role"] == "assistant" and ex.margin == 0.0
     # the same settings again: nothing to do
     again = bon.run_bon(prompts, lambda: pytest.fail("no engine needed"), digit_sum, s, str(out), "fake-model", "digit_sum",
                         show_progress=False, log=lambda _: None)

@@ -8,7 +8,11 @@ Accepted without conversion:
 * preference rows in TRL's formats: explicit prompt (``prompt``/``chosen``/``rejected``)
   or implicit prompt (``chosen``/``rejected`` full conversations or strings), each
   conversational (lists of ``{"role", "content"}``) or standard (strings), with
-  optional ``chosen_prob`` (AI probability that chosen is better) and ``margin``;
+  optional ``chosen_prob`` (AI probability that chosen is better) and ``margin`` (the
+  labeller's preference level, 0-3 in rlaif's rows, Llama 2's margin in reward units);
+  best-of-N rows carry their reward difference as ``reward_gap``, which is not a margin
+  (rows written before that column was renamed hold it under ``margin`` with
+  ``label_source: reward-model``; that value is ignored);
 * SFT rows: ``messages`` (loss on assistant turns only), ``prompt``/``completion``
   (conversational or standard; loss on the completion), or ``text`` (loss on all).
 
@@ -119,11 +123,16 @@ def to_preference_example(row: dict[str, Any]) -> PreferenceExample:
     if _is_conv(prompt) != _is_conv(chosen) or _is_conv(chosen) != _is_conv(rejected):
         raise ValueError("prompt, chosen and rejected must all be conversations or all be strings")
     p = row.get("chosen_prob")
-    m = row.get("margin")
     p = 1.0 if p is None else float(p)
     if not 0.0 <= p <= 1.0 or math.isnan(p):
         raise ValueError(f"chosen_prob must lie in [0, 1], got {p}")
-    return PreferenceExample(prompt, chosen, rejected, p, 0.0 if m is None else float(m))
+    m = row.get("margin")
+    if row.get("label_source") == "reward-model" and "reward_gap" not in row:
+        m = None  # an older best-of-N row: its "margin" is a reward difference, not a level
+    m = 0.0 if m is None else float(m)
+    if not m >= 0.0 or math.isinf(m):
+        raise ValueError(f"margin must be a finite number >= 0 (the labeller's preference level), got {m}")
+    return PreferenceExample(prompt, chosen, rejected, p, m)
 
 
 # --------------------------------------------------------------- tokenisation

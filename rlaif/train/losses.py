@@ -125,23 +125,37 @@ def bradley_terry_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Bradley-Terry reward-model loss with soft labels, margin and centring.
 
-    With ``z = r_c - r_r - m`` the model's probability that chosen wins is
-    ``sigma(z)`` (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1). Against an AI
-    label ``p = chosen_prob`` the loss is the cross-entropy
+    With ``d = r_c - r_r`` the model's probability that chosen wins is ``sigma(d)``
+    (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1). Llama 2's margin loss
+    (Touvron et al. 2023 eq. 2) asks the credited side to win by at least ``m``:
+    ``-log sigma(d - m)``. Against an AI label ``p = chosen_prob`` (Lee et al. 2023,
+    RLAIF, sec. 2.2: "trained on soft labels") the loss is the expectation over which
+    side is better, and the margin always pushes towards the side being credited:
 
-        ``l = -[p log sigma(z) + (1 - p) log sigma(-z)]``
+        ``l = p * [-log sigma(d - m)] + (1 - p) * [-log sigma(-d - m)]``
 
-    (Lee et al. 2023, RLAIF, sec. 2.2: "trained on soft labels"), which for
-    ``p = 1`` is ``-log sigma(r_c - r_r - m)``, the margin loss of Llama 2
-    (Touvron et al. 2023 eq. 2). Its minimum over ``z`` is the entropy ``H(p)``,
-    reached at ``z = logit(p)``. The optional centring term
-    ``center_coef * mean((r_c + r_r)^2)`` (Eisenstein et al. 2023) pins the
-    reward's free additive constant near zero.
+    So ``p = 1`` is Llama 2's loss, ``m = 0`` is the cross-entropy against ``p`` (optimum
+    ``d = logit(p)``, loss ``H(p)``), and swapping chosen and rejected (``d -> -d``,
+    ``p -> 1 - p``) leaves the loss unchanged. The loss is convex in ``d``; for
+    ``0 < p < 1`` its minimum solves ``p sigma(m - d) = (1 - p) sigma(d + m)``, i.e. with
+    ``x = e^d`` and ``k = e^{-m}``:
+
+        ``(1 - p) k x^2 + (1 - 2p) x - p k = 0``,
+        ``d* = log[((2p - 1) + sqrt((1 - 2p)^2 + 4 p (1 - p) k^2)) / (2 (1 - p) k)]``
+
+    which is 0 at ``p = 1/2`` for every ``m``, and ``|d*| > |logit(p)|`` when ``m > 0``: with
+    soft labels the margin stretches the reward gap beyond the judge's log-odds. In
+    rlaif's labelled rows ``margin`` is the judge's 0-3 level, itself a function of
+    ``chosen_prob``, so with both on the same confidence widens the gap twice; the
+    margin is meant for hard labels or for levels that come from another source.
+
+    The optional centring term ``center_coef * (r_c + r_r)^2`` (Eisenstein et al. 2023)
+    pins the reward's free additive constant near zero.
 
     Args:
         chosen_rewards, rejected_rewards: ``(B,)`` scalar rewards.
         chosen_prob: ``(B,)`` or float in [0, 1].
-        margin: ``(B,)`` or float, in reward units.
+        margin: ``(B,)`` or float >= 0, in reward units.
         center_coef: weight of the centring term.
         normalizer: pairs to divide by (default ``B``).
 
@@ -150,9 +164,10 @@ def bradley_terry_loss(
         and mean chosen / rejected rewards.
     """
     delta = _up(chosen_rewards) - _up(rejected_rewards)
-    z = delta - torch.as_tensor(margin, dtype=delta.dtype, device=delta.device)
+    m = torch.as_tensor(margin, dtype=delta.dtype, device=delta.device)
     p = torch.as_tensor(chosen_prob, dtype=delta.dtype, device=delta.device)
-    per_pair = -(p * F.logsigmoid(z) + (1.0 - p) * F.logsigmoid(-z))
+    # chosen credited with probability p: it must win by m; rejected credited: it must win by m
+    per_pair = -(p * F.logsigmoid(delta - m) + (1.0 - p) * F.logsigmoid(-delta - m))
     if center_coef:
         per_pair = per_pair + center_coef * (_up(chosen_rewards) + _up(rejected_rewards)) ** 2
     metrics = {

@@ -27,7 +27,10 @@ class RMConfig(TrainConfig):
     soft_labels: bool = True
     """Fit the AI probability ``chosen_prob`` (cross-entropy); false treats every pair as certain."""
     use_margin: bool = False
-    """Subtract the row's ``margin`` from the reward gap (Llama 2 margin loss)."""
+    """Make the credited side win by the row's ``margin`` (the labeller's 0-3 level): Llama 2's
+    ``-log sigma(r_c - r_r - m)``; with soft labels the rejected-is-better share asks the same of
+    the rejected side. The level is a function of chosen_prob, so with soft labels it widens the
+    gap beyond the judge's log-odds (see :func:`rlaif.train.losses.bradley_terry_loss`)."""
     center_rewards_coef: float = 0.0
     """Weight of ``mean((r_c + r_r)^2)`` that keeps rewards centred on zero (Eisenstein et al. 2023)."""
     shared_prompt: bool = True

@@ -43,6 +43,20 @@ def test_preference_formats_all_map_to_explicit_prompt():
         D.to_preference_example({"prompt": "x", "chosen": "a", "rejected": "b", "chosen_prob": 1.5})
 
 
+def test_margin_is_the_labellers_level_and_reward_gaps_are_not_margins():
+    base = {"prompt": "Q: w1", "chosen": " w3", "rejected": " w4"}
+    assert D.to_preference_example({**base, "margin": 3}).margin == 3.0
+    # a best-of-N row: its reward difference is reward_gap, never a margin
+    bon = {**base, "chosen_reward": 4.0, "rejected_reward": -3.5, "reward_gap": 7.5, "label_source": "reward-model"}
+    assert D.to_preference_example(bon).margin == 0.0
+    # rows written before the column was renamed still load, their reward gap not read as a margin
+    old = {**base, "chosen_reward": 4.0, "rejected_reward": -3.5, "margin": 7.5, "label_source": "reward-model"}
+    assert D.to_preference_example(old).margin == 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin"):
+            D.to_preference_example({**base, "margin": bad})
+
+
 def test_prompt_completion_tokens(tokenizer):
     p, c = D.encode_prompt_completion(
         tokenizer, [{"role": "user", "content": "w1 w2"}], [{"role": "assistant", "content": "w3 good"}]

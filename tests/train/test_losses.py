@@ -101,6 +101,53 @@ def test_bt_soft_label_minimum_is_entropy():
     assert abs(float(rc.grad)) < 1e-12
 
 
+def _argmin_convex(f, lo=-40.0, hi=40.0, iters=200):
+    """Minimiser of a convex function of one variable by ternary search (no closed form used)."""
+    for _ in range(iters):
+        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        if f(a) < f(b):
+            hi = b
+        else:
+            lo = a
+    return 0.5 * (lo + hi)
+
+
+def _bt_optimum_by_hand(p, m):
+    """Solve p sigma(m - d) = (1 - p) sigma(d + m) for d (see the derivation in bradley_terry_loss):
+    with x = e^d, k = e^-m: (1 - p) k x^2 + (1 - 2p) x - p k = 0, the positive root."""
+    k = math.exp(-m)
+    x = ((2 * p - 1) + math.sqrt((1 - 2 * p) ** 2 + 4 * p * (1 - p) * k * k)) / (2 * (1 - p) * k)
+    return math.log(x)
+
+
+@pytest.mark.parametrize("p,m", [(0.5, 0.0), (0.5, 1.0), (0.5, 3.0), (0.8, 0.0), (0.8, 1.0), (0.3, 2.0),
+                                 (0.95, 3.0), (0.1, 0.5)])
+def test_bt_soft_label_and_margin_optimum(p, m):
+    """The expected loss's minimum over d = r_c - r_r, found numerically, sits where the
+    algebra puts it: 0 for a coin flip whatever the margin, logit(p) without a margin,
+    and further out in the credited direction with one."""
+    def loss(d):
+        return float(L.bradley_terry_loss(t(d), t(0.0), chosen_prob=t(p), margin=t(m))[0])
+
+    d_num = _argmin_convex(loss)
+    d_hand = _bt_optimum_by_hand(p, m)
+    assert d_num == pytest.approx(d_hand, abs=1e-6)
+    if p == 0.5:
+        assert d_num == pytest.approx(0.0, abs=1e-6)
+    if m == 0.0:
+        assert d_num == pytest.approx(math.log(p / (1 - p)), abs=1e-6)
+    else:  # the margin widens the gap beyond the label's log-odds, on the label's side
+        assert abs(d_num) >= abs(math.log(p / (1 - p))) - 1e-9
+        assert math.copysign(1, d_num) == math.copysign(1, p - 0.5) or p == 0.5
+
+
+def test_bt_swapping_chosen_and_rejected_changes_nothing():
+    """(chosen, rejected, p) and (rejected, chosen, 1 - p) describe the same judgement."""
+    rc, rr = t(0.7, -0.2, 1.5), t(0.1, 0.4, -0.5)
+    p, m = t(0.8, 0.35, 0.5), t(1.0, 2.0, 0.5)
+    close(L.bradley_terry_loss(rc, rr, p, m)[0], L.bradley_terry_loss(rr, rc, 1 - p, m)[0], 1e-12)
+
+
 def test_bt_soft_label_one_equals_hard():
     rc, rr = t(0.7, -0.2), t(0.1, 0.4)
     close(L.bradley_terry_loss(rc, rr, chosen_prob=t(1.0, 1.0))[0], L.bradley_terry_loss(rc, rr)[0])
