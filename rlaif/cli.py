@@ -81,6 +81,14 @@ def _add_generate(sub) -> None:
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."
 
 
+def _add_review(sub) -> None:
+    p = sub.add_parser("review", help="rate a run's preference pairs in the browser (blind) and compare with the AI labels")
+    p.add_argument("run", help="run folder holding preferences.jsonl (from rlaif generate or rlaif label)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--reviewer", help="your name, so the page does not ask for it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate(sub)
     _add_label(sub)
+    _add_review(sub)
 
     p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
     from rlaif.bon import add_arguments

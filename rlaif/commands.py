@@ -202,3 +202,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         return train_main(args.kind, args.config, args.overrides)
     except TrainConfigError as exc:
         raise UserError(f"rlaif train {args.kind}: {exc}") from None
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    try:
+        import rlaif.review.app  # noqa: F401  (the web packages: starlette, uvicorn, jinja2)
+        from rlaif.review.server import run
+    except ImportError as exc:
+        raise UserError(f"rlaif review needs the web packages ({exc}); install with: pip install 'rlaif[review]'") from None
+    from rlaif.review.data import ReviewError
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0-65535, not {args.port}")
+    try:
+        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer)
+    except ReviewError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:  # a bad --reviewer name
+        raise UserError(f"--reviewer: {exc}") from None
+    except OSError as exc:
+        raise UserError(str(exc)) from None

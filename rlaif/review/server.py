@@ -1,0 +1,104 @@
+"""Serving the review app with uvicorn on a socket bound here (so the printed URL is the
+real one, also with ``--port 0``), in the foreground or in a thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from typing import Callable
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one); ``OSError`` with a clear message."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def make_server(app, sock: socket.socket):
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    return uvicorn.Server(config)
+
+
+def serve(app, sock: socket.socket) -> None:
+    """Serve until interrupted (Ctrl-C)."""
+    make_server(app, sock).run(sockets=[sock])
+
+
+class BackgroundServer:
+    """The app served from a thread; ``stop()`` ends it. For tests and benchmarks."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        self.sock = bind(host, port)
+        self.url = url_of(self.sock)
+        self.server = make_server(app, self.sock)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self, timeout: float = 20.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the review server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
+        print_fn: Callable[[str], None] | None = None) -> int:
+    """``rlaif review``: load the run, bind, print the URL, serve until Ctrl-C."""
+    from rlaif.review.app import create_app
+
+    print_fn = print_fn or (lambda m: print(m, flush=True))
+    app = create_app(run_dir, default_reviewer=reviewer, loopback_only=is_loopback(host))
+    state = app.state.review
+    sock = bind(host, port)
+    url = url_of(sock)
+    print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
+    if state.store.latest:
+        print_fn(f"{len(state.store.latest)} ratings already there (skipped lines: {state.store.skipped})")
+    if not is_loopback(host):
+        print_fn(f"warning: listening on {host}: anyone who can reach this address can read the pairs and rate them")
+    print_fn(f"review at {url}   (Ctrl-C stops)")
+    try:
+        serve(app, sock)
+    finally:
+        sock.close()
+    return 0

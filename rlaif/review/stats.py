@@ -1,0 +1,140 @@
+"""The live numbers of the review page, as pure functions of pairs and ratings.
+
+Every rating that counts (the latest of each reviewer for each pair) is one observation:
+the human prefers the chosen response when its chosen-oriented Likert is 5-8.
+
+- **Agreement** of the label with the human: the share of observations where the human
+  prefers the label's chosen response. Pairs the AI labelled a tie are left out (counted
+  apart). Split by category, by principle and by whether the AI's two orders agreed
+  (``order_agreement == 1``, as ``rlaif label``'s report). Per principle, a principle's own
+  verdict is used where the row has ``label_principle_probs`` (P(chosen) under that
+  principle > 0.5 means it picked the chosen one); rows without them (the revision mode's
+  "the revision wins") count the pair's label under each of their principles.
+- **Calibration** of ``chosen_prob``: observations binned by ``chosen_prob``, the mean
+  ``chosen_prob`` of each bin next to the share of humans who preferred the chosen
+  response; and the Brier score mean((chosen_prob - [human prefers chosen])^2).
+- **Inter-reviewer agreement**: over pairs rated by two or more reviewers, every two
+  reviewers of a pair are one comparison; the share of comparisons that prefer the same
+  response, and the mean absolute difference of their Likert ratings.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import combinations
+from typing import Any, Iterable, Mapping
+
+from rlaif.review.data import FLAGS, Pair, Review
+
+CAL_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def _cell() -> dict[str, Any]:
+    return {"n": 0, "agree": 0, "rate": None}
+
+
+def _add(cell: dict[str, Any], agree: bool) -> None:
+    cell["n"] += 1
+    cell["agree"] += int(agree)
+    cell["rate"] = cell["agree"] / cell["n"]
+
+
+def _bin(p: float) -> int:
+    p = min(max(p, CAL_EDGES[0]), CAL_EDGES[-1])
+    for i in range(len(CAL_EDGES) - 2):
+        if p < CAL_EDGES[i + 1]:
+            return i
+    return len(CAL_EDGES) - 2  # the last bin includes 1.0
+
+
+def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) -> dict[str, Any]:
+    """All numbers of the statistics panel (see the module docstring)."""
+    reviews = [r for r in reviews if r.pair_id in pairs_by_id]
+    overall, agreed, disagreed, unknown_order = _cell(), _cell(), _cell(), _cell()
+    by_category: dict[str, dict] = defaultdict(_cell)
+    by_principle: dict[str, dict] = defaultdict(_cell)
+    by_reviewer: dict[str, dict] = defaultdict(_cell)
+    ai_ties = 0
+    cal = [{"lo": lo, "hi": hi, "n": 0, "prob_sum": 0.0, "human_chosen": 0} for lo, hi in zip(CAL_EDGES, CAL_EDGES[1:])]
+    brier_sum, brier_n = 0.0, 0
+    flags = {"chosen": dict.fromkeys(FLAGS, 0), "rejected": dict.fromkeys(FLAGS, 0)}
+    per_pair: dict[str, list[Review]] = defaultdict(list)
+
+    for r in reviews:
+        pair = pairs_by_id[r.pair_id]
+        human = r.prefers_chosen
+        per_pair[r.pair_id].append(r)
+        for f in r.flags_chosen:
+            flags["chosen"][f] += 1
+        for f in r.flags_rejected:
+            flags["rejected"][f] += 1
+        if pair.chosen_prob is not None:
+            b = cal[_bin(pair.chosen_prob)]
+            b["n"] += 1
+            b["prob_sum"] += pair.chosen_prob
+            b["human_chosen"] += int(human)
+            brier_sum += (pair.chosen_prob - float(human)) ** 2
+            brier_n += 1
+        if pair.tie:
+            ai_ties += 1
+            continue
+        _add(overall, human)
+        _add(by_category[pair.category], human)
+        _add(by_reviewer[r.reviewer], human)
+        if pair.order_agreement is None:
+            _add(unknown_order, human)
+        else:
+            _add(agreed if pair.order_agreement == 1.0 else disagreed, human)
+        for i, principle in enumerate(pair.principles):
+            p = pair.principle_probs[i] if pair.principle_probs else None
+            if p is None:
+                _add(by_principle[principle], human)
+            elif p != 0.5:
+                _add(by_principle[principle], (p > 0.5) == human)
+
+    bins = []
+    for b in cal:
+        n = b["n"]
+        bins.append({"lo": b["lo"], "hi": b["hi"], "n": n,
+                     "mean_prob": b["prob_sum"] / n if n else None,
+                     "human_rate": b["human_chosen"] / n if n else None})
+
+    comparisons = same = 0
+    abs_diff = 0
+    multi = 0
+    for rs in per_pair.values():
+        if len(rs) < 2:
+            continue
+        multi += 1
+        for a, b in combinations(rs, 2):
+            comparisons += 1
+            same += int(a.prefers_chosen == b.prefers_chosen)
+            abs_diff += abs(a.likert - b.likert)
+
+    reviewers: dict[str, int] = defaultdict(int)
+    for r in reviews:
+        reviewers[r.reviewer] += 1
+    return {
+        "pairs": len(pairs_by_id),
+        "reviewed_pairs": len(per_pair),
+        "ratings": len(reviews),
+        "reviewers": dict(sorted(reviewers.items())),
+        "agreement": {
+            "overall": overall,
+            "orders_agreed": agreed,
+            "orders_disagreed": disagreed,
+            "orders_unknown": unknown_order,
+            "by_category": dict(sorted(by_category.items())),
+            "by_principle": dict(sorted(by_principle.items())),
+            "by_reviewer": dict(sorted(by_reviewer.items())),
+            "ai_ties": ai_ties,
+        },
+        "calibration": {"bins": bins, "n": brier_n, "brier": brier_sum / brier_n if brier_n else None},
+        "inter_reviewer": {
+            "pairs": multi,
+            "comparisons": comparisons,
+            "agreement": same / comparisons if comparisons else None,
+            "mean_abs_likert_diff": abs_diff / comparisons if comparisons else None,
+        },
+        "flags": flags,
+    }
