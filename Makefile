@@ -29,6 +29,7 @@ demo-train: demo
 	$(PY) -m rlaif bon --prompts prompts/rlaif-prompts.jsonl --limit 16 --n 4 --reward-model runs/rm-demo/final --out runs/bon-demo
 
 test: setup
+	@bash scripts/setup_browser.sh
 	$(PY) -m pytest -q
 
 lint: setup
