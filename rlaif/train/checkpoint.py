@@ -135,8 +135,8 @@ class MetricsLog:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop records past the step we resume from
-            keep = [r for r in textio.read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+        if self.path.exists():  # drop records past the step we resume from (all of them on a fresh start)
+            keep = [r for r in textio.read_jsonl(self.path) if 0 < resume_step and r.get("step", 0) <= resume_step]
             self.path.write_text(textio.dumps_jsonl(keep), encoding="utf-8")
         if tensorboard:
             try:

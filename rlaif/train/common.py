@@ -465,6 +465,20 @@ def load_splits(cfg: TrainConfig, tok, kind: str, rank: int = 0) -> tuple[list[d
     return train, ev
 
 
+def preference_data_report(s: Session) -> dict[str, float]:
+    """Completion lengths of chosen vs rejected over the training pairs (``data/...``): printed,
+    and logged to ``metrics.jsonl`` at step 0 of a fresh run. Returns the summary."""
+    from .data import describe_lengths, length_summary
+
+    summary = length_summary(s.train)
+    if s.dist.rank == 0:
+        print(f"[rlaif.train] training pairs: {describe_lengths(summary)}")
+    out = {f"data/{k}": v for k, v in summary.items()}
+    if s.position["step"] == 0 and s.log is not None:
+        s.log.log(0, out)
+    return out
+
+
 def cleanup(s: Session) -> None:
     """Close the metric log and, under torchrun, the process group."""
     if s.log is not None:

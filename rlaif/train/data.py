@@ -373,12 +373,18 @@ def collate_sft(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor
     }
 
 
+def _pair_lengths(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+    return {side + "_len": torch.tensor([len(e[side]) for e in examples], dtype=torch.long)
+            for side in ("chosen", "rejected")}
+
+
 def collate_pairs(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows, ``(2B, T)``, so one forward pass scores both.
 
-    ``loss_mask`` marks completion tokens. Per-pair ``chosen_prob``, ``margin`` and
-    ``index`` are ``(B,)``; precomputed ``ref_chosen`` / ``ref_rejected`` log-probs
-    are passed through when the examples carry them.
+    ``loss_mask`` marks completion tokens. Per-pair ``chosen_prob``, ``margin``,
+    ``chosen_len`` / ``rejected_len`` (completion tokens) and ``index`` are ``(B,)``;
+    precomputed ``ref_chosen`` / ``ref_rejected`` log-probs are passed through when the
+    examples carry them.
     """
     seqs, masks = [], []
     for side in ("chosen", "rejected"):
@@ -391,6 +397,7 @@ def collate_pairs(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tens
         "loss_mask": _pad(masks, 0),
         "chosen_prob": torch.tensor([e["chosen_prob"] for e in examples], dtype=torch.float32),
         "margin": torch.tensor([e["margin"] for e in examples], dtype=torch.float32),
+        **_pair_lengths(examples),
         "index": torch.tensor([e.get("index", -1) for e in examples], dtype=torch.long),
     }
     if all("ref_chosen" in e for e in examples):
@@ -435,6 +442,7 @@ def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int, carry_las
         "attention_mask": torch.cat([prompt_mask.repeat_interleave(2, 0), comp_mask], 1),
         "chosen_prob": torch.tensor([e["chosen_prob"] for e in examples], dtype=torch.float32),
         "margin": torch.tensor([e["margin"] for e in examples], dtype=torch.float32),
+        **_pair_lengths(examples),
         "index": torch.tensor([e.get("index", -1) for e in examples], dtype=torch.long),
     }
     if carry_last:
@@ -448,6 +456,62 @@ def collate_pairs_shared_prompt(examples: Sequence[dict], pad_id: int, carry_las
 def chosen_first(x: torch.Tensor) -> torch.Tensor:
     """Rows interleaved (c0, r0, c1, r1, ...) -> chosen rows then rejected rows, as collate_pairs orders them."""
     return x.view(-1, 2, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+
+
+def length_summary(examples: Sequence[dict]) -> dict[str, float]:
+    """How the completion lengths (tokens) of chosen and rejected compare over a data set.
+
+    A preference set in which the chosen answer is usually the longer one teaches a policy
+    that length pays (Singhal et al. 2023, "A Long Way to Go"); these numbers make that
+    visible before training. ``length_diff_pXX`` are percentiles of ``|y_c| - |y_r|``
+    (nearest rank).
+
+    Args:
+        examples: tokenised pairs with ``chosen`` and ``rejected`` token lists.
+    Returns:
+        ``pairs``, ``length_chosen_mean``, ``length_rejected_mean``, ``chosen_longer``,
+        ``same_length`` (shares of pairs), ``length_diff_p10``, ``length_diff_p50``,
+        ``length_diff_p90``; empty for no examples.
+    """
+    if not examples:
+        return {}
+    lc = [len(e["chosen"]) for e in examples]
+    lr = [len(e["rejected"]) for e in examples]
+    diff = sorted(c - r for c, r in zip(lc, lr))
+    n = len(diff)
+
+    def pct(q: float) -> float:
+        return float(diff[min(n - 1, max(0, math.ceil(q * n) - 1))])
+
+    return {
+        "pairs": float(n),
+        "length_chosen_mean": sum(lc) / n,
+        "length_rejected_mean": sum(lr) / n,
+        "chosen_longer": sum(d > 0 for d in diff) / n,
+        "same_length": sum(d == 0 for d in diff) / n,
+        "length_diff_p10": pct(0.1),
+        "length_diff_p50": pct(0.5),
+        "length_diff_p90": pct(0.9),
+    }
+
+
+def pair_length_metrics(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-batch means of the completion lengths (tokens) from a collated pair batch:
+    ``length_chosen``, ``length_rejected`` and ``chosen_longer`` (share of pairs)."""
+    lc, lr = batch["chosen_len"].float(), batch["rejected_len"].float()
+    return {"length_chosen": lc.mean(), "length_rejected": lr.mean(), "chosen_longer": (lc > lr).float().mean()}
+
+
+def describe_lengths(summary: dict[str, float]) -> str:
+    """One line for people: mean lengths and how often the chosen answer is the longer one."""
+    if not summary:
+        return "no pairs"
+    return (
+        f"completion lengths (tokens): chosen {summary['length_chosen_mean']:.1f}, rejected "
+        f"{summary['length_rejected_mean']:.1f} on average; chosen longer in {100 * summary['chosen_longer']:.0f}% "
+        f"of {int(summary['pairs'])} pairs (same length {100 * summary['same_length']:.0f}%); chosen - rejected "
+        f"p10 / median / p90: {summary['length_diff_p10']:g} / {summary['length_diff_p50']:g} / {summary['length_diff_p90']:g}"
+    )
 
 
 def pair_length(e: dict) -> int:

@@ -1,4 +1,4 @@
-"""DPO-family recipe: DPO (sigmoid), conservative DPO / soft AI labels, IPO, hinge, SimPO.
+"""DPO-family recipe: DPO (sigmoid), conservative DPO / soft AI labels, IPO, hinge, R-DPO, SimPO.
 
 Reference log-probabilities come from the initial model (or ``ref_model``) and are
 either precomputed once and cached on disk (``reference: precompute``, the default:
@@ -9,6 +9,7 @@ switched off). SimPO needs no reference.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,31 +18,45 @@ import torch
 from . import reference
 from .common import (
     LoopSpec, cleanup, load_pretrained, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
-    prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
+    preference_data_report, prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
-from .losses import DPO_LOSS_TYPES, PAIR_LOSSES, simpo_loss, soft_label_noise
+from .data import collate_pairs, collate_pairs_shared_prompt, describe_lengths, pair_length, pair_length_metrics
+from .losses import DPO_LOSS_TYPES, PAIR_LOSSES, rdpo_loss, simpo_loss, soft_label_noise
+
+
+#: SimPO's own defaults (Meng et al. 2024 tune beta around 2 and gamma / beta around 0.5),
+#: and DPO's beta (Rafailov et al. 2023).
+SIMPO_BETA = 2.0
+SIMPO_GAMMA_BETA_RATIO = 0.5
+DPO_BETA = 0.1
 
 
 @dataclass
 class DPOConfig(TrainConfig):
     loss: str = "sigmoid"
-    """"sigmoid" (DPO; with label smoothing or soft labels: conservative DPO), "ipo", "hinge" or "simpo"."""
-    beta: float = 0.1
-    """Inverse temperature of the implicit reward (IPO's tau; SimPO's beta, typically 2)."""
+    """"sigmoid" (DPO; with label smoothing or soft labels: conservative DPO), "ipo", "hinge",
+    "rdpo" (R-DPO: DPO with a length penalty, needs alpha) or "simpo" (reference-free)."""
+    beta: float | None = None
+    """Inverse temperature of the implicit reward (IPO's tau). Default 0.1, and 2.0 for SimPO."""
+    alpha: float | None = None
+    """R-DPO only: margin penalty per token by which chosen is longer than rejected (Park et al. 2024)."""
     label_smoothing: float = 0.0
     """Probability that a label is flipped, in [0, 0.5) (cDPO, Mitchell 2023)."""
     soft_labels: bool = True
     """Use each pair's AI probability chosen_prob as its label (smoothed by label_smoothing)."""
-    simpo_gamma: float = 0.5
-    """SimPO target reward margin."""
+    simpo_gamma: float | None = None
+    """SimPO only: target reward margin gamma (default simpo_gamma_beta_ratio x beta)."""
+    simpo_gamma_beta_ratio: float | None = None
+    """SimPO only: gamma / beta, as the SimPO paper tunes it (default 0.5)."""
     length_average: bool | None = None
-    """Average log-probs over completion tokens (default: true for ipo and simpo, false otherwise)."""
-    reference: str = "precompute"
-    """"precompute" (once, cached on disk) or "online" (a forward pass per step)."""
+    """Average log-probs over completion tokens (default: true for ipo and simpo, false
+    otherwise; SimPO requires it)."""
+    reference: str | None = None
+    """"precompute" (once, cached on disk; the default) or "online" (a forward pass per step).
+    Not for SimPO, which has no reference."""
     ref_model: str | None = None
-    """Reference model folder (default: the starting model)."""
+    """Reference model folder (default: the starting model). Not for SimPO."""
     ref_cache_dir: str | None = None
     """Where precomputed reference log-probs are cached (default: <runs_dir>/.cache/ref_logps)."""
     shared_prompt: bool = True
@@ -53,14 +68,56 @@ class DPOConfig(TrainConfig):
         super().__post_init__()
         if self.loss not in DPO_LOSS_TYPES:
             raise ValueError(f"loss must be one of {DPO_LOSS_TYPES}")
+        simpo = self.loss == "simpo"
+        if self.beta is None:
+            self.beta = SIMPO_BETA if simpo else DPO_BETA
         if self.beta <= 0:
             raise ValueError("beta must be > 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must lie in [0, 0.5)")
-        if self.reference not in ("precompute", "online"):
-            raise ValueError("reference must be 'precompute' or 'online'")
+        if self.loss == "rdpo":
+            if self.alpha is None or not self.alpha >= 0:
+                raise ValueError(
+                    "loss: rdpo needs alpha >= 0, the margin penalty per token of length difference "
+                    "(alpha = 0.01 costs a chosen answer 100 tokens longer 1 unit of beta-scaled margin)"
+                )
+        elif self.alpha is not None:
+            raise ValueError(f"alpha is R-DPO's length penalty; it has no effect with loss: {self.loss} (use loss: rdpo)")
+        if simpo:
+            self._check_simpo()
+        else:
+            if self.simpo_gamma is not None or self.simpo_gamma_beta_ratio is not None:
+                raise ValueError(f"simpo_gamma and simpo_gamma_beta_ratio apply to loss: simpo only, not {self.loss}")
+            if self.reference is None:
+                self.reference = "precompute"
+            if self.reference not in ("precompute", "online"):
+                raise ValueError("reference must be 'precompute' or 'online'")
         if self.length_average is None:
             self.length_average = self.loss in ("ipo", "simpo")
+
+    def _check_simpo(self) -> None:
+        """SimPO is reference-free and length-normalised (Meng et al. 2024, eq. 6): refuse
+        settings that would silently turn it into something else."""
+        not_simpo = []
+        if self.length_average is False:
+            not_simpo.append("length_average: false (SimPO's reward is the *average* log-probability)")
+        for key in ("reference", "ref_model", "ref_cache_dir"):
+            if getattr(self, key) is not None:
+                not_simpo.append(f"{key} (SimPO uses no reference model)")
+        if not_simpo:
+            raise ValueError("loss: simpo does not take " + "; ".join(not_simpo))
+        ratio, gamma = self.simpo_gamma_beta_ratio, self.simpo_gamma
+        if ratio is not None and gamma is not None and not math.isclose(gamma, ratio * self.beta, rel_tol=1e-9):
+            raise ValueError(
+                f"simpo_gamma {gamma} and simpo_gamma_beta_ratio {ratio} disagree (gamma = ratio x beta = "
+                f"{ratio * self.beta}); set one of them"
+            )
+        if gamma is None:
+            ratio = SIMPO_GAMMA_BETA_RATIO if ratio is None else ratio
+            gamma = ratio * self.beta
+        if gamma < 0:
+            raise ValueError("simpo_gamma must be >= 0")
+        self.simpo_gamma, self.simpo_gamma_beta_ratio = gamma, gamma / self.beta
 
     @property
     def needs_reference(self) -> bool:
@@ -97,11 +154,14 @@ def loop_spec(cfg: DPOConfig, pad_id: int, shared: bool = False) -> LoopSpec:
         eps = soft_label_noise(p, cfg.label_smoothing)
         if cfg.loss == "simpo":
             loss, m = simpo_loss(logps[:b], logps[b:], cfg.beta, cfg.simpo_gamma, eps, normalizer)
+        elif cfg.loss == "rdpo":
+            loss, m = rdpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], batch["chosen_len"], batch["rejected_len"],
+                                cfg.beta, cfg.alpha, eps, normalizer)
         else:
             loss, m = PAIR_LOSSES[cfg.loss](logps[:b], logps[b:], ref[:b], ref[b:], cfg.beta, eps, normalizer)
         m["logps_chosen"] = logps[:b].mean().detach()
         m["logps_rejected"] = logps[b:].mean().detach()
-        return loss, m
+        return loss, {**m, **pair_length_metrics(batch)}
 
     return LoopSpec(
         collate=(lambda ex: collate_pairs_shared_prompt(ex, pad_id, carry_last=True)) if shared
@@ -149,7 +209,8 @@ def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
 
 
 def train(s: Session, spec: LoopSpec) -> dict[str, float]:
-    return fit(s, spec)
+    data = preference_data_report(s)
+    return {**data, **fit(s, spec)}
 
 
 def save(s: Session):
@@ -164,4 +225,6 @@ def main(config_path: str | None, overrides: list[str] | None = None) -> int:
     cleanup(s)
     if s.dist.rank == 0:
         print(f"[rlaif.train] policy saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        data = {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")}
+        print(f"[rlaif.train] training pairs: {describe_lengths(data)}")
     return 0

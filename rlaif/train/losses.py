@@ -291,6 +291,62 @@ def hinge_loss(
     return _normalise(per_pair, normalizer), _pair_metrics(rc, rr)
 
 
+def rdpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float = 0.1,
+    alpha: float = 0.0,
+    label_smoothing: float | torch.Tensor = 0.0,
+    normalizer: float | int | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """Length-regularised DPO, R-DPO (Park et al. 2024, "Disentangling Length from
+    Quality in Direct Preference Optimization").
+
+    The DPO margin is penalised by ``alpha`` times the length difference in tokens:
+
+        ``z = beta h - alpha (|y_w| - |y_l|)``,  ``l = -log sigma(z)``
+
+    with ``h`` from :func:`dpo_logits`, so a chosen answer that wins only by being
+    longer earns less. With label noise ``eps`` the pair is the other way round, which
+    flips the signs of both ``h`` and the length difference, i.e. of ``z``:
+    ``l = -(1 - eps) log sigma(z) - eps log sigma(-z)``. ``alpha = 0`` is DPO.
+
+    Worked example (the unit test): ``beta = 0.1``, ``alpha = 0.05``; log pi / log ref
+    of chosen -10 / -12 and of rejected -9 / -8, so ``h = 2 - (-1) = 3`` and
+    ``beta h = 0.3``; chosen 20 tokens and rejected 10, so the penalty is
+    ``0.05 * 10 = 0.5`` and ``z = -0.2``: ``l = log(1 + e^0.2) = 0.7981388693815918``
+    (plain DPO: ``log(1 + e^-0.3) = 0.5543552444685271``). With ``eps = 0.25``,
+    since ``softplus(x) - softplus(-x) = x``: ``l = softplus(0.2) - 0.25 * 0.2 =
+    0.7481388693815918``.
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: ``(B,)`` sequence
+            log-probabilities (summed over completion tokens, as in the paper).
+        chosen_lengths, rejected_lengths: ``(B,)`` completion lengths in tokens.
+        beta: inverse temperature of the implicit reward.
+        alpha: length penalty per token of length difference, >= 0.
+        label_smoothing: ``eps``, float or ``(B,)`` in [0, 1].
+        normalizer: pairs to divide by (default ``B``).
+
+    Returns:
+        ``(loss, metrics)``: DPO's pair metrics (implicit rewards ``beta * log-ratio``,
+        without the penalty) and ``length_penalty``, the mean ``alpha (|y_w| - |y_l|)``.
+    """
+    h = dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    dlen = _up(chosen_lengths).to(h.dtype) - _up(rejected_lengths).to(h.dtype)
+    z = beta * h - alpha * dlen
+    eps = _as_eps(label_smoothing, h)
+    per_pair = -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+    rc, rr = _implicit_rewards(beta, policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    metrics = _pair_metrics(rc, rr)
+    metrics["length_penalty"] = (alpha * dlen).mean().detach()
+    return _normalise(per_pair, normalizer), metrics
+
+
 def simpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -324,8 +380,8 @@ PAIR_LOSSES = {
     "ipo": ipo_loss,
     "hinge": hinge_loss,
 }
-#: Every preference loss a DPO config may name.
-DPO_LOSS_TYPES = (*PAIR_LOSSES, "simpo")
+#: Every preference loss a DPO config may name (R-DPO also takes the lengths; SimPO has no reference).
+DPO_LOSS_TYPES = (*PAIR_LOSSES, "rdpo", "simpo")
 
 
 def soft_label_noise(chosen_prob: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

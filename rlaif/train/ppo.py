@@ -52,6 +52,9 @@ from .rl_losses import (
 class RolloutEngine:
     """The in-process vLLM engine that samples rollouts."""
 
+    backend: str = "vllm"
+    """Only "vllm": the engine's weights are replaced in place after every update, which only the
+    in-process vLLM engine supports (a server, plain transformers or the fake engine cannot)."""
     kv_cache_gib: float | None = 1.0
     """KV-cache size in GiB (overrides gpu_memory_utilization; None = use the share)."""
     gpu_memory_utilization: float | None = None
@@ -70,6 +73,9 @@ class RolloutEngine:
     place), "ipc" (vLLM's CUDA-IPC weight-transfer engine) or "auto" (ipc on CUDA hosts)."""
 
     def __post_init__(self):
+        if self.backend != "vllm":
+            raise ValueError(f"engine.backend={self.backend!r}: PPO samples with the in-process vLLM engine only "
+                             "(its weights are replaced after every update); use engine.backend=vllm")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError("engine.kv_cache_gib must be > 0 (or null)")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:

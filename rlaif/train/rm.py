@@ -14,10 +14,10 @@ import torch
 
 from .common import (
     LoopSpec, cleanup, load_pretrained, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
-    resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
+    preference_data_report, resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, collate_pairs_shared_prompt, pair_length
+from .data import collate_pairs, collate_pairs_shared_prompt, describe_lengths, pair_length, pair_length_metrics
 from .losses import bradley_terry_loss
 from .reference import can_share_prompt, shared_prompt_forward
 
@@ -70,7 +70,8 @@ def loop_spec(cfg: RMConfig, pad_id: int, shared: bool = False) -> LoopSpec:
             rc, rr = r[:b], r[b:]
         p = batch["chosen_prob"] if cfg.soft_labels else 1.0
         m = batch["margin"] if cfg.use_margin else 0.0
-        return bradley_terry_loss(rc, rr, p, m, cfg.center_rewards_coef, normalizer)
+        loss, metrics = bradley_terry_loss(rc, rr, p, m, cfg.center_rewards_coef, normalizer)
+        return loss, {**metrics, **pair_length_metrics(batch)}
 
     return LoopSpec(
         collate=(lambda ex: collate_pairs_shared_prompt(ex, pad_id)) if shared else (lambda ex: collate_pairs(ex, pad_id)),
@@ -98,7 +99,8 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
 
 
 def train(s: Session, spec: LoopSpec) -> dict[str, float]:
-    return fit(s, spec)
+    data = preference_data_report(s)
+    return {**data, **fit(s, spec)}
 
 
 def save(s: Session):
@@ -113,4 +115,6 @@ def main(config_path: str | None, overrides: list[str] | None = None) -> int:
     cleanup(s)
     if s.dist.rank == 0:
         print(f"[rlaif.train] reward model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        data = {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")}
+        print(f"[rlaif.train] training pairs: {describe_lengths(data)}")
     return 0

@@ -57,6 +57,24 @@ def test_margin_is_the_labellers_level_and_reward_gaps_are_not_margins():
             D.to_preference_example({**base, "margin": bad})
 
 
+def test_length_summary_by_hand():
+    # completion lengths (chosen, rejected): (5, 2), (3, 3), (1, 4), (6, 2); differences 3, 0, -3, 4
+    ex = [{"chosen": [7] * c, "rejected": [8] * r} for c, r in [(5, 2), (3, 3), (1, 4), (6, 2)]]
+    s = D.length_summary(ex)
+    assert s["pairs"] == 4 and s["length_chosen_mean"] == 15 / 4 and s["length_rejected_mean"] == 11 / 4
+    assert s["chosen_longer"] == 0.5 and s["same_length"] == 0.25
+    # sorted differences -3, 0, 3, 4: nearest-rank p10 = 1st, p50 = 2nd, p90 = 4th
+    assert (s["length_diff_p10"], s["length_diff_p50"], s["length_diff_p90"]) == (-3, 0, 4)
+    assert "chosen longer in 50% of 4 pairs" in D.describe_lengths(s)
+    assert D.length_summary([]) == {}
+    batch = D.collate_pairs([{"prompt": [1], "chosen_prob": 1.0, "margin": 0.0, **e} for e in ex], pad_id=0)
+    assert batch["chosen_len"].tolist() == [5, 3, 1, 6] and batch["rejected_len"].tolist() == [2, 3, 4, 2]
+    m = D.pair_length_metrics(batch)
+    assert (float(m["length_chosen"]), float(m["length_rejected"]), float(m["chosen_longer"])) == (3.75, 2.75, 0.5)
+    shared = D.collate_pairs_shared_prompt([{"prompt": [1, 2], "chosen_prob": 1.0, "margin": 0.0, **e} for e in ex], 0)
+    assert shared["chosen_len"].tolist() == [5, 3, 1, 6] and "prompt_ids" in shared
+
+
 def test_prompt_completion_tokens(tokenizer):
     p, c = D.encode_prompt_completion(
         tokenizer, [{"role": "user", "content": "w1 w2"}], [{"role": "assistant", "content": "w3 good"}]

@@ -224,6 +224,40 @@ def test_simpo_hand_value():
     close(L.simpo_loss(t(-0.5), t(-1.0), beta=2.0, gamma=1.0)[0], math.log(2))
 
 
+def test_rdpo_hand_value():
+    """The worked example of rdpo_loss's docstring: beta h = 0.1 * (2 - (-1)) = 0.3, length
+    penalty 0.05 * (20 - 10) = 0.5, z = -0.2, loss = log(1 + e^0.2)."""
+    args = (t(-10.0), t(-9.0), t(-12.0), t(-8.0), t(20.0), t(10.0))
+    loss, m = L.rdpo_loss(*args, beta=0.1, alpha=0.05)
+    close(loss, 0.7981388693815918)
+    close(loss, math.log1p(math.exp(0.2)))
+    close(m["length_penalty"], 0.5)
+    close(m["margin"], 0.3)  # the implicit reward gap, without the penalty
+    # label noise 0.25: softplus(0.2) - 0.25 * 0.2, since softplus(x) - softplus(-x) = x
+    close(L.rdpo_loss(*args, beta=0.1, alpha=0.05, label_smoothing=0.25)[0], 0.7481388693815918)
+    # without the penalty it is DPO: log(1 + e^-0.3)
+    close(L.rdpo_loss(*args, beta=0.1, alpha=0.0)[0], 0.5543552444685271)
+    close(L.dpo_sigmoid_loss(*args[:4], beta=0.1)[0], 0.5543552444685271)
+    # the same pair with the shorter answer chosen costs less than DPO: z = 0.3 + 0.5
+    close(L.rdpo_loss(*args[:4], t(10.0), t(20.0), beta=0.1, alpha=0.05)[0], math.log1p(math.exp(-0.8)))
+
+
+def test_rdpo_is_dpo_at_alpha_zero_and_swap_symmetric():
+    g = torch.Generator().manual_seed(7)
+    pc, pr, rc, rr = (-5 * torch.rand(6, generator=g, dtype=torch.float64) for _ in range(4))
+    lc, lr = torch.randint(1, 50, (6,), generator=g), torch.randint(1, 50, (6,), generator=g)
+    eps = torch.rand(6, generator=g, dtype=torch.float64) * 0.5
+    close(L.rdpo_loss(pc, pr, rc, rr, lc, lr, beta=0.3, alpha=0.0, label_smoothing=eps)[0],
+          L.dpo_sigmoid_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=eps)[0], 1e-12)
+    # the pair read the other way round with the complementary label is the same judgement
+    close(L.rdpo_loss(pc, pr, rc, rr, lc, lr, beta=0.3, alpha=0.02, label_smoothing=eps)[0],
+          L.rdpo_loss(pr, pc, rr, rc, lr, lc, beta=0.3, alpha=0.02, label_smoothing=1 - eps)[0], 1e-12)
+    full = L.rdpo_loss(pc, pr, rc, rr, lc, lr, beta=0.3, alpha=0.02)[0]
+    parts = sum(L.rdpo_loss(pc[i:i + 3], pr[i:i + 3], rc[i:i + 3], rr[i:i + 3], lc[i:i + 3], lr[i:i + 3],
+                            beta=0.3, alpha=0.02, normalizer=6)[0] for i in (0, 3))
+    close(parts, full, 1e-12)
+
+
 def test_pair_loss_accumulation_matches_full_batch():
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(4)]

@@ -72,6 +72,48 @@ def test_config_yaml_overrides_and_validation(tmp_path):
         load_config(RMConfig, None, [])  # data is required
 
 
+def test_simpo_has_its_own_defaults_and_refuses_what_is_not_simpo():
+    from rlaif.train.config import TrainConfigError
+
+    simpo = load_config(DPOConfig, None, ["data=x", "loss=simpo"])
+    # Meng et al. 2024: beta about 2, gamma / beta about 0.5; the reward is length-averaged
+    assert (simpo.beta, simpo.simpo_gamma, simpo.simpo_gamma_beta_ratio) == (2.0, 1.0, 0.5)
+    assert simpo.length_average is True and not simpo.needs_reference and simpo.reference is None
+    scaled = load_config(DPOConfig, None, ["data=x", "loss=simpo", "beta=2.5", "simpo_gamma_beta_ratio=0.4"])
+    assert scaled.simpo_gamma == pytest.approx(1.0)
+    assert load_config(DPOConfig, None, ["data=x", "loss=simpo", "simpo_gamma=0.3"]).simpo_gamma == 0.3
+    dpo = load_config(DPOConfig, None, ["data=x"])
+    assert (dpo.beta, dpo.reference, dpo.length_average) == (0.1, "precompute", False)
+    for bad, words in [
+        ("length_average=false", "length_average"),
+        ("reference=online", "reference"),
+        ("reference=precompute", "reference"),
+        ("ref_model=some/model", "ref_model"),
+        ("simpo_gamma=0.3 simpo_gamma_beta_ratio=0.5", "disagree"),
+        ("simpo_gamma=-1", "simpo_gamma"),
+    ]:
+        with pytest.raises(TrainConfigError, match=words):
+            load_config(DPOConfig, None, ["data=x", "loss=simpo", *bad.split()])
+    with pytest.raises(TrainConfigError, match="simpo only"):
+        load_config(DPOConfig, None, ["data=x", "loss=sigmoid", "simpo_gamma=0.5"])
+    # the resolved config a run saves loads again as the same config
+    from rlaif.train.config import from_dict, to_dict
+
+    assert from_dict(DPOConfig, to_dict(scaled)) == scaled
+
+
+def test_rdpo_needs_alpha_and_alpha_needs_rdpo():
+    from rlaif.train.config import TrainConfigError
+
+    assert load_config(DPOConfig, None, ["data=x", "loss=rdpo", "alpha=0.01"]).alpha == 0.01
+    with pytest.raises(TrainConfigError, match="alpha"):
+        load_config(DPOConfig, None, ["data=x", "loss=rdpo"])
+    with pytest.raises(TrainConfigError, match="alpha"):
+        load_config(DPOConfig, None, ["data=x", "loss=rdpo", "alpha=-0.1"])
+    with pytest.raises(TrainConfigError, match="rdpo"):
+        load_config(DPOConfig, None, ["data=x", "loss=sigmoid", "alpha=0.01"])
+
+
 def test_lr_schedule_by_hand():
     # warm-up 3 steps: 1/4, 2/4, 3/4; then cosine over the remaining 4 steps
     assert [lr_factor(s, 7, 3, "cosine") for s in range(3)] == [0.25, 0.5, 0.75]
@@ -144,11 +186,12 @@ def test_dpo_online_reference_matches_precomputed(tiny_model_dir, run_folder, tm
     assert lo[2] == pytest.approx(lp[2], rel=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["ipo", "hinge", "simpo"])
+@pytest.mark.parametrize("loss", ["ipo", "hinge", "simpo", "rdpo"])
 def test_dpo_variants_run(tiny_model_dir, run_folder, tmp_path, loss):
-    beta = {"ipo": 0.5, "hinge": 0.1, "simpo": 2.0}[loss]
+    beta = {"ipo": 0.5, "hinge": 0.1, "simpo": 2.0, "rdpo": 0.1}[loss]
+    extra = ["alpha=0.02"] if loss == "rdpo" else []
     r = run("dpo", tiny_model_dir, run_folder, tmp_path, loss, "max_steps=2", f"loss={loss}", f"beta={beta}",
-            "eval_fraction=0", "save_dtype=bf16")
+            "eval_fraction=0", "save_dtype=bf16", *extra)
     final = load_file(str(r / "final" / "model.safetensors"))
     assert {t.dtype for t in final.values()} == {torch.bfloat16}
     assert json.loads((r / "final" / "config.json").read_text())["dtype"] == "bfloat16"
