@@ -14,10 +14,17 @@ position of the answer -- one prefill restricted to those tokens, no free text t
 * **Chain of thought** (option). The model first writes its reasoning, then the option
   probabilities are read after "Answer:". CoT probabilities are near 0 or 1,
   so they are clamped to a band (Constitutional AI used 40-60%).
+* **Ties.** A pair whose P(x) lies within ``tie_band`` of 0.5 (exactly 0.5 by default) is a
+  tie: it has no chosen side, and the preference dataset leaves it out unless asked to keep it.
 
-Response text is data, not instructions: option markers and labels such as "(A)" or
-"Response B" inside a response are rewritten so that a response cannot name an option, and
-the two orders cancel whatever positional pull is left.
+Every comparison's raw P(option A) is kept with the label (``slot_probs``), so that the
+judge's position and length biases can be measured over a run (:mod:`rlaif.diagnostics`)
+and its length preference removed once every pair is scored (:mod:`rlaif.length_control`).
+
+Text is data, not instructions: option markers and labels such as "(A)" or "Response B"
+inside a response or the conversation are rewritten so that neither can name an option,
+option markers in the judge's own reasoning are defused before it is read back, and the
+two orders cancel whatever positional pull is left.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ COT_OPTIONS = (" A", " B")
 class LabelSettings:
     """How pairs are judged."""
 
-    ensemble: int = 3
-    """Principles sampled per pair (distinct, weighted); the label is the mean over them."""
+    ensemble: int = 4
+    """Principles sampled per pair (distinct, weighted); the label is the mean over them. 4 is the
+    setting measured in the README (benchmarks/results/labeller-agreement*.md)."""
     both_orders: bool = True
     """Score (x, y) and (y, x) and average, cancelling position bias."""
     cot: bool = False
@@ -60,15 +68,19 @@ class LabelSettings:
     """With CoT, each probability is clamped to this band (Constitutional AI: 40-60%)."""
     cot_sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=160)
     tie_band: float = 0.0
-    """Pairs with |P(x) - 0.5| <= tie_band are ties."""
-    keep_ties: bool = True
-    """Keep ties in the preference dataset (flagged), or drop them."""
+    """Pairs with |P(x) - 0.5| <= tie_band are ties (no chosen side). 0: only exact 0.5."""
+    keep_ties: bool = False
+    """Keep ties in the preference dataset (flagged "tie", chosen_prob 0.5, in the pair's own
+    order), or leave them out (default): a tie must not teach either side."""
     max_response_chars: int = 6000
     """Longer responses are cut (and the pair flagged) so that one long answer cannot fill the context."""
     few_shot: bool = False
     """Put the constitution's comparison examples before each question (off by default: on the
     default model they pull its answers toward copying the examples; see the README's table)."""
     seed: int = 0
+    length_control: bool = False
+    """Remove the part of the judge's log-odds explained by the length difference, fitted over
+    all pairs of the run once they are scored (see :mod:`rlaif.length_control`)."""
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -107,14 +119,29 @@ class PairLabel:
     reasoning: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = False  # the error was transient; a resumed run labels the pair again
+    slot_probs: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """Per principle, the raw P(option A) of each order scored: (x shown as A,) or
+    (x shown as A, y shown as A). The material of the run's diagnostics and length control."""
+    judge_p_a: float | None = None
+    """Set when the label was length-controlled: the judge's own P(a) before the correction."""
+    length_offset: float = 0.0
+    """Log-odds removed by length control (``logit(judge_p_a) - logit(p_a)``)."""
 
     @property
-    def chosen(self) -> str:
-        return "a" if self.p_a >= 0.5 else "b"
+    def is_tie(self) -> bool:
+        return "tie" in self.flags or self.p_a == 0.5
+
+    @property
+    def chosen(self) -> str | None:
+        """'a' or 'b'; None for a tie or a failed label (neither side was preferred)."""
+        if self.error is not None or self.is_tie:
+            return None
+        return "a" if self.p_a > 0.5 else "b"
 
     @property
     def chosen_prob(self) -> float:
-        return max(self.p_a, 1.0 - self.p_a)
+        """P(chosen is better); 0.5 for a tie."""
+        return 0.5 if self.chosen is None else max(self.p_a, 1.0 - self.p_a)
 
 
 # ------------------------------------------------------------------ pure functions
@@ -145,21 +172,49 @@ def margin(p: float) -> float:
     return abs(likert(p) - 4.5) - 0.5
 
 
-def sanitise(text: str, max_chars: int) -> tuple[str, list[str]]:
-    """Response text as quoted data: labels and option markers defused, length bounded.
+# "Response A" / "Response B" in any capitalisation of the word, with the option letter as the
+# question writes it (capital A, B) or a lower-case b. A lower-case "a" is left alone: in
+# "a response a little shorter" it is the article, and prose must not be rewritten.
+_LABEL = re.compile(r"\b(?i:response)\s+(?:A|B|b)\b(?:\s*:)?")
+_MARKER = re.compile(r"\(\s*([AB])\s*\)")
 
-    A response must not be able to name an option: "(A)" becomes "A", and "Response A" /
-    "Response B" (the labels the question uses) become "a response".
+
+def defuse(text: str, labels: bool = True) -> str:
+    """Option markers "(A)"/"(B)" become "A"/"B"; with ``labels``, "Response A"/"Response B"
+    (the names the question gives the options) become "a response"."""
+    if labels:
+        text = _LABEL.sub("a response", text)
+    return _MARKER.sub(r"\1", text)
+
+
+def sanitise(text: str, max_chars: int | None) -> tuple[str, list[str]]:
+    """Text shown to the judge as quoted data: labels and option markers defused, length bounded.
+
+    A response (or the conversation) must not be able to name an option. Flags: "truncated"
+    when cut to ``max_chars`` (None: no bound), "defused" when anything was rewritten; both
+    when both happened.
     """
     flags = []
-    if len(text) > max_chars:
-        text = text[:max_chars] + " [...]"
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars]
         flags.append("truncated")
-    cleaned = re.sub(r"\bresponse\s+[AB]\b\s*:?", "a response", text, flags=re.I)
-    cleaned = re.sub(r"\(\s*([AB])\s*\)", r"\1", cleaned)
-    if cleaned != text and "truncated" not in flags:
+    cleaned = defuse(text)
+    if cleaned != text:
         flags.append("defused")
-    return cleaned, flags
+    return cleaned + (" [...]" if "truncated" in flags else ""), flags
+
+
+def sanitise_reasoning(text: str) -> tuple[str, bool]:
+    """The judge's chain of thought as it is read back before "Answer:".
+
+    Any verdict it already wrote is dropped (the verdict is read from the option log-probs),
+    and option markers are defused, as in the responses, so that a marker the reasoning
+    quoted from a response cannot stand right before the answer. "Response A" is kept: the
+    reasoning names the responses that way. Returns the text and whether a marker was defused.
+    """
+    kept = re.split(r"(?i)\b(?:so )?the answer is|\banswer\s*:|\bthe better response is", text)[0].strip()
+    cleaned = defuse(kept, labels=False)
+    return cleaned, cleaned != kept
 
 
 def render_conversation(prompt: Sequence[Message]) -> str:
@@ -208,6 +263,7 @@ class _Job:
     prefix: str = ANSWER_PREFIX
     p_first: float | None = None
     reasoning: str = ""
+    defused: bool = False  # option markers were removed from the reasoning
     error: str | None = None
     retryable: bool = False
 
@@ -223,7 +279,8 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
     for i, pair in enumerate(pairs):
         a, fa = sanitise(pair.response_a, settings.max_response_chars)
         b, fb = sanitise(pair.response_b, settings.max_response_chars)
-        flags = sorted(set(fa + fb))
+        conv, fc = sanitise(render_conversation(pair.prompt), None)
+        flags = sorted(set(fa + fb + fc))
         if not pair.response_a.strip() or not pair.response_b.strip():
             flags.append("empty")
         pair_flags[i] = flags
@@ -231,7 +288,6 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             # Identical responses: nothing to prefer, and no model call to spend.
             early[i] = PairLabel(pair.id, 0.5, {}, 1.0, 0.5, likert(0.5), 0.0, tuple(sorted({*flags, "identical", "tie"})))
             continue
-        conv = render_conversation(pair.prompt)
         for principle in sample_label_principles(const, pair.id, settings.ensemble, settings.seed):
             for flipped in ((False, True) if settings.both_orders else (False,)):
                 first, second = (b, a) if flipped else (a, b)
@@ -246,7 +302,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
                 j.error, j.retryable = out.error, out.retryable
                 continue
             # Keep the reasoning, drop any verdict it already wrote: the verdict is read from log-probs.
-            j.reasoning = re.split(r"(?i)\b(?:so )?the answer is|\banswer\s*:|\bthe better response is", out.text)[0].strip()
+            j.reasoning, j.defused = sanitise_reasoning(out.text)
             j.prefix = j.reasoning + COT_ANSWER_PREFIX
 
     pending = [j for j in jobs if j.error is None]
@@ -273,6 +329,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
                                  error=failed[0].error, retryable=any(j.retryable for j in failed)))
             continue
         per: dict[str, float] = {}
+        slots: dict[str, tuple[float, ...]] = {}
         agree_n = 0
         first_order = []
         reasoning = {}
@@ -285,8 +342,10 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
                 swapped = next(j for j in js if j.flipped)
                 p_swapped = clamp(swapped.p_first, settings.cot_clamp) if settings.cot else swapped.p_first
                 p, agree = unswap(p_direct, p_swapped)
+                slots[principle.id] = (p_direct, p_swapped)
             else:
                 p, agree = p_direct, True
+                slots[principle.id] = (p_direct,)
             per[principle.id] = p
             agree_n += agree
             if settings.cot:
@@ -295,10 +354,12 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
         flags = list(pair_flags[i])
         if abs(p_a - 0.5) <= settings.tie_band:
             flags.append("tie")
+        if any(j.defused for j in pj):
+            flags.append("defused")
         out.append(
             PairLabel(
                 pair.id, p_a, per, agree_n / len(per), sum(first_order) / len(first_order),
-                likert(p_a), margin(p_a), tuple(sorted(set(flags))), reasoning,
+                likert(p_a), margin(p_a), tuple(sorted(set(flags))), reasoning, slot_probs=slots,
             )
         )
     return out
