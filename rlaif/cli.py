@@ -33,12 +33,17 @@ def _add_label(sub) -> None:
     p.add_argument("--feedback-model", dest="feedback_model", default="default", help="feedback model: 'default', a folder or a hub id")
     p.add_argument("--constitution", default="default", help="constitution name or YAML path (its comparison questions are used)")
     p.add_argument("--principles-dir", dest="principles_dir", help="principles folder (default: the constitution's)")
-    p.add_argument("--ensemble", type=int, default=3, help="principles sampled per pair (default 3)")
+    p.add_argument("--ensemble", type=int, default=4, help="principles sampled per pair (default 4)")
     p.add_argument("--cot", action="store_true", help="let the feedback model reason before the verdict is read")
     p.add_argument("--cot-clamp", nargs=2, type=float, metavar=("LO", "HI"), default=(0.4, 0.6), help="CoT probability band (default 0.4 0.6)")
     p.add_argument("--single-order", action="store_true", help="score only the given order (for measuring position bias)")
-    p.add_argument("--tie-band", type=float, default=0.0, help="|P - 0.5| <= band counts as a tie")
-    p.add_argument("--drop-ties", action="store_true", help="leave ties out of the preference dataset")
+    p.add_argument("--tie-band", type=float, default=0.0, help="|P - 0.5| <= band counts as a tie (default 0: exactly 0.5)")
+    p.add_argument("--keep-ties", action="store_true",
+                   help="keep ties in the preference dataset (flagged, chosen_prob 0.5, no side); default: leave them out")
+    p.add_argument("--drop-ties", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    p.add_argument("--length-control", action="store_true",
+                   help="remove the part of the judge's preference that the length difference explains (fitted over all pairs)")
+    p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -72,10 +77,15 @@ def _add_generate(sub) -> None:
                    help="what to compare: initial vs final revision (default), or pairs of samples")
     p.add_argument("--pairs-per-prompt", dest="label.pairs_per_prompt", type=int, help="with --pairs samples-random")
     p.add_argument("--feedback-model", dest="label.feedback_model", help="feedback model (default: the policy model, same engine)")
-    p.add_argument("--ensemble", dest="label.ensemble", type=int, help="principles per pair (default 3)")
+    p.add_argument("--ensemble", dest="label.ensemble", type=int, help="principles per pair (default 4)")
     p.add_argument("--cot", dest="label.cot", action="store_true", default=None, help="chain-of-thought labels")
-    p.add_argument("--drop-ties", dest="label.keep_ties", action="store_false", default=None, help="leave ties out")
-    p.add_argument("--tie-band", dest="label.tie_band", type=float, help="|P - 0.5| <= band is a tie")
+    p.add_argument("--keep-ties", dest="label.keep_ties", action="store_true", default=None,
+                   help="keep ties (flagged, chosen_prob 0.5, no side); default: leave them out")
+    p.add_argument("--drop-ties", dest="label.keep_ties", action="store_false", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tie-band", dest="label.tie_band", type=float, help="|P - 0.5| <= band is a tie (default 0: exactly 0.5)")
+    p.add_argument("--length-control", dest="label.length_control", action="store_true", default=None,
+                   help="remove the length-explained part of the judge's preference (fitted over all pairs)")
+    p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."

@@ -116,7 +116,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         const = load_constitution(args.constitution, args.principles_dir)
         settings = LabelSettings(
             ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
-            tie_band=args.tie_band, keep_ties=not args.drop_ties, few_shot=args.few_shot, seed=args.seed,
+            tie_band=args.tie_band, keep_ties=args.keep_ties, few_shot=args.few_shot, seed=args.seed,
+            length_control=args.length_control,
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
         model_id = args.feedback_model if engine_cfg.backend in ("fake", "openai") else resolve_model(
@@ -137,7 +138,19 @@ def cmd_label(args: argparse.Namespace) -> int:
     print(f"preference rows {c['preference_rows']} -> {manifest['outputs']['preferences']}")
     if manifest.get("agreement"):
         print(format_report(manifest["agreement"]))
-    return 0
+    return _judge_report(manifest, args.strict)
+
+
+def _judge_report(manifest, strict: bool) -> int:
+    """Print a labelled run's judge diagnostics and warnings; the exit status (--strict)."""
+    from rlaif.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
+
+    if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
+        print("\n".join(format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))))
+    warnings = run_warnings(manifest)
+    for w in warnings:
+        print(f"rlaif: {w}", file=sys.stderr)
+    return STRICT_EXIT if warnings and strict else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -148,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.prompts import PromptError
     from rlaif.runs import RunFolderError
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overwrite", "quiet", "version")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overwrite", "quiet", "version", "strict")}
     try:
         file_values = load_yaml(args.config) if args.config else {}
         const_spec = flags.get("constitution") or file_values.get("constitution") or "default"
@@ -182,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(summary_table(manifest))
     print()
     print(f"datasets: {manifest['outputs']['sft']}  {manifest['outputs']['preferences']}")
-    return 0
+    return _judge_report(manifest, args.strict)
 
 
 def cmd_bon(args: argparse.Namespace) -> int:

@@ -83,12 +83,16 @@ class LabelConfig:
     """'revision': initial response vs final revision; 'samples-all': every pair of a prompt's
     samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them."""
     pairs_per_prompt: int = 1
-    ensemble: int = 3
+    ensemble: int = 4
+    """Principles sampled per pair (see :class:`rlaif.label.LabelSettings`)."""
     both_orders: bool = True
     cot: bool = False
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     tie_band: float = 0.0
-    keep_ties: bool = True
+    keep_ties: bool = False
+    """Keep ties (no chosen side) in the preference dataset, flagged, with chosen_prob 0.5."""
+    length_control: bool = False
+    """Remove the length-explained part of the judge's preference (see :mod:`rlaif.length_control`)."""
     few_shot: bool = False
     feedback_model: str | None = None
     """None: the policy model, served by the same engine."""
@@ -109,6 +113,7 @@ class LabelConfig:
         return LabelSettings(
             ensemble=self.ensemble, both_orders=self.both_orders, cot=self.cot, cot_clamp=tuple(self.cot_clamp),
             tie_band=self.tie_band, keep_ties=self.keep_ties, few_shot=self.few_shot, seed=seed,
+            length_control=self.length_control,
         )
 
 

@@ -18,7 +18,8 @@ from rlaif.constitution import Constitution
 from rlaif.config import LabelConfig
 from rlaif.critique import LoopSettings, derive_seed, run_chunk
 from rlaif.label import Pair, label_pairs
-from rlaif.labelling import messages_feature, ai_preference_features, ai_preference_row, keep_for_dataset, label_from_row, label_to_row
+from rlaif.labelling import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
+                             keep_for_dataset, label_from_row, label_to_row)
 from rlaif.engine.base import Engine, describe
 from rlaif.prompts import read_prompts
 from rlaif.records import PromptRecord, Trajectory
@@ -130,17 +131,20 @@ def _ai_extra_features():
 
 
 def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str):
-    """Preference rows from the committed AI labels, with the trajectories' provenance."""
+    """Preference rows from the committed AI labels, with the trajectories' provenance; the
+    counts, and the diagnostics and length control of :func:`rlaif.labelling.finalise_labels`."""
     by_id = {t.id: t for t in trajs}
     settings = cfg.label.settings(cfg.seed)
     feedback_model = cfg.label.feedback_model or model_id
     rows, counts = [], Counter()
-    for r in run.read_chunks("labels"):
-        pair = pair_from_row(r.pop("pair"))
-        lab = label_from_row(r)
+    read = [(pair_from_row(r.pop("pair")), label_from_row(r)) for r in run.read_chunks("labels")]
+    pairs = [p for p, _ in read]
+    # Labels are final only now that every pair is scored (length control fits over all of them).
+    labels, judge = finalise_labels(pairs, [l for _, l in read], settings)
+    for pair, lab in zip(pairs, labels):
         counts["label_pairs"] += 1
         counts["label_failed"] += lab.error is not None
-        counts["label_ties"] += "tie" in lab.flags
+        counts["label_ties"] += lab.error is None and lab.chosen is None
         counts["label_orders_agreed"] += lab.order_agreement == 1.0
         counts["label_revision_preferred"] += cfg.label.pairs == "revision" and lab.error is None and lab.chosen == "b"
         if not keep_for_dataset(lab, settings):
@@ -151,7 +155,7 @@ def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Co
         row.update({k: prov[k] for k in ("prompt_id", "category", "constitution", "constitution_sha256", "principle_ids", "model", "rounds")})
         row["response_ids"] = [pair.meta["a"], pair.meta["b"]] if lab.chosen == "a" else [pair.meta["b"], pair.meta["a"]]
         rows.append(row)
-    return rows, dict(counts)
+    return rows, dict(counts), judge
 
 
 def git_commit() -> dict[str, Any]:
@@ -170,11 +174,19 @@ def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptR
     """The settings that shape the rows; their hash is the run's fingerprint."""
     settings = cfg.to_dict()
     settings.pop("out")
+    for k in FINALISE_ONLY:  # they shape only how committed labels become rows
+        settings["label"].pop(k, None)
     settings["model"] = model_id
     settings["constitution_sha256"] = const.sha256
     settings["prompts_sha256"] = fingerprint([[p.id, list(p.messages)] for p in prompts])
     settings["n_prompts"] = len(prompts)
     return settings
+
+
+def finalise_settings(cfg: GenerateConfig) -> dict[str, Any]:
+    """The label settings applied when outputs are built (left out of the fingerprint)."""
+    lc = cfg.to_dict()["label"]
+    return {k: lc[k] for k in FINALISE_ONLY}
 
 
 def generate(
@@ -196,10 +208,15 @@ def generate(
     state = run.open(settings, fp, overwrite=overwrite)
     if state == "done" and any(any(_retryable(run, i)) for i in run.committed()):
         state = "resume"  # finished, but with transient failures to try again
+    previous_engine: dict[str, Any] = {}
     if state == "done":
         manifest = run.read_manifest()
-        log(f"{run.path} is already complete: nothing to do ({manifest['counts']['trajectories']} trajectories).")
-        return manifest
+        if manifest.get("finalise", finalise_settings(cfg)) == finalise_settings(cfg):
+            log(f"{run.path} is already complete: nothing to do ({manifest['counts']['trajectories']} trajectories).")
+            return manifest
+        # Every pair is scored; only how labels become rows changed: rebuild the outputs, no model needed.
+        log(f"{run.path}: every chunk is committed; building the outputs again with {finalise_settings(cfg)}")
+        previous_engine = manifest.get("engine") or {}
 
     chunks = chunked(prompts, cfg.chunk_size)
     committed = run.committed()
@@ -212,7 +229,7 @@ def generate(
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
     loop = LoopSettings(cfg.rounds, cfg.samples_per_prompt, cfg.seed, cfg.sampling)
-    engine_info: dict[str, Any] = {}
+    engine_info: dict[str, Any] = previous_engine
     work = sorted([*todo, *retry])
     if work:
         engine = engine_factory()
@@ -311,8 +328,9 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     sft = sft_rows(trajs, const, model_id)
     run.save_dataset("sft", sft, _features("sft"))
     label_counts: dict[str, int] = {}
+    judge: dict[str, Any] = {}
     if cfg.label.enabled:
-        prefs, label_counts = ai_rows(run, trajs, cfg, const, model_id)
+        prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id)
         run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
     else:
         prefs = preference_rows(trajs, const, model_id)
@@ -331,6 +349,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
         "command": sys.argv,
         "fingerprint": fp,
         "settings": settings,
+        "finalise": finalise_settings(cfg),
         "constitution": {
             **const.provenance(),
             "files": {rel: _sha(text) for rel, text in const.file_texts.items()},
@@ -348,6 +367,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
             "principles_used": dict(sorted(principle_counts.items())),
             **label_counts,
         },
+        **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
         "tokens": stats,
         "timing": {
             "generation_wall_s": round(gen_wall, 2),
@@ -393,6 +413,10 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"AI labels       {c['label_pairs']} pairs   failed {c.get('label_failed', 0)}   ties {c.get('label_ties', 0)}   "
             f"both orders agreed {c.get('label_orders_agreed', 0)}   revision preferred {c.get('label_revision_preferred', 0)}"
         )
+    if manifest.get("diagnostics"):
+        from rlaif.diagnostics import format_diagnostics
+
+        lines += format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))
     lines += [
         "",
         f"{'stage':<10}{'requests':>10}{'prompt tok':>12}{'output tok':>12}{'hit limit':>11}",

@@ -20,16 +20,43 @@ from rlaif.label import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.runs import RunDir, chunked
 
 
+FINALISE_ONLY = ("length_control", "keep_ties")
+"""Label settings that only shape how the committed labels become outputs: they are left out
+of the run's fingerprint, so changing them rebuilds the outputs without scoring again."""
+
+
 def label_to_row(lab: PairLabel) -> dict[str, Any]:
     row = asdict(lab)
     row["flags"] = list(lab.flags)
+    row["slot_probs"] = {k: list(v) for k, v in lab.slot_probs.items()}
     return row
 
 
 def label_from_row(row: dict[str, Any]) -> PairLabel:
     row = dict(row)
     row["flags"] = tuple(row.get("flags", ()))
+    row["slot_probs"] = {k: tuple(v) for k, v in (row.get("slot_probs") or {}).items()}
     return PairLabel(**row)
+
+
+def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings: LabelSettings) -> tuple[list[PairLabel], dict[str, Any]]:
+    """The run's final labels from the judge's labels of *all* its pairs, and what was learned
+    about the judge: ``{"diagnostics": ..., "length_control": ...}``.
+
+    The diagnostics describe the judge's own labels; with ``settings.length_control`` the
+    labels are corrected by the length model fitted over every pair (so this runs once the
+    last chunk is committed), and ``length_control["after"]`` holds the corrected labels'
+    length correlation.
+    """
+    from rlaif.diagnostics import judge_diagnostics, label_length_bias
+    from rlaif.length_control import apply_length_control
+
+    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None}
+    if not settings.length_control:
+        return list(labels), info
+    final, fit = apply_length_control(pairs, labels, settings.both_orders, settings.tie_band)
+    info["length_control"] = {**fit.to_dict(), "after": label_length_bias(pairs, final) if fit.applied else None}
+    return final, info
 
 
 def messages_feature():
@@ -65,9 +92,12 @@ def ai_preference_row(pair: Pair, lab: PairLabel, feedback_model: str) -> dict[s
     """TRL conversational preference row with the AI label's graded outputs.
 
     ``chosen_prob`` is the probability that ``chosen`` is the better response;
-    ``label_principle_probs`` are each principle's P(chosen better).
+    ``label_principle_probs`` are each principle's P(chosen better). A tie (kept only when
+    asked) names no winner: the pair stays in its own order, with ``chosen_prob`` 0.5,
+    ``margin`` 0, ``likert`` 0 and the flag "tie", so soft-label losses learn no side from it.
     """
-    a_wins = lab.chosen == "a"
+    tie = lab.chosen is None
+    a_wins = lab.chosen == "a" or tie
     chosen, rejected = (pair.response_a, pair.response_b) if a_wins else (pair.response_b, pair.response_a)
     probs = [p if a_wins else 1.0 - p for p in lab.per_principle.values()]
     return {
@@ -75,8 +105,8 @@ def ai_preference_row(pair: Pair, lab: PairLabel, feedback_model: str) -> dict[s
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
         "chosen_prob": lab.chosen_prob,
-        "margin": lab.margin,
-        "likert": lab.likert if a_wins else 9 - lab.likert,
+        "margin": 0.0 if tie else lab.margin,
+        "likert": 0 if tie else lab.likert if a_wins else 9 - lab.likert,
         "order_agreement": lab.order_agreement,
         "label_principles": list(lab.per_principle),
         "label_principle_probs": probs,
@@ -90,12 +120,17 @@ def ai_preference_row(pair: Pair, lab: PairLabel, feedback_model: str) -> dict[s
 def keep_for_dataset(lab: PairLabel, settings: LabelSettings) -> bool:
     if lab.error or "identical" in lab.flags:
         return False
-    return settings.keep_ties or "tie" not in lab.flags
+    return settings.keep_ties or lab.chosen is not None
 
 
 def agreement_report(pairs: Sequence[Pair], labels: Sequence[PairLabel]) -> dict[str, Any] | None:
     """Agreement with reference labels: overall, one order only, per category, split by
-    whether the two orders agreed; and calibration (Brier score of P(reference answer))."""
+    whether the two orders agreed; calibration (Brier score of P(reference answer)); and
+    split by whether the reference's better answer is the longer or the shorter one, with
+    their mean, the length-controlled agreement (``by_length``, see
+    :func:`rlaif.diagnostics.length_split_agreement`). A tie counts as a miss."""
+    from rlaif.diagnostics import length_split_agreement
+
     scored = [(p, l) for p, l in zip(pairs, labels) if p.label and not l.error]
     if not scored:
         return None
@@ -104,17 +139,22 @@ def agreement_report(pairs: Sequence[Pair], labels: Sequence[PairLabel]) -> dict
         n = len(items)
         if not n:
             return {"n": 0}
-        hits = sum((l.p_a > 0.5 and p.label == "a") or (l.p_a < 0.5 and p.label == "b") for p, l in items)
-        ties = sum(l.p_a == 0.5 for _, l in items)
+        hits = sum(l.chosen == p.label for p, l in items)
+        ties = sum(l.chosen is None for _, l in items)
         first = sum((l.first_order_p_a > 0.5) == (p.label == "a") for p, l in items)
         brier = sum(((l.p_a if p.label == "a" else 1 - l.p_a) - 1.0) ** 2 for p, l in items) / n
-        return {"n": n, "agreement": hits / n, "ties": ties, "first_order_agreement": first / n, "brier": brier}
+        split = length_split_agreement(_length_records(items))
+        return {"n": n, "agreement": hits / n, "ties": ties, "first_order_agreement": first / n, "brier": brier,
+                "length_controlled_agreement": split["length_controlled"], "by_length": split}
 
     by_cat: dict[str, list] = defaultdict(list)
     for p, l in scored:
         by_cat[str(p.meta.get("category", "all"))].append((p, l))
+    overall = summary(scored)
     return {
-        "overall": summary(scored),
+        "overall": overall,
+        "by_length": overall["by_length"],
+        "length_controlled_agreement": overall["length_controlled_agreement"],
         "orders_agreed": summary([(p, l) for p, l in scored if l.order_agreement == 1.0]),
         "orders_disagreed": summary([(p, l) for p, l in scored if l.order_agreement < 1.0]),
         "by_category": {c: summary(v) for c, v in sorted(by_cat.items())},
@@ -122,16 +162,31 @@ def agreement_report(pairs: Sequence[Pair], labels: Sequence[PairLabel]) -> dict
     }
 
 
+def _length_records(items) -> list[tuple[int, int, bool]]:
+    """(chars of the reference-better answer, chars of the other, agreed) per labelled pair."""
+    out = []
+    for p, l in items:
+        better, other = (p.response_a, p.response_b) if p.label == "a" else (p.response_b, p.response_a)
+        out.append((len(better), len(other), l.chosen == p.label))
+    return out
+
+
 def format_report(report: dict[str, Any]) -> str:
     o = report["overall"]
+    bl = o["by_length"]
+    lc = o["length_controlled_agreement"]
     lines = [
+        f"length-controlled agreement with reference labels: {'n/a (needs both strata)' if lc is None else f'{lc:.1%}'}"
+        f"  (better answer longer: {_fmt(bl['longer'])}; shorter: {_fmt(bl['shorter'])}"
+        + (f"; equal length: {_fmt(bl['equal'])}" if bl["equal"]["n"] else "") + ")",
         f"agreement with reference labels: {o['agreement']:.1%} of {o['n']} pairs "
         f"(one order only: {o['first_order_agreement']:.1%}; Brier {o['brier']:.3f}; ties {o['ties']})",
         f"  orders agreed:    {_fmt(report['orders_agreed'])}",
         f"  orders disagreed: {_fmt(report['orders_disagreed'])}",
     ]
     for cat, s in report["by_category"].items():
-        lines.append(f"  {cat:<18}{_fmt(s)}")
+        lc_cat = s.get("length_controlled_agreement") if s.get("n") else None
+        lines.append(f"  {cat:<18}{_fmt(s)}" + (f"   length-controlled {lc_cat:.1%}" if lc_cat is not None else ""))
     return "\n".join(lines)
 
 
@@ -153,13 +208,15 @@ def label_run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     t_start = time.time()
+    label_settings = asdict(settings)
+    finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
     run_settings = {
         "kind": "label",
         "pairs_sha256": fingerprint([[p.id, list(p.prompt), p.response_a, p.response_b] for p in pairs]),
         "n_pairs": len(pairs),
         "constitution_sha256": const.sha256,
         "feedback_model": feedback_model,
-        "label": asdict(settings),
+        "label": label_settings,
         "chunk_size": chunk_size,
     }
     fp = fingerprint(run_settings)
@@ -167,10 +224,15 @@ def label_run(
     state = run.open(run_settings, fp, overwrite=overwrite)
     if state == "done" and any(r.get("error") and r.get("retryable") for r in run.read_chunks()):
         state = "resume"  # finished, but with transient failures to try again
+    previous_engine: dict[str, Any] = {}
     if state == "done":
         manifest = run.read_manifest()
-        log(f"{run.path} is already complete: nothing to do ({manifest['counts']['pairs']} pairs).")
-        return manifest
+        if manifest.get("finalise") == finalise:
+            log(f"{run.path} is already complete: nothing to do ({manifest['counts']['pairs']} pairs).")
+            return manifest
+        # Every pair is scored; only how labels become rows changed: rebuild the outputs, no model needed.
+        log(f"{run.path}: every pair is already scored; building the outputs again with {finalise}")
+        previous_engine = manifest.get("engine") or {}
     chunks = chunked(pairs, chunk_size)
     committed = run.committed()
     todo = [i for i in range(len(chunks)) if i not in committed]
@@ -180,7 +242,7 @@ def label_run(
     if state == "resume":
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
-    engine_info: dict[str, Any] = {}
+    engine_info: dict[str, Any] = previous_engine
     work = sorted([*todo, *retry])
     if work:
         engine = engine_factory()
@@ -206,7 +268,8 @@ def label_run(
         finally:
             engine.close()
 
-    labels = [label_from_row(r) for r in run.read_chunks()]
+    judge_labels = [label_from_row(r) for r in run.read_chunks()]
+    labels, judge = finalise_labels(pairs, judge_labels, settings)
     rows = [ai_preference_row(p, l, feedback_model) for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]
     for row, pair in zip(rows, [p for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]):
         row["category"] = str(pair.meta.get("category", ""))
@@ -224,6 +287,7 @@ def label_run(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fp,
         "settings": run_settings,
+        "finalise": finalise,
         "source": source,
         "constitution": const.provenance(),
         "engine": engine_info,
@@ -231,11 +295,13 @@ def label_run(
             "pairs": len(pairs),
             "labelled": sum(l.error is None for l in labels),
             "failed": sum(l.error is not None for l in labels),
-            "ties": sum("tie" in l.flags for l in labels),
+            "ties": sum(l.error is None and l.chosen is None for l in labels),
             "identical": sum("identical" in l.flags for l in labels),
             "preference_rows": len(rows),
         },
         "agreement": report,
+        "diagnostics": judge["diagnostics"],
+        "length_control": judge["length_control"],
         "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
                    "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"preferences": str(run.path / "preferences"), "labels": str(run.path / "labels.jsonl")},
