@@ -146,6 +146,15 @@ def test_stats_match_a_hand_computation():
     assert s["flags"]["rejected"]["wrong"] == 1 and sum(s["flags"]["rejected"].values()) == 1
 
 
+def test_calibration_bins_put_each_edge_in_the_bin_it_starts():
+    """[0.5, 0.6) [0.6, 0.7) [0.7, 0.8) [0.8, 0.9) [0.9, 1.0]: 0.6 opens the second bin (in floating
+    point 0.6 - 0.5 is just under 0.1, the trap of computing the bin by arithmetic)."""
+    probs = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.59999, 0.7000001]
+    pairs = {f"p{i}": _pair(i, f"p{i}", p, "c", [], [], 1.0) for i, p in enumerate(probs)}
+    s = compute_stats(pairs, [_review("ann", pid, 8) for pid in pairs])
+    assert [b["n"] for b in s["calibration"]["bins"]] == [2, 1, 2, 1, 2]
+
+
 def test_inter_reviewer_counts_every_two_reviewers_of_a_pair():
     """Three reviewers of one pair: 3 comparisons; alice and bob agree (chosen), carol differs
     from both -> 1/3; |d| = |6-8| + |6-1| + |8-1| = 2 + 5 + 7 = 14 -> 14/3."""

@@ -20,6 +20,7 @@ the human prefers the chosen response when its chosen-oriented Likert is 5-8.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from itertools import combinations
 from typing import Any, Iterable, Mapping
@@ -29,31 +30,35 @@ from rlaif.review.data import FLAGS, Pair, Review
 CAL_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def _cell() -> dict[str, Any]:
-    return {"n": 0, "agree": 0, "rate": None}
+class _Cell:
+    """Agreement counts of one row of a table: observations and how many agreed."""
 
+    __slots__ = ("n", "agree")
 
-def _add(cell: dict[str, Any], agree: bool) -> None:
-    cell["n"] += 1
-    cell["agree"] += int(agree)
-    cell["rate"] = cell["agree"] / cell["n"]
+    def __init__(self):
+        self.n = 0
+        self.agree = 0
+
+    def add(self, agree: bool) -> None:
+        self.n += 1
+        self.agree += agree
+
+    def out(self) -> dict[str, Any]:
+        return {"n": self.n, "agree": self.agree, "rate": self.agree / self.n if self.n else None}
 
 
 def _bin(p: float) -> int:
-    p = min(max(p, CAL_EDGES[0]), CAL_EDGES[-1])
-    for i in range(len(CAL_EDGES) - 2):
-        if p < CAL_EDGES[i + 1]:
-            return i
-    return len(CAL_EDGES) - 2  # the last bin includes 1.0
+    """Index of the calibration bin of ``p``: [0.5, 0.6), ..., [0.9, 1.0] (clipped to that range)."""
+    return min(max(bisect_right(CAL_EDGES, p) - 1, 0), len(CAL_EDGES) - 2)
 
 
 def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) -> dict[str, Any]:
     """All numbers of the statistics panel (see the module docstring)."""
     reviews = [r for r in reviews if r.pair_id in pairs_by_id]
-    overall, agreed, disagreed, unknown_order = _cell(), _cell(), _cell(), _cell()
-    by_category: dict[str, dict] = defaultdict(_cell)
-    by_principle: dict[str, dict] = defaultdict(_cell)
-    by_reviewer: dict[str, dict] = defaultdict(_cell)
+    overall, agreed, disagreed, unknown_order = _Cell(), _Cell(), _Cell(), _Cell()
+    by_category: dict[str, _Cell] = defaultdict(_Cell)
+    by_principle: dict[str, _Cell] = defaultdict(_Cell)
+    by_reviewer: dict[str, _Cell] = defaultdict(_Cell)
     ai_ties = 0
     cal = [{"lo": lo, "hi": hi, "n": 0, "prob_sum": 0.0, "human_chosen": 0} for lo, hi in zip(CAL_EDGES, CAL_EDGES[1:])]
     brier_sum, brier_n = 0.0, 0
@@ -62,7 +67,7 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
 
     for r in reviews:
         pair = pairs_by_id[r.pair_id]
-        human = r.prefers_chosen
+        human = r.likert >= 5  # prefers the chosen response
         per_pair[r.pair_id].append(r)
         for f in r.flags_chosen:
             flags["chosen"][f] += 1
@@ -78,19 +83,20 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
         if pair.tie:
             ai_ties += 1
             continue
-        _add(overall, human)
-        _add(by_category[pair.category], human)
-        _add(by_reviewer[r.reviewer], human)
+        overall.add(human)
+        by_category[pair.category].add(human)
+        by_reviewer[r.reviewer].add(human)
         if pair.order_agreement is None:
-            _add(unknown_order, human)
+            unknown_order.add(human)
         else:
-            _add(agreed if pair.order_agreement == 1.0 else disagreed, human)
+            (agreed if pair.order_agreement == 1.0 else disagreed).add(human)
+        probs = pair.principle_probs
         for i, principle in enumerate(pair.principles):
-            p = pair.principle_probs[i] if pair.principle_probs else None
+            p = probs[i] if probs else None
             if p is None:
-                _add(by_principle[principle], human)
+                by_principle[principle].add(human)
             elif p != 0.5:
-                _add(by_principle[principle], (p > 0.5) == human)
+                by_principle[principle].add((p > 0.5) == human)
 
     bins = []
     for b in cal:
@@ -120,13 +126,13 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
         "ratings": len(reviews),
         "reviewers": dict(sorted(reviewers.items())),
         "agreement": {
-            "overall": overall,
-            "orders_agreed": agreed,
-            "orders_disagreed": disagreed,
-            "orders_unknown": unknown_order,
-            "by_category": dict(sorted(by_category.items())),
-            "by_principle": dict(sorted(by_principle.items())),
-            "by_reviewer": dict(sorted(by_reviewer.items())),
+            "overall": overall.out(),
+            "orders_agreed": agreed.out(),
+            "orders_disagreed": disagreed.out(),
+            "orders_unknown": unknown_order.out(),
+            "by_category": {k: c.out() for k, c in sorted(by_category.items())},
+            "by_principle": {k: c.out() for k, c in sorted(by_principle.items())},
+            "by_reviewer": {k: c.out() for k, c in sorted(by_reviewer.items())},
             "ai_ties": ai_ties,
         },
         "calibration": {"bins": bins, "n": brier_n, "brier": brier_sum / brier_n if brier_n else None},
