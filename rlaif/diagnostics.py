@@ -228,4 +228,6 @@ def run_warnings(manifest: dict[str, Any]) -> list[str]:
         out.append(line)
     if lc and not lc.get("applied"):
         out.append(f"warning: --length-control was not applied ({lc.get('reason')}); the labels are the judge's own.")
+    if lc and lc.get("applied") and lc.get("caution"):
+        out.append(f"warning: --length-control: {lc['caution']}; prefer pairs without that structure, or leave it off.")
     return out

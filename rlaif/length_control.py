@@ -26,6 +26,10 @@ Assumptions, and when it cannot work:
   log length ratio that barely varies (standard deviation under ``MIN_SPREAD``: every
   pair has about the same length ratio, so length is confounded with whatever the pairs
   share), the labels are left as the judge gave them and the reason is recorded.
+* When one side is longer in most pairs (the mean log length ratio is larger than its
+  standard deviation, as when every revision is longer than its initial response), length
+  is confounded with the pairs' a/b orientation: the correction is applied, and a caution
+  is recorded and printed.
 
 Labels are final only once every pair is scored: chunks store the judge's raw labels, and the
 fit and correction are applied when the run's outputs are built, so chunked, resumed and
@@ -61,13 +65,16 @@ class LengthFit:
     """Share of the variance of the judge's log-odds that the model explains."""
     reason: str | None = None
     """Why it was not applied."""
+    caution: str | None = None
+    """Applied, but length is confounded with the pairs' a/b orientation (see the module docstring)."""
 
     def offset(self, d: float) -> float:
         return self.coef * d + (self.intercept if self.with_intercept else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"applied": self.applied, "n": self.n, "coef": self.coef, "intercept": self.intercept,
-                "with_intercept": self.with_intercept, "stderr": self.stderr, "r2": self.r2, "reason": self.reason}
+                "with_intercept": self.with_intercept, "stderr": self.stderr, "r2": self.r2, "reason": self.reason,
+                "caution": self.caution}
 
 
 def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], intercept: bool) -> LengthFit:
@@ -104,7 +111,12 @@ def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], inte
     ss_tot = sum((y - my) ** 2 for y in log_odds_)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
     stderr = math.sqrt(ss_res / dof / sxx) if dof > 0 else None
-    return LengthFit(True, n, beta, b0, intercept, stderr, r2)
+    caution = None
+    if abs(mx) > spread:
+        side = "a" if mx > 0 else "b"
+        caution = (f"response {side} is the longer one in most pairs (mean log length ratio {mx:+.2f}, sd {spread:.2f}), "
+                   f"so length is confounded with the a/b side: a real preference for that side is removed too")
+    return LengthFit(True, n, beta, b0, intercept, stderr, r2, caution=caution)
 
 
 def apply_length_control(pairs: Sequence[Any], labels: Sequence[Any], both_orders: bool, tie_band: float) -> tuple[list[Any], LengthFit]:

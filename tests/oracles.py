@@ -47,8 +47,7 @@ def oracle_logit(first: str, second: str, content: float = 0.0, position: float 
 class OracleEngine(FakeEngine):
     """A :class:`FakeEngine` whose option scores follow :func:`oracle_logit`.
 
-    ``generate`` is the fake engine's (or ``script``); pass ``revision_marker`` principles'
-    revision texts via ``marked_revisions`` to make revisions carry the marker.
+    ``generate`` is the fake engine's, or ``script`` (see :func:`marker_script`).
     """
 
     model: str = "oracle-judge"

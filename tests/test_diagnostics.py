@@ -153,3 +153,20 @@ def test_apply_length_control_removes_an_exact_length_term():
     assert "length-controlled" in lab.flags and lab.judge_p_a == labels[0].p_a
     assert log_odds(lab.judge_p_a) - log_odds(lab.p_a) == pytest.approx(lab.length_offset, rel=1e-9)
     assert lab.per_principle["x"] == pytest.approx(lab.p_a) and lab.likert == likert(lab.p_a)
+
+
+def test_length_fit_cautions_when_one_side_is_always_longer():
+    # b is the longer response in every pair (like revisions that always grow): d < 0 throughout
+    d = [-0.8 - 0.02 * i for i in range(30)]
+    fit = fit_length_model([0.5 * x + 0.3 for x in d], d, intercept=False)
+    assert fit.applied and "response b is the longer one in most pairs" in fit.caution
+    balanced = fit_length_model([0.5 * x for x in d[:15] + [-x for x in d[15:]]], d[:15] + [-x for x in d[15:]], intercept=False)
+    assert balanced.applied and balanced.caution is None
+    from rlaif.diagnostics import run_warnings
+
+    manifest = {"diagnostics": {"pairs": 30, "order_consistency": 0.9, "comparisons_both_orders": 60, "length_correlation": 0.0},
+                "length_control": fit.to_dict()}
+    assert len(run_warnings(manifest)) == 1 and "confounded" in run_warnings(manifest)[0]
+    manifest["length_control"] = {"applied": False, "reason": "too few judged pairs to fit (3 < 20)"}
+    assert run_warnings(manifest) == ["warning: --length-control was not applied (too few judged pairs to fit (3 < 20)); "
+                                      "the labels are the judge's own."]
