@@ -202,6 +202,17 @@ def test_load_pairs_refuses_what_is_not_a_run(tmp_path):
     assert len(warnings) == 2 and "line 1" in warnings[0] and "line 2" in warnings[1]
 
 
+def test_a_row_that_is_not_utf8_is_skipped_and_the_others_kept(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = [json.dumps(row(f"g{i}", chosen="caf\u00e9")).encode() for i in range(2)]
+    (run / "preferences.jsonl").write_bytes(good[0] + b"\n" + b'{"id": "bad\xff\xfe"}\n' + good[1] + b"\n")
+    warnings = []
+    pairs = load_pairs(run, log=warnings.append)
+    assert [p.id for p in pairs] == ["g0", "g1"] and pairs[0].chosen == "caf\u00e9"
+    assert len(warnings) == 1 and "line 2" in warnings[0] and "UTF-8" in warnings[0]
+
+
 def test_line_separators_inside_model_text_do_not_split_rows(tmp_path):
     text = "first\u2028second\u2029third\x85fourth"
     run = make_run(tmp_path, [row("u1", chosen=text), row("u2")])

@@ -82,10 +82,28 @@ def split_lines(data: bytes) -> list[bytes]:
     return data.split(b"\n")
 
 
+def decode_lines(data: bytes) -> list[str | bytes]:
+    """The lines of ``data`` as text, split at "\\n" only; decoded in one go, or line by line
+    when the file holds bytes that are not UTF-8 (those lines stay bytes, for the caller to
+    report)."""
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        out: list[str | bytes] = []
+        for raw in data.split(b"\n"):
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(raw)
+        return out
+
+
 def _text(value: Any) -> str | None:
     """A response as text: a string, or the contents of a list of chat messages."""
     if isinstance(value, str):
         return value
+    if type(value) is list and len(value) == 1 and type(value[0]) is dict and type(value[0].get("content")) is str:
+        return value[0]["content"]  # the usual row: one assistant message
     if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
         return "\n\n".join(m["content"] for m in value)
     return None
@@ -151,12 +169,14 @@ def load_pairs(run: str | Path, log: Callable[[str], None] = lambda m: None) -> 
     pairs: list[Pair] = []
     seen: set[str] = set()
     skipped = 0
-    for n, raw in enumerate(split_lines(path.read_bytes()), start=1):
+    for n, raw in enumerate(decode_lines(path.read_bytes()), start=1):
         if not raw.strip():
             continue
         try:
+            if isinstance(raw, bytes):
+                raise ValueError("not UTF-8 text")
             pair = pair_from_row(json.loads(raw), len(pairs), n)
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        except ValueError as exc:  # JSONDecodeError is a ValueError
             skipped += 1
             if skipped <= 20:
                 log(f"warning: {path} line {n} skipped: {exc}")
