@@ -288,3 +288,21 @@ def test_generate_label_command_with_oracles(repo_root, tmp_path, monkeypatch, c
                           lambda: position_oracle(2.0, script=marker_script(CONST, _marked_initial)))
     assert code == STRICT_EXIT and "agree on only 0%" in err
     assert json.loads((tmp_path / "p" / "manifest.json").read_text())["counts"]["preference_rows"] == 0
+
+
+def test_generate_length_control_rebuilds_a_finished_run_without_the_model(repo_root, tmp_path):
+    from rlaif.diagnostics import run_warnings
+    from rlaif.generate import generate
+
+    engine = content_oracle(2.0, script=marker_script(CONST, _marked_initial))
+    quiet = {"show_progress": False, "log": lambda s: None}
+    first = generate(_generate_cfg(repo_root, tmp_path / "g"), CONST, lambda: engine, "m", **quiet)
+    assert first["length_control"] is None and first["finalise"] == {"length_control": False, "keep_ties": False}
+    logs = []
+    again = generate(_generate_cfg(repo_root, tmp_path / "g", **{"label.length_control": True}), CONST, lambda: 1 / 0, "m",
+                     show_progress=False, log=logs.append)
+    assert "building the outputs again" in logs[0] and again["fingerprint"] == first["fingerprint"]
+    # 8 pairs are too few to fit: the labels stay the judge's, and the run says so
+    assert not again["length_control"]["applied"] and "too few" in again["length_control"]["reason"]
+    assert any("was not applied" in w for w in run_warnings(again))
+    assert again["counts"]["preference_rows"] == first["counts"]["preference_rows"] == 8
