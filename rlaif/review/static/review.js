@@ -81,7 +81,7 @@
     queue = queue.then(() => send(body, 0)).then((data) => {
       pending -= 1;
       if (pending === 0) {
-        setStatus((data.duplicate ? "already saved " : "saved ") + data.time, "saved");
+        setStatus((data.duplicate ? "already saved at " : "saved at ") + new Date(data.time).toLocaleTimeString(), "saved");
         const mine = document.getElementById("mine");
         if (mine) mine.textContent = String(data.reviewed);
         return refreshStats();
