@@ -289,7 +289,7 @@ def parse_submission(data: Mapping[str, Any], pairs_by_id: Mapping[str, Pair], n
     Fields: ``submission_id``, ``pair_id``, ``reviewer``, ``rating`` (1-8 as shown),
     ``flags_left`` and ``flags_right`` (lists of :data:`FLAGS` keys), ``comment``.
     """
-    unknown = set(data) - {"submission_id", "pair_id", "reviewer", "rating", "flags_left", "flags_right", "comment", "token", "index"}
+    unknown = set(data) - {"submission_id", "pair_id", "reviewer", "rating", "flags_left", "flags_right", "comment", "token"}
     if unknown:
         raise SubmissionError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
     sid = data.get("submission_id")

@@ -93,7 +93,7 @@ def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str |
     url = url_of(sock)
     print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
     if state.store.latest:
-        print_fn(f"{len(state.store.latest)} ratings already there (skipped lines: {state.store.skipped})")
+        print_fn(f"ratings already stored: {len(state.store.latest)} (damaged lines skipped: {state.store.skipped})")
     if not is_loopback(host):
         print_fn(f"warning: listening on {host}: anyone who can reach this address can read the pairs and rate them")
     print_fn(f"review at {url}   (Ctrl-C stops)")
