@@ -126,6 +126,7 @@ def test_stats_match_a_hand_computation():
     cell = lambda n, a: {"n": n, "agree": a, "rate": a / n}  # noqa: E731
     assert (s["pairs"], s["reviewed_pairs"], s["ratings"]) == (5, 5, 7)
     assert s["reviewers"] == {"alice": 5, "bob": 2}
+    assert s["label_sources"] == {"ai": 6, "revision": 1}
     a = s["agreement"]
     assert a["overall"] == cell(6, 4)
     assert (a["orders_agreed"], a["orders_disagreed"], a["orders_unknown"]) == (cell(4, 3), cell(1, 0), cell(1, 1))
@@ -169,12 +170,18 @@ def test_inter_reviewer_counts_every_two_reviewers_of_a_pair():
 
 
 def test_load_pairs_reads_real_run_folders(tmp_path):
-    """Both kinds of run folder the other commands write: generate --label and label."""
+    """The run folders the other commands write: generate --label, label, and generate without
+    --label (the revision wins: no AI probability, the critique principles as principles)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    gen, lab = tmp_path / "gen", tmp_path / "lab"
+    gen, lab, rev = tmp_path / "gen", tmp_path / "lab", tmp_path / "rev"
     for cmd in (["generate", "--backend", "fake", "--prompts", "prompts/rlaif-prompts.jsonl", "--limit", "4", "--out", str(gen), "--label", "--quiet"],
-                ["label", "--backend", "fake", "--pairs", "prompts/reference-pairs.jsonl", "--out", str(lab), "--limit", "4", "--quiet"]):
+                ["label", "--backend", "fake", "--pairs", "prompts/reference-pairs.jsonl", "--out", str(lab), "--limit", "4", "--quiet"],
+                ["generate", "--backend", "fake", "--prompts", "prompts/rlaif-prompts.jsonl", "--limit", "3", "--out", str(rev), "--quiet"]):
         subprocess.run([sys.executable, "-m", "rlaif", *cmd], cwd=ROOT, env=env, check=True, capture_output=True)
+    rows = [json.loads(x) for x in (rev / "preferences.jsonl").read_text().split("\n") if x]
+    pairs = load_pairs(rev)
+    assert [(p.id, p.chosen_prob, p.label_source, p.principles) for p in pairs] == [
+        (r["id"], None, "revision", tuple(r["principle_ids"])) for r in rows]
     for run in (gen, lab):
         rows = [json.loads(x) for x in (run / "preferences.jsonl").read_text().split("\n") if x]
         pairs = load_pairs(run)

@@ -64,11 +64,13 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
     brier_sum, brier_n = 0.0, 0
     flags = {"chosen": dict.fromkeys(FLAGS, 0), "rejected": dict.fromkeys(FLAGS, 0)}
     per_pair: dict[str, list[Review]] = defaultdict(list)
+    sources: dict[str, int] = defaultdict(int)
 
     for r in reviews:
         pair = pairs_by_id[r.pair_id]
         human = r.likert >= 5  # prefers the chosen response
         per_pair[r.pair_id].append(r)
+        sources[pair.label_source] += 1
         for f in r.flags_chosen:
             flags["chosen"][f] += 1
         for f in r.flags_rejected:
@@ -125,6 +127,7 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
         "reviewed_pairs": len(per_pair),
         "ratings": len(reviews),
         "reviewers": dict(sorted(reviewers.items())),
+        "label_sources": dict(sorted(sources.items())),  # ratings by where the pair's label came from
         "agreement": {
             "overall": overall.out(),
             "orders_agreed": agreed.out(),
