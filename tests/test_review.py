@@ -259,21 +259,22 @@ def test_store_skips_damaged_lines_and_never_rewrites_them(tmp_path):
              json.dumps(tampered), json.dumps(dict(good, submission_id="sub-range1", rating_shown=9, likert=9)),
              json.dumps(dict(good, submission_id="sub-flag01", flags={"chosen": ["<script>"], "rejected": []})),
              json.dumps(dict(good, submission_id="sub-ok-02", pair_id="b"))]
-    damaged = ("\n".join(lines) + "\n" + '{"submission_id": "sub-half1", "revie').encode()  # a write cut short
+    damaged = ("\n".join(lines) + "\n").encode() + b'{"reviewer": "\xff\xfe"}\n' + b'{"submission_id": "sub-half1", "revie'  # not UTF-8; a write cut short
     path = tmp_path / "reviews.jsonl"
     path.write_bytes(damaged)
     log = []
     store = ReviewStore(path, pairs, log=log.append)
     assert set(store.latest) == {("ann", "a"), ("ann", "b")}
-    assert store.skipped == 6 and len(log) == 6
-    assert [int(re.search(r"line (\d+)", w).group(1)) for w in store.warnings] == [2, 3, 4, 5, 6, 8]
+    assert store.skipped == 7 and len(log) == 7
+    assert [int(re.search(r"line (\d+)", w).group(1)) for w in store.warnings] == [2, 3, 4, 5, 6, 8, 9]
+    assert "UTF-8" in store.warnings[5] and "cut short" in store.warnings[6]
     assert path.read_bytes() == damaged  # reading changed nothing
     # The next rating starts on a line of its own, after the cut-short one, which stays.
     store.append(Review("sub-new-001", "bob", "t", "a", 8, "chosen", 1))
     data = path.read_bytes()
     assert data.startswith(damaged) and data[len(damaged):len(damaged) + 1] == b"\n"
     again = ReviewStore(path, pairs)
-    assert again.latest[("bob", "a")].likert == 1 and again.skipped == 6
+    assert again.latest[("bob", "a")].likert == 1 and again.skipped == 7
 
 
 # ------------------------------------------------------------------ HTTP

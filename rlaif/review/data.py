@@ -366,13 +366,13 @@ class ReviewStore:
                 data = fh.read()
         except FileNotFoundError:
             return
-        parts = split_lines(data)
-        tail = parts.pop()  # bytes after the last b"\n": a line still being written, or cut short
-        for raw in parts:
+        tail = data[data.rfind(b"\n") + 1:]  # after the last b"\n": a line still being written, or cut short
+        whole = len(data) - len(tail)
+        for raw in decode_lines(data[:whole])[:-1]:
             self._line += 1
-            self._offset += len(raw) + 1
             if raw.strip():
                 self._accept(raw, self._line)
+        self._offset += whole
         if tail and at_start:
             # A line without its end at start-up: a write that a crash cut short. It stays in
             # the file (never rewritten); the next append starts on a new line after it.
@@ -380,10 +380,12 @@ class ReviewStore:
             self._offset += len(tail)
             self._warn(self._line + 1, "incomplete line (a write was cut short)")
 
-    def _accept(self, raw: bytes, line: int) -> None:
+    def _accept(self, raw: str | bytes, line: int) -> None:
         try:
+            if isinstance(raw, bytes):
+                raise ValueError("not UTF-8 text")
             review = Review.from_row(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             self._warn(line, str(exc) if not isinstance(exc, json.JSONDecodeError) else "not valid JSON")
             return
         if review.pair_id not in self._pairs:
