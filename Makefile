@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv and the default model, then generate a small AI-labelled dataset
-#   make test   set up .venv, then run the test suite
+#   make test   set up .venv and headless Chromium (browser tests), then run the test suite
 # make demo-train then trains SFT, reward model, DPO and PPO on the demo output (configs/*-demo.yaml)
 # and samples best-of-4 with the reward model.
 VENV ?= .venv
