@@ -99,6 +99,12 @@ def _add_review(sub) -> None:
     p.add_argument("--reviewer", help="your name, so the page does not ask for it")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="a static HTML report of run folders (several: side by side)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by rlaif generate, label or train")
+    p.add_argument("--out", help="folder to write report.html into (default: the run folder; needed for several runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -126,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_label(sub)
     _add_review(sub)
+    _add_report(sub)
 
     p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
     from rlaif.bon import add_arguments

@@ -235,3 +235,14 @@ def cmd_review(args: argparse.Namespace) -> int:
         raise UserError(f"--reviewer: {exc}") from None
     except OSError as exc:
         raise UserError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rlaif.report import ReportError, build_report
+
+    try:
+        path = build_report(args.runs, args.out)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    print(path)
+    return 0
