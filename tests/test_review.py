@@ -26,7 +26,7 @@ from rlaif.review.app import create_app  # noqa: E402
 from rlaif.review.data import (  # noqa: E402
     Pair, Review, ReviewError, ReviewStore, left_is_chosen, load_pairs, parse_submission, to_chosen_likert,
 )
-from rlaif.review.stats import compute_stats  # noqa: E402
+from rlaif.review.stats import LiveStats, compute_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,6 +164,48 @@ def test_inter_reviewer_counts_every_two_reviewers_of_a_pair():
     assert s["inter_reviewer"]["comparisons"] == 3
     assert s["inter_reviewer"]["agreement"] == pytest.approx(1 / 3)
     assert s["inter_reviewer"]["mean_abs_likert_diff"] == pytest.approx(14 / 3)
+
+
+def _same(a, b, path="stats"):
+    """Equal, floats within 1e-9 (sums kept by adding and taking back differ in the last bits)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_live_stats_equal_a_full_recount_after_every_rating():
+    """The incremental numbers (ratings replaced, comparisons taken back) against compute_stats
+    over the ratings that count, after each of 400 random ratings by 4 reviewers of 25 pairs."""
+    import random
+
+    rng = random.Random(7)
+    pairs = {}
+    for i in range(25):
+        principles = rng.sample(["x", "y", "z", "w"], rng.randint(0, 3))
+        probs = [rng.choice([0.2, 0.5, 0.8, rng.random()]) for _ in principles] if rng.random() < 0.7 else []
+        pairs[f"p{i}"] = _pair(i, f"p{i}", rng.choice([None, 0.5, 0.6, 0.7, 0.99, 1.0, 0.5 + rng.random() / 2]),
+                               rng.choice(["a", "b", "c"]), principles, probs, rng.choice([None, 0.0, 0.5, 1.0]),
+                               tie=rng.random() < 0.15, source=rng.choice(["ai", "ai", "revision"]))
+    live = LiveStats(pairs)
+    latest = {}
+    for k in range(400):
+        who, pid = rng.choice(["ann", "ben", "cy", "dee"]), rng.choice(list(pairs))
+        flags = [f for f in ("harmful", "wrong", "other") if rng.random() < 0.2]
+        r = _review(who, pid, rng.randint(1, 8), fc=flags, fr=flags[:1], sid=f"s{k:07d}")
+        live.update(r)
+        latest[(who, pid)] = r
+        if k % 10 == 0 or k == 399:
+            _same(live.snapshot(), compute_stats(pairs, latest.values()))
+    assert live.snapshot()["inter_reviewer"]["comparisons"] > 50  # the streams did exercise replacements
 
 
 # ------------------------------------------------------------------ run folders and the store

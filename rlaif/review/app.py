@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rlaif.review.data import FLAGS, Pair, ReviewStore, SubmissionError, check_reviewer, left_is_chosen, load_pairs, parse_submission
-from rlaif.review.stats import compute_stats
+from rlaif.review.stats import LiveStats
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
@@ -99,7 +99,8 @@ class ReviewApp:
 
         self.pairs: list[Pair] = load_pairs(self.run, log=note)
         self.by_id = {p.id: p for p in self.pairs}
-        self.store = ReviewStore(self.run / "reviews.jsonl", self.by_id, log=self.log)
+        self.live = LiveStats(self.by_id)
+        self.store = ReviewStore(self.run / "reviews.jsonl", self.by_id, log=self.log, listener=self.live.update)
         self.token = secrets.token_urlsafe(24)
         self.default_reviewer = check_reviewer(default_reviewer) if default_reviewer else None
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
@@ -112,7 +113,7 @@ class ReviewApp:
     def stats(self) -> dict[str, Any]:
         self.store.refresh()
         if self._stats is None or self._stats[0] != self.store.version:
-            self._stats = (self.store.version, compute_stats(self.by_id, self.store.reviews()))
+            self._stats = (self.store.version, self.live.snapshot())
         return self._stats[1]
 
     def render(self, name: str, status: int = 200, **ctx) -> HTMLResponse:

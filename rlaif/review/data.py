@@ -337,10 +337,12 @@ class ReviewStore:
     accepted line (for caching the statistics); ``warnings`` lists the lines skipped.
     """
 
-    def __init__(self, path: str | Path, pairs_by_id: Mapping[str, Pair], log: Callable[[str], None] = lambda m: None):
+    def __init__(self, path: str | Path, pairs_by_id: Mapping[str, Pair], log: Callable[[str], None] = lambda m: None,
+                 listener: Callable[[Review], None] | None = None):
         self.path = Path(path)
         self._pairs = pairs_by_id
         self._log = log
+        self._listener = listener  # called with every rating that counts from then on (in file order)
         self._lock = threading.Lock()
         self._offset = 0  # bytes consumed: always just after a b"\n"
         self._line = 0  # lines consumed
@@ -396,6 +398,8 @@ class ReviewStore:
         self.seen[review.submission_id] = review.time
         self.latest[(review.reviewer, review.pair_id)] = review
         self.version += 1
+        if self._listener is not None:
+            self._listener(review)
 
     def refresh(self) -> None:
         """Read lines appended since the last read (by this or another server)."""
