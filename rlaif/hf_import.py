@@ -33,7 +33,13 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _str_representer(dumper: yaml.SafeDumper, value: str):
-    style = "|" if "\n" in value else None
+    # YAML counts U+0085, U+2028 and U+2029 as line breaks, yet PyYAML writes them raw in
+    # plain, single-quoted and block scalars; read back, a U+0085 there turned into a space.
+    # The double-quoted style escapes them (\N, \L, \P), so the text comes back unchanged.
+    if any(ch in value for ch in "\x85\u2028\u2029"):
+        style = '"'
+    else:
+        style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -176,7 +176,8 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         datasets.disable_progress_bars()  # a bar per tiny save is noise next to the stage bars
         ds = datasets.Dataset.from_list(rows, features=features) if rows else _empty_dataset(features)
-        ds.save_to_disk(str(tmp))
+        # an empty dataset is saved as 0 shards by default, which load_from_disk cannot read back
+        ds.save_to_disk(str(tmp), **({} if rows or features is None else {"num_shards": 1}))
         old = self.path / f".{name}.old.tmp"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
