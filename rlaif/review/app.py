@@ -189,7 +189,7 @@ class ReviewApp:
                 "flags_left": current.flags_chosen if left_chosen else current.flags_rejected,
                 "flags_right": current.flags_rejected if left_chosen else current.flags_chosen,
             }
-        mine = sum(1 for (who, _pid) in self.store.latest if who == reviewer)
+        mine = self.live.reviewers.get(reviewer, 0)
         response = self.render(
             "pair.html", pair=pair, index=i, total=len(self.pairs), reviewer=reviewer,
             left_text=pair.chosen if left_chosen else pair.rejected,
@@ -265,8 +265,8 @@ class ReviewApp:
                              "reviewed": self.stats_light(review.reviewer)})
 
     def stats_light(self, reviewer: str) -> int:
-        """How many pairs this reviewer has rated (cheap: no statistics recomputed)."""
-        return sum(1 for (who, _pid) in self.store.latest if who == reviewer)
+        """How many pairs this reviewer has rated."""
+        return self.live.reviewers.get(reviewer, 0)
 
     async def rate_form(self, request: Request) -> Response:
         try:
