@@ -179,12 +179,12 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
         from tqdm.auto import tqdm
 
         engine = engine_factory()
-        engine_info = describe(engine)
         try:
             for i in tqdm(todo, desc="chunks", disable=not show_progress):
                 t0 = time.time()
                 rows = sample_and_score(engine, reward_fn, chunks[i], s)
                 run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0})
+            engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
         finally:
             engine.close()
     sft, prefs, stats = build_rows(run.read_chunks(), s, model_id, reward_id)
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Body of ``rlaif bon``; input problems raise :class:`rlaif.commands.UserError`."""
-    from rlaif.commands import UserError, make_engine_factory
+    from rlaif.commands import UserError, _connect, make_engine_factory
     from rlaif.config import ConfigError, EngineConfig
     from rlaif.model_zoo import ModelError, resolve_model
     from rlaif.prompts import PromptError, read_prompts
@@ -263,9 +263,19 @@ def run(args: argparse.Namespace) -> int:
             reward_id = resolve_model(args.reward_model, log=quiet_log)
             reward_fn = SequenceClassifierReward(reward_id, device, args.reward_batch_size,
                                                  trust_remote_code=bool(engine_cfg.trust_remote_code))
-        factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
-        m = run_bon(prompts, factory, reward_fn, s, args.out, model_id, reward_id, source=str(args.prompts),
-                    overwrite=args.overwrite, show_progress=not args.quiet)
+        server = None
+        if engine_cfg.backend == "openai":
+            # the policy is --served-model (else the server's first model); rows record the server's name for it
+            server = _connect(engine_cfg, engine_cfg.served_model, args.quiet)
+            model_id, factory = server.model, (lambda: server)
+        else:
+            factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+        try:
+            m = run_bon(prompts, factory, reward_fn, s, args.out, model_id, reward_id, source=str(args.prompts),
+                        overwrite=args.overwrite, show_progress=not args.quiet)
+        finally:
+            if server is not None:
+                server.close()
     except (ConfigError, ModelError, PromptError, RunFolderError, ValueError, ImportError, AttributeError) as exc:
         raise UserError(str(exc)) from None
     c = m["counts"]

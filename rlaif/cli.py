@@ -26,11 +26,20 @@ def _add_engine_flags(p) -> None:
                    help="allow code shipped with the model to run")
 
 
+def _add_feedback_server_flags(p) -> None:
+    p.add_argument("--feedback-base-url", dest="engine.feedback_base_url",
+                   help="openai backend: the feedback model's server (default: --base-url)")
+    p.add_argument("--feedback-served-model", dest="engine.feedback_served_model",
+                   help="openai backend: the feedback model's name on its server (default: --feedback-model, "
+                        "else the policy's model, or the first model of --feedback-base-url)")
+
+
 def _add_label(sub) -> None:
     p = sub.add_parser("label", help="AI preference labels for your own pairs of responses")
     p.add_argument("--pairs", required=True, help="JSONL/parquet/dataset with prompt (or messages), response_a, response_b, optional label")
     p.add_argument("--out", required=True, help="output folder (DIR/preferences, DIR/labels.jsonl, DIR/manifest.json)")
-    p.add_argument("--feedback-model", dest="feedback_model", default="default", help="feedback model: 'default', a folder or a hub id")
+    p.add_argument("--feedback-model", dest="feedback_model",
+                   help="feedback model: 'default' (the default), a folder or a hub id; with --backend openai its name on the server")
     p.add_argument("--constitution", default="default", help="constitution name or YAML path (its comparison questions are used)")
     p.add_argument("--principles-dir", dest="principles_dir", help="principles folder (default: the constitution's)")
     p.add_argument("--ensemble", type=int, default=4, help="principles sampled per pair (default 4)")
@@ -49,6 +58,7 @@ def _add_label(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N pairs")
     p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")
     _add_engine_flags(p)
+    _add_feedback_server_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -76,7 +86,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random"],
                    help="what to compare: initial vs final revision (default), or pairs of samples")
     p.add_argument("--pairs-per-prompt", dest="label.pairs_per_prompt", type=int, help="with --pairs samples-random")
-    p.add_argument("--feedback-model", dest="label.feedback_model", help="feedback model (default: the policy model, same engine)")
+    p.add_argument("--feedback-model", dest="label.feedback_model",
+                   help="feedback model, its own engine (default: the policy model, same engine); with --backend openai its name on the server")
+    _add_feedback_server_flags(p)
     p.add_argument("--ensemble", dest="label.ensemble", type=int, help="principles per pair (default 4)")
     p.add_argument("--cot", dest="label.cot", action="store_true", default=None, help="chain-of-thought labels")
     p.add_argument("--keep-ties", dest="label.keep_ties", action="store_true", default=None,

@@ -62,8 +62,14 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
-    """A function that starts the configured engine (called only when there is work)."""
+def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base_url: str | None = None, share: float = 1.0):
+    """A function that starts the configured engine (called only when there is work).
+
+    ``model_id`` is a resolved model folder or hub id, or for the openai backend the model's
+    name on the server (None: the server's first). ``base_url`` replaces ``e.base_url`` (a
+    feedback model on its own server); ``share`` divides vLLM's default memory share when
+    two in-process engines (policy and feedback model) run side by side.
+    """
 
     def factory():
         from rlaif.engine import create_engine
@@ -74,7 +80,7 @@ def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
             import os
 
             key = os.environ.get(e.api_key_env) if e.api_key_env else None
-            return create_engine(model_id, "openai", base_url=e.base_url, model=e.served_model, api_key=key,
+            return create_engine(model_id, "openai", base_url=base_url or e.base_url, api_key=key,
                                  max_concurrency=e.max_concurrency, timeout_s=e.request_timeout_s,
                                  max_retries=e.max_retries, show_progress=not quiet)
         return create_engine(
@@ -88,9 +94,43 @@ def make_engine_factory(e, model_id: str, seed: int, quiet: bool):
             trust_remote_code=e.trust_remote_code,
             seed=seed,
             show_progress=not quiet,
+            share=share,
         )
 
     return factory
+
+
+def _connect(e, name: str | None, quiet: bool, base_url: str | None = None):
+    """A client of the openai backend's server (cheap: no model is loaded). Its ``model`` is the
+    name the server serves, which is what the run's settings record; a name the server does not
+    list is refused here rather than failing every request."""
+    try:
+        engine = make_engine_factory(e, name, 0, quiet, base_url=base_url)()
+    except (RuntimeError, ValueError) as exc:  # unreachable server, bad URL
+        raise UserError(str(exc)) from None
+    if name is not None:
+        try:
+            served = engine.served_models()
+        except RuntimeError:
+            served = None  # a server that does not list its models: the name is used as given
+        if served is not None and name not in served:
+            engine.close()
+            raise UserError(f"{engine.base_url} does not serve a model named {name!r}; it serves {served}")
+    return engine
+
+
+def _same_model(a: str, b: str) -> bool:
+    import os
+
+    return a == b or (os.path.isdir(a) and os.path.isdir(b) and os.path.realpath(a) == os.path.realpath(b))
+
+
+def _same_server(a: str, b: str) -> bool:
+    def norm(u: str) -> str:
+        u = u.strip().rstrip("/")
+        return u[: -len("/v1")] if u.endswith("/v1") else u
+
+    return norm(a) == norm(b)
 
 
 def _engine_config(args: argparse.Namespace):
@@ -120,17 +160,26 @@ def cmd_label(args: argparse.Namespace) -> int:
             length_control=args.length_control,
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
-        model_id = args.feedback_model if engine_cfg.backend in ("fake", "openai") else resolve_model(
-            args.feedback_model, log=lambda m: print(m, file=sys.stderr))
-        factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+        judge = None
         if engine_cfg.backend == "openai":
-            server = factory()
-            model_id = server.model
-            factory = lambda: server  # noqa: E731
-        manifest = label_run(
-            pairs, args.out, const, settings, factory, model_id,
-            chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
-        )
+            # The judge's name on its server: --feedback-served-model, else --feedback-model,
+            # else --served-model, else the server's first model.
+            name = engine_cfg.feedback_served_model or args.feedback_model or engine_cfg.served_model
+            judge = _connect(engine_cfg, name, args.quiet, base_url=engine_cfg.feedback_base_url)
+            model_id = judge.model
+            factory = lambda: judge  # noqa: E731
+        else:
+            spec = args.feedback_model or "default"
+            model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
+            factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+        try:
+            manifest = label_run(
+                pairs, args.out, const, settings, factory, model_id,
+                chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
+            )
+        finally:
+            if judge is not None:
+                judge.close()
     except (ConstitutionError, ModelError, PromptError, RunFolderError, ValueError) as exc:
         raise UserError(str(exc)) from None
     c = manifest["counts"]
@@ -151,6 +200,27 @@ def _judge_report(manifest, strict: bool) -> int:
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
     return STRICT_EXIT if warnings and strict else 0
+
+
+def _server_engines(cfg, quiet: bool, clients: list):
+    """Policy and feedback engines of ``rlaif generate --backend openai``.
+
+    The policy is ``--served-model`` (or the server's first model) at ``--base-url``. The feedback
+    model is ``--feedback-served-model`` (else ``--feedback-model``) at ``--feedback-base-url``
+    (else ``--base-url``); with neither a name nor a server of its own, the policy judges. Returns
+    (policy factory, policy name, feedback factory or None, feedback name).
+    """
+    e = cfg.engine
+    policy = _connect(e, e.served_model, quiet)
+    clients.append(policy)
+    feedback = None
+    if cfg.label.enabled:
+        name = e.feedback_served_model or cfg.label.feedback_model
+        url = e.feedback_base_url or e.base_url
+        if not (_same_server(url, e.base_url) and name in (None, policy.model)):
+            feedback = _connect(e, name, quiet, base_url=url)
+            clients.append(feedback)
+    return (lambda: policy), policy.model, (lambda: feedback) if feedback else None, (feedback or policy).model
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -175,22 +245,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         feedback_id = resolve(cfg.label.feedback_model) if cfg.label.enabled and cfg.label.feedback_model else model_id
     except (ConfigError, ConstitutionError, ModelError) as exc:
         raise UserError(str(exc)) from None
-    # One engine serves both roles when the feedback model is the policy model.
-    feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, args.quiet) if feedback_id != model_id else None
-
-    engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, args.quiet)
-    if cfg.engine.backend == "openai":
-        # A server client is cheap to make; it tells which model the server really serves,
-        # and that name is what the rows' provenance should carry.
-        server = engine_factory()
-        model_id = feedback_id = server.model
-        engine_factory = lambda: server  # noqa: E731
-
+    clients = []  # server clients made here, closed when the command ends
     try:
-        manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
-                            feedback_factory=feedback_factory)
-    except (PromptError, RunFolderError) as exc:
-        raise UserError(str(exc)) from None
+        if cfg.engine.backend == "openai":
+            engine_factory, model_id, feedback_factory, feedback_id = _server_engines(cfg, args.quiet, clients)
+        else:
+            # The feedback model is its own engine unless it is the policy model, which then judges too.
+            two = cfg.label.enabled and not _same_model(feedback_id, model_id)
+            engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, args.quiet, share=0.5 if two else 1.0)
+            feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, args.quiet, share=0.5) if two else None
+        try:
+            manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
+                                feedback_factory=feedback_factory, feedback_id=feedback_id)
+        except (PromptError, RunFolderError) as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        for client in clients:
+            client.close()
     print()
     print(summary_table(manifest))
     print()

@@ -42,6 +42,11 @@ class EngineConfig:
     """openai backend: the server's address, e.g. http://127.0.0.1:8000."""
     served_model: str | None = None
     """openai backend: the model name on the server (None: the server's first model)."""
+    feedback_base_url: str | None = None
+    """openai backend: the feedback model's server, when it is not ``base_url``."""
+    feedback_served_model: str | None = None
+    """openai backend: the feedback model's name on its server (None: ``label.feedback_model`` if set,
+    else the policy's engine on the same server, or the first model of ``feedback_base_url``)."""
     api_key_env: str | None = None
     """openai backend: name of the environment variable holding the API key (never stored)."""
     max_concurrency: int = 32
@@ -66,6 +71,9 @@ class EngineConfig:
             raise ConfigError(f"engine.backend must be 'vllm', 'openai', 'transformers' or 'fake', got {self.backend!r}")
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("engine.backend 'openai' needs engine.base_url (--base-url)")
+        if self.backend != "openai" and (self.feedback_base_url or self.feedback_served_model):
+            raise ConfigError("engine.feedback_base_url and engine.feedback_served_model (--feedback-base-url, "
+                              "--feedback-served-model) are for --backend openai; in-process backends take --feedback-model")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.request_timeout_s <= 0:
             raise ConfigError("max_concurrency must be >= 1, max_retries >= 0 and request_timeout_s > 0")
 
@@ -165,7 +173,13 @@ class GenerateConfig:
             raise ConfigError(f"unknown sampling stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Unset feedback-server settings are left out, so run folders made before they existed
+        # keep their fingerprint (and resume).
+        for key in ("feedback_base_url", "feedback_served_model"):
+            if d["engine"][key] is None:
+                del d["engine"][key]
+        return d
 
 
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -20,6 +20,7 @@ from rlaif.critique import LoopSettings, derive_seed, run_chunk
 from rlaif.label import Pair, label_pairs
 from rlaif.labelling import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
                              keep_for_dataset, label_from_row, label_to_row)
+from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.prompts import read_prompts
 from rlaif.records import PromptRecord, Trajectory
@@ -130,18 +131,22 @@ def _ai_extra_features():
     return {**extra, "response_ids": Sequence(Value("string"))}
 
 
-def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str):
+def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str,
+            feedback_id: str | None = None):
     """Preference rows from the committed AI labels, with the trajectories' provenance; the
     counts, and the diagnostics and length control of :func:`rlaif.labelling.finalise_labels`."""
     by_id = {t.id: t for t in trajs}
     settings = cfg.label.settings(cfg.seed)
-    feedback_model = cfg.label.feedback_model or model_id
     rows, counts = [], Counter()
-    read = [(pair_from_row(r.pop("pair")), label_from_row(r)) for r in run.read_chunks("labels")]
+    raw = run.read_chunks("labels")
+    # Each label row names the model that answered it; rows committed before that was recorded
+    # fall back to the feedback model the run was started with.
+    answered = [r.pop("feedback_model", None) or feedback_id or cfg.label.feedback_model or model_id for r in raw]
+    read = [(pair_from_row(r.pop("pair")), label_from_row(r)) for r in raw]
     pairs = [p for p, _ in read]
     # Labels are final only now that every pair is scored (length control fits over all of them).
     labels, judge = finalise_labels(pairs, [l for _, l in read], settings)
-    for pair, lab in zip(pairs, labels):
+    for pair, lab, judge_name in zip(pairs, labels, answered):
         counts["label_pairs"] += 1
         counts["label_failed"] += lab.error is not None
         counts["label_ties"] += lab.error is None and lab.chosen is None
@@ -150,7 +155,7 @@ def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Co
         if not keep_for_dataset(lab, settings):
             continue
         src = by_id[pair.meta["a"].split(":")[0]]
-        row = ai_preference_row(pair, lab, feedback_model)
+        row = ai_preference_row(pair, lab, judge_name)
         prov = _provenance(src, const, model_id)
         row.update({k: prov[k] for k in ("prompt_id", "category", "constitution", "constitution_sha256", "principle_ids", "model", "rounds")})
         row["response_ids"] = [pair.meta["a"], pair.meta["b"]] if lab.chosen == "a" else [pair.meta["b"], pair.meta["a"]]
@@ -198,8 +203,14 @@ def generate(
     feedback_factory: EngineFactory | None = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
+    feedback_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a critique-and-revise job and write its datasets; returns the manifest."""
+    """Run (or resume) a critique-and-revise job and write its datasets; returns the manifest.
+
+    ``feedback_factory`` starts the feedback model's own engine (None: the policy's engine
+    judges); ``feedback_id`` names it for label rows committed before rlaif recorded, per label,
+    the model that answered (see :func:`rlaif.engine.answered_by`).
+    """
     t_start = time.time()
     prompts = read_prompts(cfg.prompts, limit=cfg.limit)
     settings = run_settings(cfg, const, prompts, model_id)
@@ -234,11 +245,9 @@ def generate(
     if work:
         engine = engine_factory()
         feedback = engine
-        engine_info = describe(engine)
         try:
             if cfg.label.enabled and feedback_factory is not None:
                 feedback = feedback_factory()
-                engine_info["feedback"] = describe(feedback)
             bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
             for i in work:
                 t0 = time.time()
@@ -256,18 +265,24 @@ def generate(
                     pairs = make_pairs(trajs, cfg.label, cfg.seed)
                     keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
                     need = [p for p in pairs if p.id not in keep]
+                    before = Counter(getattr(feedback, "reported_models", {}))
                     new = dict(zip([p.id for p in need], label_pairs(feedback, const, need, cfg.label.settings(cfg.seed), desc=f"{tag} label")))
-                    side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id])} for p in pairs]
+                    answered = answered_by(feedback, before)  # what answered (a server's reported name), not what was asked for
+                    side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id]), "feedback_model": answered}
+                                      for p in pairs]
                 stats = {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)}
                 run.commit_chunk(i, [t.to_row() for t in trajs], stats, side)
                 if i in todo:
                     bar.update(1)
             bar.close()
+            engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
+            if feedback is not engine:
+                engine_info["feedback"] = describe(feedback)
         finally:
             if feedback is not engine:
                 feedback.close()
             engine.close()
-    return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log)
+    return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=feedback_id)
 
 
 def _chunk_ids(prompts: list[PromptRecord], samples: int) -> list[str]:
@@ -322,7 +337,7 @@ def pair_from_row(r: dict[str, Any]) -> Pair:
     return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})
 
 
-def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log) -> dict[str, Any]:
+def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=None) -> dict[str, Any]:
     """Build every output from the committed chunks (idempotent); manifest last."""
     trajs = [Trajectory.from_row(r) for r in run.read_chunks()]
     sft = sft_rows(trajs, const, model_id)
@@ -330,7 +345,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     label_counts: dict[str, int] = {}
     judge: dict[str, Any] = {}
     if cfg.label.enabled:
-        prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id)
+        prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id, feedback_id)
         run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
     else:
         prefs = preference_rows(trajs, const, model_id)

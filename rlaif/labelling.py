@@ -7,7 +7,7 @@ resumable, refuses other settings), and writes ``DIR/preferences`` the same way.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import rlaif
 from rlaif.config import fingerprint
 from rlaif.constitution import Constitution
+from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.label import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.runs import RunDir, chunked
@@ -34,6 +35,7 @@ def label_to_row(lab: PairLabel) -> dict[str, Any]:
 
 def label_from_row(row: dict[str, Any]) -> PairLabel:
     row = dict(row)
+    row.pop("feedback_model", None)  # which model answered: provenance kept next to the label, not part of it
     row["flags"] = tuple(row.get("flags", ()))
     row["slot_probs"] = {k: tuple(v) for k, v in (row.get("slot_probs") or {}).items()}
     return PairLabel(**row)
@@ -246,7 +248,6 @@ def label_run(
     work = sorted([*todo, *retry])
     if work:
         engine = engine_factory()
-        engine_info = describe(engine)
         try:
             from tqdm.auto import tqdm
 
@@ -254,23 +255,31 @@ def label_run(
             for i in work:
                 t0 = time.time()
                 desc = f"chunk {i + 1}/{len(chunks)} label"
+                before = Counter(getattr(engine, "reported_models", {}))
                 if i in retry:
                     rows = run.read_chunk(i)
                     again = [p for p in chunks[i] if p.id in retry[i]]
-                    new = {l.pair_id: label_to_row(l) for l in label_pairs(engine, const, again, settings, desc=desc)}
+                    fresh = [label_to_row(l) for l in label_pairs(engine, const, again, settings, desc=desc)]
+                    new = {r["pair_id"]: r for r in fresh}
                     rows = [new.get(r["pair_id"], r) for r in rows]
                 else:
-                    rows = [label_to_row(l) for l in label_pairs(engine, const, chunks[i], settings, desc=desc)]
+                    fresh = rows = [label_to_row(l) for l in label_pairs(engine, const, chunks[i], settings, desc=desc)]
+                answered = answered_by(engine, before)  # what answered (a server's reported name), not what was asked for
+                for row in fresh:
+                    row["feedback_model"] = answered
                 run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0, "pairs": len(rows)})
                 if i in todo:
                     bar.update(1)
             bar.close()
+            engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
         finally:
             engine.close()
 
-    judge_labels = [label_from_row(r) for r in run.read_chunks()]
+    raw = run.read_chunks()
+    answered = [r.get("feedback_model") or feedback_model for r in raw]  # older folders: the requested judge
+    judge_labels = [label_from_row(r) for r in raw]
     labels, judge = finalise_labels(pairs, judge_labels, settings)
-    rows = [ai_preference_row(p, l, feedback_model) for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]
+    rows = [ai_preference_row(p, l, fm) for p, l, fm in zip(pairs, labels, answered) if keep_for_dataset(l, settings)]
     for row, pair in zip(rows, [p for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]):
         row["category"] = str(pair.meta.get("category", ""))
         row["reference_label"] = pair.label or ""

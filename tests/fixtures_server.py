@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -204,3 +205,92 @@ def vllm_server(default_model: str, tmp_path_factory: pytest.TempPathFactory) ->
         yield url
     finally:
         stop()
+
+
+# -------------------------------------------------------------------- a position-blind oracle server
+
+ORACLE_MARKER = "zebra"
+
+
+def _between(text: str, start: str, end: str | None) -> str:
+    """The text after ``start`` and before ``end`` (or to the end); '' when ``start`` is absent."""
+    if start not in text:
+        return ""
+    rest = text.split(start, 1)[1]
+    return rest.split(end, 1)[0] if end and end in rest else rest
+
+
+class OracleServer(ScriptedServer):
+    """A loopback OpenAI-compatible server that judges by content, never by position.
+
+    It speaks what :class:`rlaif.engine.openai_server.OpenAIServerEngine` uses of vLLM's server:
+    ``GET /v1/models`` (the names in ``models``), ``POST /tokenize`` (one token per character,
+    "A" = 65, "B" = 66) and ``POST /v1/chat/completions``:
+
+    * a scoring request (``allowed_token_ids``): the user turn's "Response A: ..." and
+      "Response B: ..." texts are read, and the option whose response contains
+      :data:`ORACLE_MARKER` gets probability ``confidence`` (0.5 each when both or neither do);
+    * a generation request: a conversation with no assistant turn gets ``"ANSWER to <prompt>"``,
+      plus the marker when the prompt holds "odd", then ``"#<seed>"``; a request whose previous assistant turn is a
+      critique gets ``"REVISION ..."`` with the marker exactly when the answer it revises had
+      none; any other request (a critique) gets ``"CRITIQUE ..."``. So in ``rlaif generate
+      --label`` the oracle prefers the initial answer for "odd" prompts and the revision for
+      the others.
+
+    Every answer reports ``reports.get(name, name)`` as its ``model``, where ``name`` is the
+    model the request asked for; a request for a name not in ``models`` gets 404, as vLLM does.
+    """
+
+    def __init__(self, models: tuple[str, ...] = ("oracle",), confidence: float = 0.9, reports: dict[str, str] | None = None):
+        self.models = tuple(models)
+        self.confidence = confidence
+        self.reports = dict(reports or {})
+        super().__init__(self._answer)
+
+    # which requests came in, by kind and model name
+    def requests(self, kind: str) -> list[dict[str, Any]]:
+        """Bodies of the chat requests of one kind: 'score' or 'generate'."""
+        with self._lock:
+            bodies = [b for m, p, b in self.hits if p == "/v1/chat/completions" and isinstance(b, dict)]
+        return [b for b in bodies if ("allowed_token_ids" in b) == (kind == "score")]
+
+    def _answer(self, method: str, path: str, body: Any, attempt: int) -> Reply:
+        if method == "GET" and path == "/v1/models":
+            return Reply(200, {"object": "list", "data": [{"id": m, "object": "model", "max_model_len": 4096} for m in self.models]})
+        if path == "/tokenize":
+            return Reply(200, self._tokenize(body))
+        if path != "/v1/chat/completions":
+            return Reply(404, {"detail": "Not Found"})
+        name = body.get("model")
+        if name not in self.models:
+            return Reply(404, error_body(f"The model `{name}` does not exist.", 404))
+        reported = self.reports.get(name, name)
+        if "allowed_token_ids" in body:
+            return Reply(200, dict(self._score(body), model=reported))
+        return Reply(200, dict(chat_completion(self._generate(body["messages"], body.get("seed"))), model=reported))
+
+    @staticmethod
+    def _tokenize(body: dict[str, Any]) -> dict[str, Any]:
+        text = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
+        return {"count": len(text) + 3, "max_model_len": 4096, "tokens": [1, 2, 3] + [ord(ch) for ch in text]}
+
+    def _score(self, body: dict[str, Any]) -> dict[str, Any]:
+        user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+        a = ORACLE_MARKER in _between(user, "Response A:", "Response B:")
+        b = ORACLE_MARKER in _between(user, "Response B:", None)
+        p_a = 0.5 if a == b else (self.confidence if a else 1 - self.confidence)
+        ids = body["allowed_token_ids"]
+        top = [{"token": f"token_id:{ids[0]}", "logprob": math.log(p_a), "bytes": []},
+               {"token": f"token_id:{ids[1]}", "logprob": math.log(1 - p_a), "bytes": []}]
+        return chat_completion("A", "length", 50, 1, logprobs={"content": [dict(top[0], top_logprobs=top)]})
+
+    @staticmethod
+    def _generate(messages: list[dict[str, Any]], seed: int | None) -> str:
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        if not assistant:
+            prompt = messages[-1]["content"]
+            return f"ANSWER to {prompt}" + (f" {ORACLE_MARKER}" if "odd" in prompt else "") + f" #{seed}"
+        if assistant[-1].startswith("CRITIQUE"):
+            answer = next((t for t in reversed(assistant) if t.startswith(("ANSWER", "REVISION"))), "")
+            return "REVISION of the answer" + ("" if ORACLE_MARKER in answer else f" {ORACLE_MARKER}")
+        return "CRITIQUE: it could be better"

@@ -1,9 +1,16 @@
-"""A plain ``transformers`` engine: batched ``generate`` with left padding.
+"""A plain ``transformers`` engine: batched ``generate`` with left padding, and option scoring.
 
 The reference the benchmarks measure vLLM against, and a fallback where vLLM is missing.
 Requests are sorted by length and cut into mini-batches so padding stays small; each
 request is sampled with its own seeded generator state only approximately (one seed per
 mini-batch), so this engine is not batch-invariant the way vLLM's per-request seeds are.
+
+Option scoring (:meth:`HFEngine.score_options`) follows :mod:`rlaif.engine.vllm_local`
+exactly: the same prompt (chat template with the generation prompt, then the assistant
+prefix), the same option tokens and errors, and one forward pass whose next-token logits
+are log-softmaxed over the options' first tokens only -- what vLLM reports with
+``allowed_token_ids`` and processed log-probabilities. It is the labeller's independent
+reference: the tests check that both engines give the same probabilities.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest
 from rlaif.records import Completion
 
 
@@ -87,6 +94,81 @@ class HFEngine:
                         n -= 1
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
                 results[i] = Completion(text, finish, len(encoded[i]), n + (finish == "stop"))
+            bar.update(len(idx))
+        bar.close()
+        return [r for r in results if r is not None]
+
+    # ---------------------------------------------------------------- option scoring
+
+    def encode_scoring_prompt(self, req: ScoreRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
+
+    def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
+        """First token of each option as it would follow ``prompt_ids`` (or an error message).
+
+        The options are tokenized after the decoded end of the prompt, as the vLLM engine does,
+        so an option that would merge with the text before it is refused the same way.
+        """
+        text = self.tokenizer.decode(prompt_ids[-8:])
+        base = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = []
+        for opt in options:
+            full = self.tokenizer(text + opt, add_special_tokens=False)["input_ids"]
+            if full[: len(base)] != base or len(full) == len(base):
+                return f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
+            ids.append(full[len(base)])
+        if len(set(ids)) != len(ids):
+            return f"options {list(options)} share a first token"
+        return ids
+
+    def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
+        """log P(option_i) at the answer position, normalised over the options (see the module docstring).
+
+        Prompts are sorted by length and run in mini-batches of ``batch_size``, left-padded with
+        position ids that skip the padding; only the last position's logits are computed.
+        """
+        torch = self.torch
+        options = tuple(options)
+        if not options:
+            raise ValueError("score_options needs at least one option")
+        results: list[OptionScores | None] = [None] * len(requests)
+        encoded: dict[int, list[int]] = {}
+        wanted: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            ids = self.encode_scoring_prompt(req)
+            if len(ids) >= self.max_model_len:
+                results[i] = OptionScores((), len(ids), error=f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len}")
+                continue
+            opt_ids = self.option_token_ids(ids, options)
+            if isinstance(opt_ids, str):
+                results[i] = OptionScores((), len(ids), error=opt_ids)
+                continue
+            encoded[i], wanted[i] = ids, opt_ids
+        order = sorted(encoded, key=lambda i: len(encoded[i]))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=desc or "score", leave=False, disable=not self.show_progress)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(encoded[i])
+                input_ids[row, width - n :] = torch.tensor(encoded[i])
+                mask[row, width - n :] = 1
+            # Left padding: every prompt ends at the last column, whose logits predict the answer's
+            # first token; positions count real tokens only, as they would without padding.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.lm(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                 position_ids=positions.to(self.device), logits_to_keep=1).logits[:, -1, :]
+            for row, i in enumerate(idx):
+                # log-softmax over the option tokens alone (vLLM: allowed_token_ids + processed log-probs)
+                picked = logits[row, wanted[i]].float()
+                results[i] = OptionScores(tuple(torch.log_softmax(picked, dim=-1).tolist()), len(encoded[i]))
             bar.update(len(idx))
         bar.close()
         return [r for r in results if r is not None]

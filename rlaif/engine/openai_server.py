@@ -80,6 +80,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
@@ -163,6 +164,8 @@ class OpenAIServerEngine:
         self.retry_after_cap_s = retry_after_cap_s
         self.top_logprobs = top_logprobs
         self.server_max_model_len: int | None = None
+        self.reported_models: Counter[str] = Counter()
+        """The ``model`` each answer named, counted: what really answered (see :func:`rlaif.engine.answered_by`)."""
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._option_cache: dict[tuple[str, tuple[str, ...]], list[int] | str | None] = {}
         self._tokenize_supported: bool | None = None
@@ -245,18 +248,35 @@ class OpenAIServerEngine:
             raise _Fatal(f"the server's answer to {path} is not a JSON object")
         return data
 
-    async def _first_model(self) -> str:
+    async def _list_models(self) -> list[dict[str, Any]]:
         try:
             data = await self._request("GET", "/v1/models")
         except (_Fatal, _GaveUp) as exc:
             raise RuntimeError(f"cannot list the models of {self.base_url}: {exc}") from None
-        models = data.get("data") or []
-        if not models or not isinstance(models[0], dict) or "id" not in models[0]:
+        models = [m for m in (data.get("data") or []) if isinstance(m, dict) and "id" in m]
+        if not models:
             raise RuntimeError(f"{self.base_url}/v1/models lists no model")
-        first = models[0]
+        return models
+
+    async def _first_model(self) -> str:
+        first = (await self._list_models())[0]
         if isinstance(first.get("max_model_len"), int):
             self.server_max_model_len = first["max_model_len"]
         return str(first["id"])
+
+    def served_models(self) -> list[str]:
+        """The model names the server lists (``GET /v1/models``); RuntimeError when it cannot say."""
+        models = self._run(self._list_models())
+        for m in models:
+            if m["id"] == self.model and isinstance(m.get("max_model_len"), int):
+                self.server_max_model_len = m["max_model_len"]
+        return [str(m["id"]) for m in models]
+
+    def _note_model(self, data: dict[str, Any]) -> None:
+        # Runs on the event-loop thread only, so the counter needs no lock.
+        name = data.get("model")
+        if isinstance(name, str) and name:
+            self.reported_models[name] += 1
 
     def _map(self, items: Sequence[Any], work: Callable[[Any], Awaitable[T]], desc: str, show: bool = True) -> list[T]:
         """Run ``work`` on every item, at most max_concurrency at a time; results in order."""
@@ -301,6 +321,7 @@ class OpenAIServerEngine:
             body["seed"] = req.seed
         try:
             data = await self._request("POST", "/v1/chat/completions", body)
+            self._note_model(data)
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
             usage = data.get("usage") or {}
@@ -400,6 +421,7 @@ class OpenAIServerEngine:
             body["return_tokens_as_token_ids"] = True
         try:
             data = await self._request("POST", "/v1/chat/completions", body)
+            self._note_model(data)
             prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
             first = data["choices"][0]["logprobs"]["content"][0]
             table: dict[str, float] = {}
@@ -438,6 +460,8 @@ class OpenAIServerEngine:
         }
         if self.server_max_model_len is not None:
             out["max_model_len"] = self.server_max_model_len
+        if self.reported_models:
+            out["reported_models"] = dict(sorted(self.reported_models.items()))
         return out
 
     def close(self) -> None:
