@@ -371,3 +371,25 @@ def test_empty_dataset_loads_back(tmp_path):
     ds = datasets.load_from_disk(str(tmp_path / "preferences"))
     assert len(ds) == 0 and ds.features == features
     assert textio.read_jsonl(tmp_path / "preferences.jsonl") == []
+
+
+@SETTINGS
+@given(rows=st.lists(st.tuples(NONBLANK, TEXT, TEXT, TEXT), min_size=1, max_size=4, unique_by=lambda r: r[0]),
+       comment=TEXT, reviewer=st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(lambda s: s == s.strip()))
+@example(rows=[("id\u2028", "p\u2029", "c\x85", "r")], comment="a\u2028b\x85c", reviewer="Zoë")
+def test_review_reads_the_run_and_its_reviews_back(rows, comment, reviewer):
+    """rlaif review reads preferences.jsonl as rlaif wrote it and its own reviews.jsonl back."""
+    from rlaif.review.data import Review, ReviewStore, load_pairs
+
+    prefs = [{"id": i, "prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+              "rejected": [{"role": "assistant", "content": r}]} for i, p, c, r in rows]
+    with tempfile.TemporaryDirectory() as d:
+        run = RunDir(d)
+        run.save_dataset("preferences", prefs)
+        pairs = load_pairs(d)
+        assert [(p.id, p.prompt[0]["content"], p.chosen, p.rejected) for p in pairs] == [tuple(r) for r in rows]
+        by_id = {p.id: p for p in pairs}
+        review = Review("sub-0000001", reviewer, "2024-01-01T00:00:00.000+00:00", rows[0][0], 3, "rejected", 3, ("wrong",), (), comment)
+        assert ReviewStore(Path(d) / "reviews.jsonl", by_id).append(review)
+        again = ReviewStore(Path(d) / "reviews.jsonl", by_id)
+        assert again.reviews() == [review] and again.warnings == []
