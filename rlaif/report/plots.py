@@ -21,6 +21,11 @@ PALETTE = ("#3366aa", "#dd7722", "#339955", "#bb3344", "#7755aa", "#886644", "#c
 DPI = 100
 
 
+def _version() -> tuple[int, int]:
+    major, minor = matplotlib.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -93,8 +98,10 @@ def boxplot(labels: Sequence[str], values: Sequence[Sequence[float]], title: str
     """Horizontal box plots, one per label, with the points drawn over them."""
     fig = _figure(7.5, max(2.4, 0.32 * len(labels) + 0.9))
     ax = fig.add_subplot(1, 1, 1)
-    ax.boxplot(values, vert=False, widths=0.6, showfliers=False,
-               medianprops={"color": PALETTE[1]}, boxprops={"color": PALETTE[0]})
+    # matplotlib 3.10 replaced vert=False by orientation="horizontal" (vert is deprecated from 3.11)
+    horizontal = {"orientation": "horizontal"} if _version() >= (3, 10) else {"vert": False}
+    ax.boxplot(values, widths=0.6, showfliers=False, medianprops={"color": PALETTE[1]}, boxprops={"color": PALETTE[0]},
+               **horizontal)
     for i, vs in enumerate(values, start=1):
         # a fixed, deterministic jitter: the same report twice gives the same picture
         ys = [i + 0.18 * (((j * 7919) % 11) / 10 - 0.5) for j in range(len(vs))]
@@ -117,8 +124,7 @@ def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[float | None]], cou
     fig = _figure(size, size * 0.85)
     ax = fig.add_subplot(1, 1, 1)
     grid = [[math.nan if v is None else v for v in row] for row in matrix]
-    cmap = matplotlib.colormaps["RdYlBu_r"].copy()
-    cmap.set_bad("#f2f2f2")
+    cmap = matplotlib.colormaps["RdYlBu_r"].with_extremes(bad="#f2f2f2")
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1)
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), labels, fontsize=7)
