@@ -14,6 +14,11 @@ A chunk is committed by writing ``NNNNN.jsonl.tmp``, flushing, fsyncing and rena
 a chunk file either exists whole or not at all, whatever moment the process dies. The set
 of committed chunk files is the only state; finalize rebuilds every output from it, so it
 can be repeated safely.
+
+A committed chunk is committed again (the same atomic way) in one case only: when some of
+its rows failed for a transient reason (``retryable``: a server that gave up after its
+retries), ``rlaif generate`` and ``rlaif label`` redo those rows on the next run and write
+every other row back unchanged. Chunk files without such rows are never rewritten.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ class RunDir:
 
     def commit_chunk(self, index: int, rows: Iterable[dict[str, Any]], stats: dict[str, Any],
                      side: dict[str, Iterable[dict[str, Any]]] | None = None) -> None:
-        """Commit a finished chunk atomically.
+        """Commit a finished chunk atomically (again, when redoing its transient failures).
 
         Side files (``NNNNN.<name>.jsonl``, e.g. labels) and stats are written first; the
         rename of the main chunk file is the commit point, so side files without it mean nothing.

@@ -226,3 +226,42 @@ def test_train_cli_takes_overrides_after_config(monkeypatch):
     assert seen == {"kind": "rm", "cfg": "c.yaml", "ov": ["max_steps=2", "lora.enabled=true"]}
     with pytest.raises(SystemExit):
         main(["train", "rm", "--config", "c.yaml", "--bogus"])
+
+
+def _files(run: RunDir) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_ino, p.read_bytes()) for p in sorted(run.chunks.glob("[0-9]*.jsonl"))}
+
+
+def test_only_chunks_with_transient_failures_are_committed_again(repo_root, tmp_path):
+    """What the README says: a committed chunk file is written again only to redo rows that failed
+    for a transient reason; its other rows (and labels) go back unchanged; other chunk files are
+    never touched."""
+    cfg, const = _cfg(repo_root, tmp_path / "r", **{"label.enabled": True, "label.ensemble": 2})
+    prompts = [json.loads(l) for l in (repo_root / "prompts" / "rlaif-prompts.jsonl").read_text().splitlines()[:10]]
+    word = prompts[4]["prompt"].split()[2]
+    hit = {i // 3 for i, p in enumerate(prompts) if word in p["prompt"]}  # chunk_size 3
+    assert hit and hit != {0, 1, 2, 3}
+    generate(cfg, const, lambda: FlakyEngine(word), "m", show_progress=False, log=lambda s: None)
+    run = RunDir(tmp_path / "r")
+    before = _files(run)
+    rows = {i: run.read_chunk(i) for i in run.committed()}
+    labels = {i: run.read_chunk(i, "labels") for i in run.committed()}
+
+    generate(cfg, const, FakeEngine, "m", show_progress=False, log=lambda s: None)
+    after = _files(run)
+    assert set(after) == set(before)
+    for i in sorted(run.committed()):
+        for name in (f"{i:05d}.jsonl", f"{i:05d}.labels.jsonl"):
+            if i in hit:
+                assert after[name][0] != before[name][0]  # committed again (a new file renamed into place)
+            else:
+                assert after[name] == before[name]  # the same file, byte for byte
+        if i in hit:
+            redone = {r["id"] for r in rows[i] if r["status"] == "failed"}
+            assert redone and all(r["retryable"] for r in rows[i] if r["status"] == "failed")
+            new = {r["id"]: r for r in run.read_chunk(i)}
+            assert all(new[r["id"]] == r for r in rows[i] if r["id"] not in redone)
+            assert all(new[t]["status"] == "ok" for t in redone)
+            new_labels = {r["pair"]["id"]: r for r in run.read_chunk(i, "labels")}
+            assert all(new_labels[r["pair"]["id"]] == r for r in labels[i])  # every committed label kept
+            assert len(new_labels) == len(labels[i]) + len(redone)  # and the redone rows labelled
