@@ -172,14 +172,33 @@ class LiveStats:
         self.sources: dict[str, int] = defaultdict(int)
         self.by_pair: dict[str, dict[str, int]] = defaultdict(dict)  # pair -> reviewer -> likert
         self.multi = self.comparisons = self.same = self.abs_diff = 0
+        self._plans: dict[str, tuple[list[_Cell], list[tuple[_Cell, bool]], int | None]] = {}
 
-    def _cell(self, table: str, row: str, agree: bool, sign: int) -> None:
-        c = self.cells[(table, row)]
-        c.n += sign
-        c.agree += sign * agree
+    def _plan(self, pair: Pair) -> tuple[list[_Cell], list[tuple[_Cell, bool]], int | None]:
+        """The cells a rating of ``pair`` counts in: those that take the human's choice as it
+        is (the label's verdict is "chosen"), those of principles with their own verdict, and
+        the calibration bin; worked out once per pair."""
+        plan = self._plans.get(pair.id)
+        if plan is None:
+            as_is: list[_Cell] = []
+            voted: list[tuple[_Cell, bool]] = []
+            if not pair.tie:
+                order = "unknown" if pair.order_agreement is None else "agreed" if pair.order_agreement == 1.0 else "disagreed"
+                as_is += [self.cells[("overall", "")], self.cells[("category", pair.category)], self.cells[("orders", order)]]
+                probs = pair.principle_probs
+                for i, principle in enumerate(pair.principles):
+                    p = probs[i] if probs else None
+                    if p is None:
+                        as_is.append(self.cells[("principle", principle)])
+                    elif p != 0.5:
+                        voted.append((self.cells[("principle", principle)], p > 0.5))
+            plan = (as_is, voted, None if pair.chosen_prob is None else _bin(pair.chosen_prob))
+            self._plans[pair.id] = plan
+        return plan
 
     def _count(self, r: Review, sign: int) -> None:
         pair = self.pairs[r.pair_id]
+        as_is, voted, b = self._plan(pair)
         human = r.likert >= 5
         self.reviewers[r.reviewer] += sign
         self.sources[pair.label_source] += sign
@@ -187,8 +206,7 @@ class LiveStats:
             self.flags["chosen"][f] += sign
         for f in r.flags_rejected:
             self.flags["rejected"][f] += sign
-        if pair.chosen_prob is not None:
-            b = _bin(pair.chosen_prob)
+        if b is not None:
             self.cal_n[b] += sign
             self.cal_prob[b] += sign * pair.chosen_prob
             self.cal_human[b] += sign * human
@@ -197,18 +215,16 @@ class LiveStats:
         if pair.tie:
             self.ai_ties += sign
             return
-        self._cell("overall", "", human, sign)
-        self._cell("category", pair.category, human, sign)
-        self._cell("reviewer", r.reviewer, human, sign)
-        order = "unknown" if pair.order_agreement is None else "agreed" if pair.order_agreement == 1.0 else "disagreed"
-        self._cell("orders", order, human, sign)
-        probs = pair.principle_probs
-        for i, principle in enumerate(pair.principles):
-            p = probs[i] if probs else None
-            if p is None:
-                self._cell("principle", principle, human, sign)
-            elif p != 0.5:
-                self._cell("principle", principle, (p > 0.5) == human, sign)
+        agree = sign * human
+        for c in as_is:
+            c.n += sign
+            c.agree += agree
+        c = self.cells[("reviewer", r.reviewer)]
+        c.n += sign
+        c.agree += agree
+        for c, vote in voted:
+            c.n += sign
+            c.agree += sign * (vote == human)
 
     def _compare(self, a: int, b: int, sign: int) -> None:
         self.comparisons += sign
