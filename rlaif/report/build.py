@@ -54,17 +54,9 @@ def _labels(runs: Sequence[RunFolder]) -> None:
         r.label = "/".join(p[-depth:])
 
 
-def _fmt(value: Any) -> str:
-    """A headline value as text: rates in [0, 1] with 3 decimals, counts as integers."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) >= 10 else f"{value:.3f}"
-    return str(value)
+def _fmt(value: Any, kind: str) -> str:
+    """A value of the side-by-side table in its row's format ("pct", "num" or "text")."""
+    return _pct(value) if kind == "pct" else _num(value) if kind == "num" else "–" if value is None else str(value)
 
 
 def _pct(value: Any) -> str:
@@ -92,7 +84,7 @@ def _environment():
         raise ReportError(f"rlaif report needs jinja2 and matplotlib ({exc}); install with: pip install 'rlaif[report]'") from None
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, fmt=_fmt)
+    env.filters.update(pct=_pct, num=_num)
     return env
 
 
@@ -126,21 +118,20 @@ def render(paths: Sequence[str | Path]) -> str:
         columns.append({"run": run, "parts": parts})
     comparison = None
     if len(runs) > 1:
-        rows: list[tuple[str, str]] = []
+        rows: dict[tuple[str, str], str] = {}  # (section title, row name) -> format, in order
         for s in sections:
             for run, ctx in by_section.get(s.key, []):
-                for name, _ in ctx["headline"]:
-                    if (s.title, name) not in rows:
-                        rows.append((s.title, name))
+                for name, _, kind in ctx["headline"]:
+                    rows.setdefault((s.title, name), kind)
         table = []
-        for title, name in rows:
+        for (title, name), kind in rows.items():
             values = []
             for col in columns:
                 value = None
                 for part in col["parts"]:
                     if part["section"].title == title:
-                        value = dict(part["ctx"]["headline"]).get(name)
-                values.append(value)
+                        value = {n: v for n, v, _ in part["ctx"]["headline"]}.get(name)
+                values.append(_fmt(value, kind))
             table.append({"section": title, "name": name, "values": values})
         figures = [fig for s in sections for fig in s.compare(by_section.get(s.key, []))]
         comparison = {"table": table, "figures": figures}

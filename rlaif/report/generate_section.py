@@ -102,9 +102,9 @@ def build(run: RunFolder) -> dict[str, Any]:
                                          "Tokens per stage", "tokens")})
     lengths = numbers.length_chars(trajs)
     if lengths["initial"] and changes["all"]["n"]:
-        top = max(lengths["initial"] + lengths["final"]) or 1
-        step = max(1, -(-top // 20))
-        edges = [i * step for i in range(21)]
+        lo, hi = min(lengths["initial"] + lengths["final"]), max(lengths["initial"] + lengths["final"])
+        step = max(1, -(-(hi - lo + 1) // 20))
+        edges = [lo + i * step for i in range(21)]
         images.append({"id": "answer-length", "title": "Answer length",
                        "src": plots.histograms(edges, {"initial response": numbers.histogram(lengths["initial"], edges),
                                                        "final answer": numbers.histogram(lengths["final"], edges)},
@@ -127,13 +127,13 @@ def build(run: RunFolder) -> dict[str, Any]:
         ("created", m.get("created")),
     ]
     rev = changes["all"]
-    headline = [
-        ("trajectories", counts.get("trajectories")),
-        ("failed", counts.get("failed")),
-        ("revisions that changed the answer", rev["rate"]),
-        ("final answer differs from initial", changes["final_differs"]["rate"]),
-        ("output tokens", sum(t["completion_tokens"] for t in tokens) if tokens else None),
-        ("generation time (s)", (m.get("timing") or {}).get("generation_wall_s")),
+    headline = [  # (name, value, format): the rows of the side-by-side table
+        ("trajectories", counts.get("trajectories"), "num"),
+        ("failed", counts.get("failed"), "num"),
+        ("revisions that changed the answer", rev["rate"], "pct"),
+        ("final answer differs from initial", changes["final_differs"]["rate"], "pct"),
+        ("output tokens", sum(t["completion_tokens"] for t in tokens) if tokens else None, "num"),
+        ("generation time (s)", (m.get("timing") or {}).get("generation_wall_s"), "num"),
     ]
     return {
         "summary": summary,

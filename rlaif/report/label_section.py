@@ -125,15 +125,15 @@ def build(run: RunFolder) -> dict[str, Any]:
     ]
     reference = m.get("agreement") or None
     human = human_reviews(run)
-    headline = [
-        ("labelled pairs", len(rows)),
-        ("mean chosen_prob", cp["mean"]),
-        ("pairs whose orders all agreed", oa["all_agreed"]),
-        ("order consistency", diag.get("order_consistency")),
-        ("position bias", diag.get("position_bias")),
-        ("length correlation", diag.get("length_correlation")),
-        ("agreement with reference labels", (reference or {}).get("overall", {}).get("agreement")),
-        ("agreement with human reviews", ((human or {}).get("agreement") or {}).get("overall", {}).get("rate")),
+    headline = [  # (name, value, format): the rows of the side-by-side table
+        ("labelled pairs", len(rows), "num"),
+        ("mean chosen_prob", cp["mean"], "num"),
+        ("pairs whose orders all agreed", oa["all_agreed"], "pct"),
+        ("order consistency", diag.get("order_consistency"), "pct"),
+        ("position bias", diag.get("position_bias"), "num"),
+        ("length correlation", diag.get("length_correlation"), "num"),
+        ("agreement with reference labels", (reference or {}).get("overall", {}).get("agreement"), "pct"),
+        ("agreement with human reviews", ((human or {}).get("agreement") or {}).get("overall", {}).get("rate"), "pct"),
     ]
     return {
         "summary": [(k, v) for k, v in summary if v is not None],

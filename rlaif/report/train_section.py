@@ -24,8 +24,8 @@ def build(run: RunFolder) -> dict[str, Any]:
     steps = [s for pts in series.values() for s, _ in pts]
     images = []
     if main:
-        images.append({"id": "train-curves", "title": "Training curves", "src": plots.curves(main)})
-    other_img = plots.curves(other) if other else None
+        images.append({"id": "train-curves", "title": "Training curves", "src": plots.curves(main, cols=2)})
+    other_img = plots.curves(other, cols=2) if other else None
     finals = []
     for panel in main + other:
         for split in ("train", "eval", ""):
@@ -33,7 +33,8 @@ def build(run: RunFolder) -> dict[str, Any]:
             if key in last:
                 finals.append({"metric": key, "step": last[key][0], "value": last[key][1],
                                "first": series[key][0][1], "main": panel in main})
-    data = [(k.removeprefix("data/"), v) for k, (_, v) in last.items() if k.startswith("data/")]
+    # the training data's summary, logged once at step 0 (counts are logged as floats)
+    data = [(k.removeprefix("data/"), int(v) if v.is_integer() else v) for k, (_, v) in last.items() if k.startswith("data/")]
     final_dir = run.path / "final"
     checkpoints = sorted(p.name for p in (run.path / "checkpoints").glob("step-*")) if (run.path / "checkpoints").is_dir() else []
     summary = [("trainer", kind), ("name", cfg.get("name"))] + [(k, cfg[k]) for k in CONFIG_KEYS if k in cfg and cfg[k] is not None]
@@ -47,14 +48,14 @@ def build(run: RunFolder) -> dict[str, Any]:
                 return last[n][1]
         return None
 
-    headline = [
-        ("trainer", kind),
-        ("steps", int(max(steps)) if steps else None),
-        ("final train loss", last_of("train/loss")),
-        ("final eval loss", last_of("eval/loss")),
-        ("final eval accuracy", last_of("eval/accuracy", "train/accuracy")),
-        ("final reward / score", last_of("eval/score", "train/score", "eval/margin", "train/margin")),
-        ("final KL", last_of("train/kl")),
+    headline = [  # (name, value, format): the rows of the side-by-side table
+        ("trainer", kind, "text"),
+        ("steps", int(max(steps)) if steps else None, "num"),
+        ("last train loss", last_of("train/loss"), "num"),
+        ("last eval loss", last_of("eval/loss"), "num"),
+        ("last accuracy (eval, else train)", last_of("eval/accuracy", "train/accuracy"), "pct"),
+        ("last score (PPO) or margin", last_of("eval/score", "train/score", "eval/margin", "train/margin"), "num"),
+        ("last KL", last_of("train/kl"), "num"),
     ]
     return {
         "summary": summary,
@@ -92,4 +93,4 @@ def compare(items: list[tuple[RunFolder, dict[str, Any]]]) -> list[dict[str, Any
             panels.append({"name": name, "lines": lines})
     if not panels:
         return []
-    return [{"id": "compare-train-curves", "title": "Training curves", "src": plots.curves(panels)}]
+    return [{"id": "compare-train-curves", "title": "Training curves", "src": plots.curves(panels, cols=3)}]
