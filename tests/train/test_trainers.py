@@ -166,7 +166,11 @@ def test_dpo_smoke_resume_and_cache(tiny_model_dir, run_folder, tmp_path):
     a = check_resume("dpo", tiny_model_dir, run_folder, tmp_path)
     cache = list((tmp_path / ".cache" / "ref_logps").glob("*.safetensors"))
     assert len(cache) == 1  # computed once, reused by the resumed run
-    first = metrics(a)[0]
+    data = metrics(a)[0]  # the training pairs' lengths, logged once before the first step
+    assert data["step"] == 0 and data["data/pairs"] > 0 and 0 <= data["data/chosen_longer"] <= 1
+    assert sum("data/pairs" in m for m in metrics(a)) == 1  # the resumed run did not log it again
+    first = [m for m in metrics(a) if "train/loss" in m][0]
+    assert first["train/length_chosen"] > 0 and 0 <= first["train/chosen_longer"] <= 1
     # before the first update the policy is the reference: sigmoid loss with soft labels
     # is log 2 exactly (every implicit reward is zero)
     assert first["train/loss"] == pytest.approx(math.log(2), rel=1e-5)
