@@ -89,6 +89,9 @@ def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str |
     print_fn = print_fn or (lambda m: print(m, flush=True))
     app = create_app(run_dir, default_reviewer=reviewer, loopback_only=is_loopback(host))
     state = app.state.review
+    import gc
+
+    gc.freeze()  # the loaded run lives as long as the server: keep it out of every later collection
     sock = bind(host, port)
     url = url_of(sock)
     print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
