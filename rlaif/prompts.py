@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,8 +28,21 @@ def _prompt_id(messages: list[Message], index: int) -> str:
     return f"h{digest[:16]}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(text: str, where: str) -> str:
+    # JSON can spell a lone surrogate (\ud800), which is not a character: no tokenizer, dataset
+    # or UTF-8 file can hold it, so it is refused here rather than failing later.
+    m = _SURROGATE.search(text)
+    if m:
+        raise PromptError(f"{where}: text holds a lone surrogate (\\u{ord(m.group()):04x} at character {m.start()}), which is not valid Unicode")
+    return text
+
+
 def _messages_from(obj: Any, where: str) -> list[Message]:
     if isinstance(obj, str):
+        _check_text(obj, where)
         if not obj.strip():
             raise PromptError(f"{where}: empty prompt")
         return [{"role": "user", "content": obj}]
@@ -43,6 +57,7 @@ def _messages_from(obj: Any, where: str) -> list[Message]:
                 raise PromptError(f"{where}: message {i} has unknown role {m['role']!r}")
             if not isinstance(m["content"], str):
                 raise PromptError(f"{where}: message {i} content must be a string")
+            _check_text(m["content"], f"{where}: message {i}")
             out.append({"role": m["role"], "content": m["content"]})
         # The policy answers the conversation, so it must end with the user speaking.
         if out[-1]["role"] != "user":
@@ -165,6 +180,7 @@ def read_pairs(path: str | Path, limit: int | None = None):
         for key in ("response_a", "response_b"):
             if not isinstance(obj.get(key), str):
                 raise PromptError(f"{where}: needs a string field {key!r}")
+            _check_text(obj[key], f"{where}: {key}")
         label = obj.get("label")
         if label is not None:
             label = str(label).strip().lower()

@@ -87,3 +87,25 @@ def test_missing_and_empty(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(PromptError, match="no prompts"):
         read_prompts(tmp_path / "e.jsonl")
+
+
+@pytest.mark.parametrize("line, where", [
+    ('{"prompt": "a\\ud800b"}', "1: text holds a lone surrogate (\\ud800 at character 1)"),
+    ('{"messages": [{"role": "user", "content": "x\\udfff"}]}', "1: message 0: text holds a lone surrogate (\\udfff at character 1)"),
+])
+def test_lone_surrogates_are_refused_clearly(tmp_path, line, where):
+    """JSON can spell a lone surrogate; it is not Unicode text and used to crash with a traceback."""
+    f = tmp_path / "p.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(PromptError) as err:
+        read_prompts(f)
+    assert str(err.value) == f"{f}:{where}, which is not valid Unicode"
+
+
+def test_lone_surrogate_in_a_pair_is_refused(tmp_path):
+    from rlaif.prompts import read_pairs
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "r1", "prompt": "q", "response_a": "ok", "response_b": "bad\\ud83d"}\n')
+    with pytest.raises(PromptError, match=r"p\.jsonl:1: response_b: text holds a lone surrogate"):
+        read_pairs(f)
