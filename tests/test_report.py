@@ -349,6 +349,30 @@ def test_runs_with_the_same_folder_name_are_told_apart(runs, tmp_path):
     assert 'id="compare-train-curves"' in html
 
 
+def test_generate_run_without_labels_has_no_label_section(tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    gen = tmp_path / "plain"
+    assert main(["generate", "--backend", "fake", "--prompts", str(prompts), "--out", str(gen), "--quiet"]) == 0
+    html = refresh(gen).read_text(encoding="utf-8")
+    check_self_contained(html)
+    assert "section-generate" in html and "section-label" not in html
+
+
+def test_sparse_manifests_and_an_empty_metrics_file(runs, tmp_path):
+    """Run folders written by older versions (fewer manifest fields) and a training run that
+    has not logged a step still make a report."""
+    gen, lab = tmp_path / "gen", tmp_path / "lab"
+    shutil.copytree(runs["gen"], gen)
+    shutil.copytree(runs["lab"], lab)
+    (gen / "manifest.json").write_text(json.dumps({"counts": {"trajectories": 6}}))
+    (lab / "manifest.json").write_text(json.dumps({"settings": {"kind": "label"}, "agreement": {"overall": {"n": 3}}}))
+    train = tmp_path / "train"
+    write_train_run(train, records=[])
+    html = build_report([gen, lab, train], tmp_path / "out").read_text(encoding="utf-8")
+    assert "section-generate" in html and "section-label" in html and "section-train" in html
+    assert "metrics.jsonl has no loss" in html
+
+
 def test_errors_are_clear(runs, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty").mkdir()

@@ -52,6 +52,25 @@ def human_reviews(run: RunFolder) -> dict[str, Any] | None:
     return stats
 
 
+def reference_agreement(agreement: Any) -> dict[str, Any] | None:
+    """The manifest's ``agreement`` (``rlaif label`` with reference labels) with every field
+    the template reads, None where a field is missing (a run written by an older version)."""
+    if not isinstance(agreement, dict) or not isinstance(agreement.get("overall"), dict):
+        return None
+
+    def cell(d: Any) -> dict[str, Any] | None:
+        return {"n": d.get("n"), "agreement": d.get("agreement")} if isinstance(d, dict) and d.get("n") else None
+
+    o = agreement["overall"]
+    cats = agreement.get("by_category") if isinstance(agreement.get("by_category"), dict) else {}
+    return {
+        "n": o.get("n"), "agreement": o.get("agreement"), "first_order": o.get("first_order_agreement"),
+        "brier": o.get("brier"), "length_controlled": agreement.get("length_controlled_agreement"),
+        "orders_agreed": cell(agreement.get("orders_agreed")), "orders_disagreed": cell(agreement.get("orders_disagreed")),
+        "by_category": {k: c for k, c in ((k, cell(v)) for k, v in sorted(cats.items())) if c},
+    }
+
+
 def build(run: RunFolder) -> dict[str, Any]:
     from rlaif.diagnostics import run_warnings
 
@@ -123,7 +142,7 @@ def build(run: RunFolder) -> dict[str, Any]:
          "n": diag.get("longer_chosen_n") if field == "longer_chosen_rate" else None}
         for field, name, meaning, ideal, fmt in DIAGNOSTICS if field in diag
     ]
-    reference = m.get("agreement") or None
+    reference = reference_agreement(m.get("agreement"))
     human = human_reviews(run)
     headline = [  # (name, value, format): the rows of the side-by-side table
         ("labelled pairs", len(rows), "num"),
@@ -132,7 +151,7 @@ def build(run: RunFolder) -> dict[str, Any]:
         ("order consistency", diag.get("order_consistency"), "pct"),
         ("position bias", diag.get("position_bias"), "num"),
         ("length correlation", diag.get("length_correlation"), "num"),
-        ("agreement with reference labels", (reference or {}).get("overall", {}).get("agreement"), "pct"),
+        ("agreement with reference labels", (reference or {}).get("agreement"), "pct"),
         ("agreement with human reviews", ((human or {}).get("agreement") or {}).get("overall", {}).get("rate"), "pct"),
     ]
     return {
