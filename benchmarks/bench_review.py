@@ -81,24 +81,27 @@ def bare_parse(run: Path) -> float:
 
 
 def open_in_process(run: Path):
+    """Wall seconds and CPU seconds (all threads of this process: the client's share is small)."""
     import httpx
 
     from rlaif.review.app import create_app
     from rlaif.review.server import BackgroundServer
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     app = create_app(run, log=lambda m: None)
     server = BackgroundServer(app).start()
     page = httpx.get(server.url + "?reviewer=ann", follow_redirects=True)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - c
     assert page.status_code == 200 and "pair " in page.text, page.status_code
-    return elapsed, server, app
+    return (elapsed, cpu), server, app
 
 
-def open_cold_cli(run: Path) -> float:
-    """``python -m rlaif review RUN`` from a new process until the first page has arrived."""
+def open_cold_cli(run: Path) -> tuple[float, float]:
+    """``python -m rlaif review RUN`` from a new process until the first page has arrived:
+    wall seconds, and the CPU seconds the server process had used by then (from /proc)."""
     import httpx
 
+    tick = os.sysconf("SC_CLK_TCK")
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "rlaif", "review", str(run), "--port", "0", "--reviewer", "ann"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -109,7 +112,9 @@ def open_cold_cli(run: Path) -> float:
                 page = httpx.get(m.group(1), follow_redirects=True)
                 elapsed = time.perf_counter() - t
                 assert page.status_code == 200
-                return elapsed
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+                return elapsed, cpu
         raise RuntimeError("rlaif review printed no URL")
     finally:
         proc.terminate()
@@ -174,18 +179,21 @@ def main() -> None:
         base = [bare_parse(run) for _ in range(args.repeats)]
         opened = []
         for _ in range(args.repeats):
-            elapsed, server, app = open_in_process(run)
-            opened.append(elapsed)
+            measured, server, app = open_in_process(run)
+            opened.append(measured)
             server.stop()
         cold = [open_cold_cli(run) for _ in range(args.repeats)]
         med = statistics.median
-        print(f"opening (goal < 2 s), {args.repeats} times each: median (best - worst)")
+        ow, oc = [w for w, _ in opened], [c for _, c in opened]
+        cw, cc = [w for w, _ in cold], [c for _, c in cold]
+        print(f"opening (goal < 2 s), {args.repeats} times each: wall median (best - worst); CPU time median")
         print(f"  baseline: json.loads of every line         {med(base):7.3f} s  ({min(base):.3f} - {max(base):.3f})")
-        print(f"  server start + first page, in process      {med(opened):7.3f} s  ({min(opened):.3f} - {max(opened):.3f})  "
-              f"{med(opened) / med(base):.2f}x the baseline")
-        print(f"  python -m rlaif review, cold, first page   {med(cold):7.3f} s  ({min(cold):.3f} - {max(cold):.3f})")
+        print(f"  server start + first page, in process      {med(ow):7.3f} s  ({min(ow):.3f} - {max(ow):.3f})  "
+              f"{med(ow) / med(base):.2f}x the baseline; CPU {med(oc):.3f} s")
+        print(f"  python -m rlaif review, cold, first page   {med(cw):7.3f} s  ({min(cw):.3f} - {max(cw):.3f})  "
+              f"CPU {med(cc):.3f} s (imports, load, first page)")
 
-        elapsed, server, app = open_in_process(run)
+        _, server, app = open_in_process(run)
         try:
             example = json.dumps({"submission_id": "x" * 16, "reviewer": "dee", "pair_id": "p00001#0:initial~final"}).encode() * 3 + b"\n"
             fs = fsync_append_baseline(Path(tmp), args.posts, example)
