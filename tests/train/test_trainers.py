@@ -102,6 +102,15 @@ def test_simpo_has_its_own_defaults_and_refuses_what_is_not_simpo():
     assert from_dict(DPOConfig, to_dict(scaled)) == scaled
 
 
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge", "rdpo", "simpo"])
+def test_demo_dpo_config_takes_every_loss_from_the_command_line(loss):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "dpo-demo.yaml"
+    cfg = load_config(DPOConfig, path, [f"loss={loss}", *(["alpha=0.01"] if loss == "rdpo" else [])])
+    assert cfg.loss == loss and cfg.beta == (2.0 if loss == "simpo" else 0.1)
+
+
 def test_rdpo_needs_alpha_and_alpha_needs_rdpo():
     from rlaif.train.config import TrainConfigError
 
