@@ -77,13 +77,9 @@ class Pair:
     label_source: str
 
 
-def split_lines(data: bytes) -> list[bytes]:
-    """Lines of a JSONL file split at b"\\n" only (``str.splitlines`` also splits at U+2028)."""
-    return data.split(b"\n")
-
-
 def decode_lines(data: bytes) -> list[str | bytes]:
-    """The lines of ``data`` as text, split at "\\n" only; decoded in one go, or line by line
+    """The lines of ``data`` as text, split at "\\n" only (``str.splitlines`` would also split at
+    U+2028 and other characters that model text may hold); decoded in one go, or line by line
     when the file holds bytes that are not UTF-8 (those lines stay bytes, for the caller to
     report)."""
     try:
@@ -428,9 +424,6 @@ class ReviewStore:
                 _fsync_dir(self.path.parent)
             self._read_new()
         return True
-
-    def reviews(self) -> list[Review]:
-        return list(self.latest.values())
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -16,6 +16,10 @@ the human prefers the chosen response when its chosen-oriented Likert is 5-8.
 - **Inter-reviewer agreement**: over pairs rated by two or more reviewers, every two
   reviewers of a pair are one comparison; the share of comparisons that prefer the same
   response, and the mean absolute difference of their Likert ratings.
+
+:func:`compute_stats` counts everything in one pass (the plain version, pinned by hand-worked
+numbers in the tests); :class:`LiveStats` keeps the same numbers up to date rating by rating
+for the server, and is checked against :func:`compute_stats`.
 """
 
 from __future__ import annotations
