@@ -402,6 +402,10 @@ class ReviewStore:
         with self._lock:
             self._read_new()
 
+    def reviews(self) -> list[Review]:
+        """The ratings that count: the latest of each reviewer for each pair."""
+        return list(self.latest.values())
+
     def append(self, review: Review) -> bool:
         """Store ``review`` durably; False (nothing written) if its submission is already stored
         (``seen[review.submission_id]`` then holds the time it was stored)."""
