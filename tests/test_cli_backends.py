@@ -244,6 +244,51 @@ def seed_reward_or_length(prompts, responses):
     return torch.tensor([float(len(r)) for r in responses])
 
 
+@pytest.mark.parametrize("backend", ["vllm", "transformers"])
+def test_in_process_feedback_model_gets_its_own_engine(default_model, tmp_path, monkeypatch, backend):
+    """A feedback model other than the policy starts a second engine of the same backend, and the
+    two split vLLM's default memory share; the policy model as judge reuses the policy's engine.
+    (Engines are recorded and replaced by fakes here; the real two-engine run is marked vllm below.)"""
+    import rlaif.engine
+    from rlaif.engine.fake import FakeEngine
+
+    started = []
+
+    def fake_create(model, kind, **settings):
+        started.append((model, kind, settings.get("share")))
+        return FakeEngine(model=model)
+
+    monkeypatch.setattr(rlaif.engine, "create_engine", fake_create)
+    judge = model_alias(default_model, tmp_path / "judge")
+    prompts = write_prompts(tmp_path, 2)
+    assert cli(*generate_args(prompts, tmp_path / "two", "--backend", backend, "--label", "--ensemble", 1,
+                              "--feedback-model", judge)) == 0
+    assert started == [(default_model, backend, 0.5), (str(judge), backend, 0.5)]
+    assert {r["feedback_model"] for r in load(tmp_path / "two")} == {str(judge)}
+    started.clear()
+    assert cli(*generate_args(prompts, tmp_path / "one", "--backend", backend, "--label", "--ensemble", 1,
+                              "--feedback-model", "default")) == 0
+    assert started == [(default_model, backend, 1.0)]
+    assert {r["feedback_model"] for r in load(tmp_path / "one")} == {default_model}
+
+
+def test_two_vllm_engines_split_the_default_memory_share(monkeypatch):
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    import rlaif.engine.vllm_local as vllm_local
+    from rlaif.engine import create_engine
+
+    monkeypatch.setattr(vllm_local, "VLLMEngine", lambda model, settings, show_progress: settings)
+    default = vllm_local.CPU_KV_SHARE if current_platform.is_cpu() else 0.9
+    assert create_engine("m", "vllm", share=0.5).gpu_memory_utilization == pytest.approx(default / 2)
+    assert create_engine("m", "vllm").gpu_memory_utilization is None  # one engine: the platform default
+    # a share or a KV-cache size the user gave is kept as given
+    assert create_engine("m", "vllm", share=0.5, gpu_memory_utilization=0.3).gpu_memory_utilization == 0.3
+    kept = create_engine("m", "vllm", share=0.5, kv_cache_gib=0.5)
+    assert kept.gpu_memory_utilization is None and kept.kv_cache_gib == 0.5
+
+
 # ------------------------------------------------------------------ train ppo
 
 
@@ -273,8 +318,9 @@ TINY = ("--response-max-tokens", 8, "--critique-max-tokens", 8, "--revision-max-
 
 def test_generate_transformers_backend_with_labels_and_a_feedback_model(default_model, tmp_path, capsys):
     judge = model_alias(default_model, tmp_path / "judge")
-    rc = cli(*generate_args(write_prompts(tmp_path, 2), tmp_path / "g", "--backend", "transformers", *TINY,
-                            "--label", "--ensemble", 1, "--feedback-model", judge))
+    # two samples per prompt, labelled against each other: no critique stage (its few-shot prompts are long)
+    rc = cli("generate", "--prompts", write_prompts(tmp_path, 2), "--out", tmp_path / "g", "--rounds", 0, "--samples", 2,
+             "--backend", "transformers", *TINY, "--label", "--pairs", "samples-all", "--ensemble", 1, "--feedback-model", judge, *QUIET)
     assert rc == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
     assert manifest["counts"]["label_pairs"] == 2 and manifest["counts"]["label_failed"] == 0

@@ -61,6 +61,13 @@ Option scoring (the AI-feedback labeller), matching :mod:`rlaif.engine.vllm_loca
     needed for a non-empty ``assistant_prefix``; a server that rejects it answers 400, which
     becomes the request's error.
 
+Provenance
+    ``model`` is the name requests ask for (given, or the server's first). Every answer names
+    the model that produced it; those names are counted in ``reported_models`` (and shown by
+    ``info()``), and :func:`rlaif.engine.answered_by` turns them into the name rows record, so a
+    server that answers with another model than the one asked for is recorded as it answered.
+    ``served_models()`` lists what the server serves (the commands refuse a name not listed).
+
 Robustness
     Every request has a ``timeout_s`` timeout. Connection errors, timeouts, HTTP 429 and 5xx
     are retried with exponential backoff and jitter (``retry_wait_s`` doubling up to
