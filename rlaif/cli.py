@@ -27,11 +27,11 @@ def _add_engine_flags(p) -> None:
 
 
 def _add_feedback_server_flags(p) -> None:
-    p.add_argument("--feedback-base-url", dest="engine.feedback_base_url",
+    p.add_argument("--feedback-base-url", dest="engine.feedback_base_url", metavar="URL",
                    help="openai backend: the feedback model's server (default: --base-url)")
-    p.add_argument("--feedback-served-model", dest="engine.feedback_served_model",
-                   help="openai backend: the feedback model's name on its server (default: --feedback-model, "
-                        "else the policy's model, or the first model of --feedback-base-url)")
+    p.add_argument("--feedback-served-model", dest="engine.feedback_served_model", metavar="NAME",
+                   help="openai backend: the feedback model's name on its server (default: --feedback-model; without "
+                        "either, the policy's model (label: --served-model) or the first model of --feedback-base-url)")
 
 
 def _add_label(sub) -> None:
