@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Body of ``rlaif bon``; input problems raise :class:`rlaif.commands.UserError`."""
-    from rlaif.commands import UserError, _connect, make_engine_factory
+    from rlaif.commands import UserError, _connect, _named, make_engine_factory
     from rlaif.config import ConfigError, EngineConfig
     from rlaif.model_zoo import ModelError, resolve_model
     from rlaif.prompts import PromptError, read_prompts
@@ -265,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
                                                  trust_remote_code=bool(engine_cfg.trust_remote_code))
         server = None
         if engine_cfg.backend == "openai":
-            # the policy is --served-model (else the server's first model); rows record the server's name for it
-            server = _connect(engine_cfg, engine_cfg.served_model, args.quiet)
+            # the policy is --served-model (else --model unless 'default', else the server's first model)
+            server = _connect(engine_cfg, engine_cfg.served_model or _named(args.model), args.quiet)
             model_id, factory = server.model, (lambda: server)
         else:
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)

@@ -119,6 +119,11 @@ def _connect(e, name: str | None, quiet: bool, base_url: str | None = None):
     return engine
 
 
+def _named(model: str | None) -> str | None:
+    """``--model`` as a served name for the openai backend: None for 'default' (the server's first model)."""
+    return None if model in (None, "", "default") else model
+
+
 def _same_model(a: str, b: str) -> bool:
     import os
 
@@ -205,13 +210,14 @@ def _judge_report(manifest, strict: bool) -> int:
 def _server_engines(cfg, quiet: bool, clients: list):
     """Policy and feedback engines of ``rlaif generate --backend openai``.
 
-    The policy is ``--served-model`` (or the server's first model) at ``--base-url``. The feedback
+    The policy is ``--served-model`` (else ``--model`` unless it is 'default', else the server's first
+    model) at ``--base-url``. The feedback
     model is ``--feedback-served-model`` (else ``--feedback-model``) at ``--feedback-base-url``
     (else ``--base-url``); with neither a name nor a server of its own, the policy judges. Returns
     (policy factory, policy name, feedback factory or None, feedback name).
     """
     e = cfg.engine
-    policy = _connect(e, e.served_model, quiet)
+    policy = _connect(e, e.served_model or _named(cfg.model), quiet)
     clients.append(policy)
     feedback = None
     if cfg.label.enabled:

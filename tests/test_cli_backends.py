@@ -114,7 +114,7 @@ def test_generate_openai_backend_with_labels(tmp_path, capsys):
 def test_generate_openai_feedback_model_is_its_own_engine(tmp_path, capsys):
     """--feedback-model names the judge on the server: scoring requests ask for it, generation
     requests for the policy, and rows record the name the server reported for the judge."""
-    with OracleServer(("policy-x", "judge-y"), reports={"judge-y": "judge-y@rev2"}) as srv:
+    with OracleServer(("judge-y", "policy-x"), reports={"judge-y": "judge-y@rev2"}) as srv:
         rc = cli(*generate_args(write_prompts(tmp_path), tmp_path / "g", "--backend", "openai", "--base-url", srv.url,
                                 "--served-model", "policy-x", "--label", "--ensemble", 2, "--feedback-model", "judge-y"))
         assert rc == 0, capsys.readouterr().err
@@ -204,9 +204,9 @@ def seed_reward(prompts, responses):
 
 
 def test_bon_openai_backend(tmp_path, capsys):
-    with OracleServer(("policy-x",)) as srv:
+    with OracleServer(("other", "policy-x")) as srv:  # --model names the served model when it is not 'default'
         rc = cli("bon", "--prompts", write_prompts(tmp_path, 3), "--out", tmp_path / "b", "--n", 3, "--backend", "openai",
-                 "--base-url", srv.url, "--reward-fn", "test_cli_backends:seed_reward", *QUIET)
+                 "--base-url", srv.url, "--model", "policy-x", "--reward-fn", "test_cli_backends:seed_reward", *QUIET)
         assert rc == 0, capsys.readouterr().err
         gen = srv.requests("generate")
     assert len(gen) == 9 and {b["model"] for b in gen} == {"policy-x"} and len({b["seed"] for b in gen}) == 9
