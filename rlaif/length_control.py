@@ -124,7 +124,9 @@ def apply_length_control(pairs: Sequence[Any], labels: Sequence[Any], both_order
 
     A corrected label keeps the judge's P(a) in ``judge_p_a`` and the removed log-odds in
     ``length_offset``, carries the flag "length-controlled", and has its tie, Likert and
-    margin recomputed from the corrected probability.
+    margin recomputed from the corrected probability. A pair the judge called a tie stays a
+    tie (its offset is 0): the correction removes a length effect, it does not create a
+    preference where the judge had none.
     """
     from rlaif.label import likert, margin
 
@@ -136,6 +138,12 @@ def apply_length_control(pairs: Sequence[Any], labels: Sequence[Any], both_order
     out = list(labels)
     for i in judged:
         lab = labels[i]
+        if "tie" in lab.flags:
+            # The judge itself could not tell the two apart: removing a length effect from
+            # "no preference" would invent one (always for the shorter response), so a
+            # judge's tie stays a tie.
+            out[i] = replace(lab, flags=tuple(sorted(set(lab.flags) | {"length-controlled"})), judge_p_a=lab.p_a, length_offset=0.0)
+            continue
         shift = fit.offset(feats[i])
         p = sigmoid(log_odds(lab.p_a) - shift)
         per = {k: sigmoid(log_odds(v) - shift) for k, v in lab.per_principle.items()}

@@ -170,3 +170,27 @@ def test_length_fit_cautions_when_one_side_is_always_longer():
     manifest["length_control"] = {"applied": False, "reason": "too few judged pairs to fit (3 < 20)"}
     assert run_warnings(manifest) == ["warning: --length-control was not applied (too few judged pairs to fit (3 < 20)); "
                                       "the labels are the judge's own."]
+
+
+def test_length_control_keeps_a_judges_tie_a_tie():
+    """A pair the judge scored exactly 0.5 has no preference to correct: the length offset
+    must not turn it into a (small) win for the shorter response."""
+    pairs, labels = [], []
+    for i in range(40):
+        a, b = "w" * (30 + 9 * i), "w" * 25
+        if i % 2:
+            a, b = b, a
+        z = 2.0 * length_feature(a, b)
+        flags = ()
+        if i % 5 == 0:
+            z, flags = 0.0, ("tie",)
+        pairs.append(Pair(f"p{i}", Q, a, b))
+        labels.append(_label(f"p{i}", sigmoid(z), {"x": (sigmoid(z), 1 - sigmoid(z))}, flags=flags))
+    out, fit = apply_length_control(pairs, labels, both_orders=True, tie_band=0.0)
+    assert fit.applied
+    ties = [l for l in out if l.judge_p_a == 0.5]
+    assert len(ties) == 8
+    for lab in ties:
+        assert lab.p_a == 0.5 and "tie" in lab.flags and lab.chosen is None and lab.length_offset == 0.0
+    # the others are corrected (their offsets are not 0)
+    assert all(l.length_offset != 0.0 for l in out if l.judge_p_a != 0.5)
