@@ -21,7 +21,7 @@ Identical pairs (never shown to the judge) and failed pairs are left out of all 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 MIN_ORDER_CONSISTENCY = 0.5
 """Below this share the position decides more verdicts than the content does."""
@@ -231,3 +231,80 @@ def run_warnings(manifest: dict[str, Any]) -> list[str]:
     if lc and lc.get("applied") and lc.get("caution"):
         out.append(f"warning: --length-control: {lc['caution']}; prefer pairs without that structure, or leave it off.")
     return out
+
+
+def _percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of an ascending list."""
+    pos = (len(sorted_xs) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def text_length_counter(model: str | None) -> tuple[Callable[[str], int], str]:
+    """Count tokens with *model*'s tokenizer when it is a local model folder, else words.
+
+    Returns ``(count, unit)``; the unit ("tokens" or "words") is reported with the numbers.
+    """
+    if model:
+        from pathlib import Path
+
+        path = Path(model)
+        if path.is_dir() and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(path))
+                return (lambda text: len(tok(text, add_special_tokens=False)["input_ids"])), "tokens"
+            except Exception:  # noqa: BLE001 - a tokenizer that will not load: fall back to words
+                pass
+    return (lambda text: len(text.split())), "words"
+
+
+def preference_lengths(rows: Iterable[dict[str, Any]], count: Callable[[str], int], unit: str) -> dict[str, Any]:
+    """How long the chosen and rejected answers of a preference dataset are.
+
+    A dataset whose chosen answers are mostly the longer ones teaches a policy that length
+    pays (Singhal et al. 2023). Rows are TRL conversational rows: the last message of
+    ``chosen`` / ``rejected`` is the answer. Ties (rows flagged "tie") name no winner and are
+    left out. ``diff_pXX`` are percentiles of ``len(chosen) - len(rejected)``.
+    """
+    diffs, lc, lr = [], [], []
+    for row in rows:
+        if "tie" in (row.get("flags") or ()):
+            continue
+        c = count(_answer(row["chosen"]))
+        r = count(_answer(row["rejected"]))
+        lc.append(c)
+        lr.append(r)
+        diffs.append(c - r)
+    n = len(diffs)
+    if not n:
+        return {"unit": unit, "pairs": 0}
+    d = sorted(diffs)
+    return {
+        "unit": unit,
+        "pairs": n,
+        "chosen_mean": sum(lc) / n,
+        "rejected_mean": sum(lr) / n,
+        "chosen_longer": sum(x > 0 for x in diffs) / n,
+        "equal": sum(x == 0 for x in diffs) / n,
+        "diff_p10": _percentile(d, 0.1),
+        "diff_p50": _percentile(d, 0.5),
+        "diff_p90": _percentile(d, 0.9),
+    }
+
+
+def _answer(messages: Any) -> str:
+    if isinstance(messages, str):
+        return messages
+    return str(messages[-1]["content"]) if messages else ""
+
+
+def format_preference_lengths(s: dict[str, Any]) -> str:
+    """One summary line: mean lengths, the share where chosen is longer, the spread of the difference."""
+    if not s.get("pairs"):
+        return "lengths         no preference pairs"
+    return (f"lengths         chosen {s['chosen_mean']:.1f} vs rejected {s['rejected_mean']:.1f} {s['unit']} (mean); "
+            f"chosen longer in {100 * s['chosen_longer']:.0f}% of {s['pairs']} pairs, equal {100 * s['equal']:.0f}%; "
+            f"difference p10/p50/p90 {s['diff_p10']:+.0f}/{s['diff_p50']:+.0f}/{s['diff_p90']:+.0f}")

@@ -194,3 +194,44 @@ def test_length_control_keeps_a_judges_tie_a_tie():
         assert lab.p_a == 0.5 and "tie" in lab.flags and lab.chosen is None and lab.length_offset == 0.0
     # the others are corrected (their offsets are not 0)
     assert all(l.length_offset != 0.0 for l in out if l.judge_p_a != 0.5)
+
+
+def test_preference_lengths_by_hand():
+    from rlaif.diagnostics import format_preference_lengths, preference_lengths
+
+    def row(c, r, flags=()):
+        return {"chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}], "flags": list(flags)}
+
+    rows = [row("a b c d", "a"), row("a", "a b c"), row("x y", "x y"), row("one two three four five six", "one"),
+            row("t", "t t t t t t t t", flags=["tie"])]
+    s = preference_lengths(rows, lambda t: len(t.split()), "words")
+    # diffs (chosen - rejected), the tie left out: 3, -2, 0, 5 -> sorted -2, 0, 3, 5
+    assert s["pairs"] == 4 and s["unit"] == "words"
+    assert s["chosen_mean"] == pytest.approx((4 + 1 + 2 + 6) / 4) and s["rejected_mean"] == pytest.approx((1 + 3 + 2 + 1) / 4)
+    assert s["chosen_longer"] == 0.5 and s["equal"] == 0.25
+    assert s["diff_p50"] == pytest.approx(np.percentile([3, -2, 0, 5], 50))
+    assert s["diff_p10"] == pytest.approx(np.percentile([3, -2, 0, 5], 10))
+    assert s["diff_p90"] == pytest.approx(np.percentile([3, -2, 0, 5], 90))
+    assert "chosen longer in 50% of 4 pairs" in format_preference_lengths(s)
+    assert preference_lengths([], len, "words") == {"unit": "words", "pairs": 0}
+
+
+def test_generate_and_label_report_preference_lengths(tmp_path, repo_root, capsys):
+    from rlaif.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    import json
+
+    pairs.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"q{i}", "response_a": "short",
+                                           "response_b": "a much longer answer than that"}) for i in range(6)) + "\n")
+    assert main(["label", "--pairs", str(pairs), "--out", str(tmp_path / "l"), "--backend", "fake", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    man = json.loads((tmp_path / "l" / "manifest.json").read_text())
+    s = man["preference_lengths"]
+    assert s["unit"] == "words" and s["pairs"] == man["counts"]["preference_rows"]
+    assert "lengths" in out and "words (mean)" in out
+    assert main(["generate", "--prompts", str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "--limit", "4", "--rounds", "1",
+                 "--out", str(tmp_path / "g"), "--backend", "fake", "--quiet"]) == 0
+    man = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert man["preference_lengths"]["pairs"] == man["counts"]["preference_rows"]
+    assert "lengths " in capsys.readouterr().out
