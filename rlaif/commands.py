@@ -190,6 +190,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     c = manifest["counts"]
     print(f"pairs {c['pairs']}   labelled {c['labelled']}   failed {c['failed']}   ties {c['ties']}   identical {c['identical']}")
     print(f"preference rows {c['preference_rows']} -> {manifest['outputs']['preferences']}")
+    if manifest.get("preference_lengths"):
+        from rlaif.diagnostics import format_preference_lengths
+
+        print(format_preference_lengths(manifest["preference_lengths"]))
     if manifest.get("agreement"):
         print(format_report(manifest["agreement"]))
     return _judge_report(manifest, args.strict)

@@ -350,6 +350,9 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     else:
         prefs = preference_rows(trajs, const, model_id)
         run.save_dataset("preferences", prefs, _features("preferences"))
+    from rlaif.diagnostics import preference_lengths, text_length_counter
+
+    lengths = preference_lengths(prefs, *text_length_counter(model_id))
     failed = [{"id": t.id, "prompt_id": t.prompt_id, "reason": t.failure} for t in trajs if t.status == "failed"]
     run.write_jsonl("failed.jsonl", failed)
     run.copy_sources(const.file_texts)
@@ -383,6 +386,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
             **label_counts,
         },
         **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
+        "preference_lengths": lengths,
         "tokens": stats,
         "timing": {
             "generation_wall_s": round(gen_wall, 2),
@@ -423,6 +427,10 @@ def summary_table(manifest: dict[str, Any]) -> str:
         f"prompts         {c['prompts']}   trajectories {c['trajectories']}   ok {c['ok']}   failed {c['failed']}",
         f"sft rows        {c['sft_rows']}   preference rows {c['preference_rows']}",
     ]
+    if manifest.get("preference_lengths"):
+        from rlaif.diagnostics import format_preference_lengths
+
+        lines.append(format_preference_lengths(manifest["preference_lengths"]))
     if "label_pairs" in c:
         lines.append(
             f"AI labels       {c['label_pairs']} pairs   failed {c.get('label_failed', 0)}   ties {c.get('label_ties', 0)}   "

@@ -290,6 +290,9 @@ def label_run(
         "category": Value("string"), "reference_label": Value("string"), "constitution_sha256": Value("string")}))
     run.write_jsonl("labels.jsonl", ({"id": p.id, **label_to_row(l)} for p, l in zip(pairs, labels)))
     report = agreement_report(pairs, labels)
+    from rlaif.diagnostics import preference_lengths, text_length_counter
+
+    lengths = preference_lengths(rows, *text_length_counter(feedback_model))
     gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())
     manifest = {
         "rlaif_version": rlaif.__version__,
@@ -309,6 +312,7 @@ def label_run(
             "preference_rows": len(rows),
         },
         "agreement": report,
+        "preference_lengths": lengths,
         "diagnostics": judge["diagnostics"],
         "length_control": judge["length_control"],
         "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
