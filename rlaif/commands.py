@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -196,6 +198,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(format_preference_lengths(manifest["preference_lengths"]))
     if manifest.get("agreement"):
         print(format_report(manifest["agreement"]))
+    _refresh_report(args.out)
     return _judge_report(manifest, args.strict)
 
 
@@ -276,6 +279,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(summary_table(manifest))
     print()
     print(f"datasets: {manifest['outputs']['sft']}  {manifest['outputs']['preferences']}")
+    _refresh_report(Path(manifest["outputs"]["sft"]).parent)
     return _judge_report(manifest, args.strict)
 
 
@@ -293,9 +297,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlaif.train.config import TrainConfigError
 
     try:
-        return train_main(args.kind, args.config, args.overrides)
+        code = train_main(args.kind, args.config, args.overrides)
     except TrainConfigError as exc:
         raise UserError(f"rlaif train {args.kind}: {exc}") from None
+    if code == 0 and os.environ.get("RANK", "0") == "0" and _reports_on():
+        _refresh_report(_train_run_dir(args))
+    return code
+
+
+def _reports_on() -> bool:
+    return os.environ.get("RLAIF_REPORT", "1") != "0"  # the test suite, and scripts that make their own, set 0
+
+
+_TRAIN_CONFIGS = {"sft": ("rlaif.train.sft", "SFTConfig"), "rm": ("rlaif.train.rm", "RMConfig"),
+                  "dpo": ("rlaif.train.dpo", "DPOConfig"), "ppo": ("rlaif.train.ppo", "PPOConfig")}
+
+
+def _train_run_dir(args: argparse.Namespace):
+    import importlib
+
+    from rlaif.train.config import load_config
+
+    module, name = _TRAIN_CONFIGS[args.kind]
+    return load_config(getattr(importlib.import_module(module), name), args.config, args.overrides).run_dir
+
+
+def _refresh_report(run_dir) -> None:
+    """Rewrite RUN/report.html and print its path; a report that cannot be built is a warning, never a failure."""
+    if not _reports_on():
+        return
+    from rlaif.report import ReportError, refresh
+
+    try:
+        print(f"report: {refresh(run_dir)}")
+    except ReportError as exc:
+        print(f"rlaif: warning: no report ({exc})", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the run itself is done and saved; say what failed and go on
+        print(f"rlaif: warning: the report failed ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def cmd_review(args: argparse.Namespace) -> int:

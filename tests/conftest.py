@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Commands write RUN/report.html when they finish (seconds of matplotlib each); tests that
+# check it turn it back on with monkeypatch.
+os.environ.setdefault("RLAIF_REPORT", "0")
 
 
 @pytest.fixture

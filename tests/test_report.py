@@ -442,3 +442,26 @@ def test_real_tiny_training_run(tmp_path):
     assert f"train/loss{first_loss:,.4f}{last_loss:,.4f}3" in text.replace(" ", "")
     assert "trainerdpo" in text.replace(" ", "")
     assert "final/" in text
+
+
+def test_commands_refresh_the_report_when_they_finish(tmp_path, repo_root, monkeypatch, capsys):
+    """generate, label and train print the path of a fresh RUN/report.html at the end."""
+    from rlaif.cli import main
+
+    monkeypatch.setenv("RLAIF_REPORT", "1")
+    out = tmp_path / "g"
+    assert main(["generate", "--prompts", str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "--limit", "3", "--rounds", "1",
+                 "--out", str(out), "--backend", "fake", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed and (out / "report.html").stat().st_size > 1000
+    # a report that cannot be built is a warning, and the command still succeeds
+    import rlaif.report
+
+    def broken(run_dir):
+        raise rlaif.report.ReportError("matplotlib is not installed")
+
+    monkeypatch.setattr(rlaif.report, "refresh", broken)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"id": "p1", "prompt": "q", "response_a": "x", "response_b": "y y"}\n', encoding="utf-8")
+    assert main(["label", "--pairs", str(pairs), "--out", str(tmp_path / "l"), "--backend", "fake", "--quiet"]) == 0
+    assert "no report (matplotlib is not installed)" in capsys.readouterr().err

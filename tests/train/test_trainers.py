@@ -390,3 +390,16 @@ def test_optional_float_settings_accept_yaml_exponents():
     cfg = load_config(PPOConfig, None, ["data=x", "target_kl=1e-3", "score_clip=5"])
     assert cfg.target_kl == 1e-3 and isinstance(cfg.score_clip, float)
     assert load_config(PPOConfig, None, ["data=x", "target_kl=null"]).target_kl is None
+
+
+def test_train_command_writes_a_report_of_its_run(tiny_model_dir, run_folder, tmp_path, monkeypatch, capsys):
+    """`rlaif train` ends by writing RUN/report.html with the training curves and printing its path."""
+    from rlaif.cli import main
+
+    monkeypatch.setenv("RLAIF_REPORT", "1")
+    assert main(["train", "sft", f"model={tiny_model_dir}", f"data={run_folder}", f"runs_dir={tmp_path}", "name=rep",
+                 "max_steps=3", "log_every=1", "eval_fraction=0", "tensorboard=false"]) == 0
+    report = tmp_path / "rep" / "report.html"
+    assert f"report: {report}" in capsys.readouterr().out
+    html = report.read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "loss" in html
