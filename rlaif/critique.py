@@ -18,7 +18,6 @@ looks like their demonstrations far better than one that keeps growing.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -26,16 +25,7 @@ from typing import Sequence
 from rlaif.constitution import Constitution, Principle
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig
 from rlaif.records import Completion, Message, PromptRecord, Round, Step, Trajectory
-
-
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from any parts: the same parts always give the same seed.
-
-    Seeds derive from (run seed, prompt id, sample, stage, round), never from a position
-    in a batch, so a chunk regenerated after a crash is identical to the lost one.
-    """
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+from rlaif.seeds import derive_seed
 
 
 def sample_principle(const: Constitution, run_seed: int, prompt_id: str, sample: int, round_: int) -> Principle:

@@ -16,7 +16,8 @@ import rlaif
 from rlaif.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
 from rlaif.config import LabelConfig
-from rlaif.critique import LoopSettings, derive_seed, run_chunk
+from rlaif.critique import LoopSettings, run_chunk
+from rlaif.seeds import derive_seed
 from rlaif.label import Pair, label_pairs
 from rlaif.labelling import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
                              keep_for_dataset, label_from_row, label_to_row)

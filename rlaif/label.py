@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from rlaif.constitution import ComparisonExample, Constitution, Principle
-from rlaif.critique import derive_seed
+from rlaif.seeds import derive_seed
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, ScoreRequest
 from rlaif.records import Message
 

@@ -136,20 +136,6 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecor
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a prompt file or of every file of a dataset folder."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-
 def read_pairs(path: str | Path, limit: int | None = None):
     """Read bring-your-own pairs: ``prompt`` (or ``messages``), ``response_a``, ``response_b``,
     optional ``id``, reference ``label`` ('a' or 'b') and ``category``."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlaif import bon
+from rlaif.cli import bon as bon_cli
 from rlaif.bon import BonSettings, Candidate, pick
 from rlaif.engine.base import SamplingConfig
 from rlaif.engine.fake import FakeEngine
@@ -84,11 +85,11 @@ def test_run_bon_rows_and_resume(tmp_path):
 
 
 def test_main_with_fake_backend_and_reward_fn(tmp_path, capsys):
-    rc = bon.main(["--prompts", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "o"), "--n", "3", "--backend", "fake",
+    rc = bon_cli.main(["--prompts", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "o"), "--n", "3", "--backend", "fake",
                    "--model", "fake", "--reward-fn", "test_bon:digit_sum", "--quiet"])
     assert rc == 0
     assert (tmp_path / "o" / "manifest.json").exists() and "sft rows 3" in capsys.readouterr().out
-    assert bon.main(["--prompts", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "p"), "--backend", "fake"]) == 2
+    assert bon_cli.main(["--prompts", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "p"), "--backend", "fake"]) == 2
 
 
 CHATML = (
@@ -129,7 +130,7 @@ def test_bon_command_with_vllm_and_reward_model(tmp_path, capsys):
 
     policy, rm = make_tiny_models(tmp_path)
     out = tmp_path / "bon"
-    rc = bon.main(["--prompts", str(_prompts(tmp_path, 4)), "--out", str(out), "--n", "4", "--model", str(policy),
+    rc = bon_cli.main(["--prompts", str(_prompts(tmp_path, 4)), "--out", str(out), "--n", "4", "--model", str(policy),
                    "--reward-model", str(rm), "--max-tokens", "12", "--keep-truncated", "--max-model-len", "256",
                    "--kv-cache-gib", "0.25", "--dtype", "float32", "--quiet"])
     assert rc == 0, capsys.readouterr().err

@@ -105,3 +105,17 @@ def test_option_probabilities_equal_vllm_in_float32(hf_engine, vllm_engine):
     # both refuse the same requests with the same words
     bad = [ScoreRequest(FRUIT, "Answer: "), ScoreRequest(({"role": "user", "content": "x " * 5000},))]
     assert [s.error for s in hf_engine.score_options(bad, ["A", "B"])] == [s.error for s in vllm_engine.score_options(bad, ["A", "B"])]
+
+
+def test_rl_operations_say_what_the_transformers_backend_cannot_do():
+    """The RL operations of the engine protocol: HFEngine refuses sampling for RL and new weights
+    with a message naming the backend to use, and never sleeps (like vLLM without sleep mode)."""
+    from rlaif.engine.hf_local import HFEngine
+
+    e = object.__new__(HFEngine)  # no model needed to ask
+    with pytest.raises(NotImplementedError, match="use the vllm backend"):
+        e.sample_tokens([[1, 2]], [0], 4)
+    with pytest.raises(NotImplementedError, match="use the vllm backend"):
+        e.update_weights([])
+    assert e.sleep() is False
+    e.wake_up()

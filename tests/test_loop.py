@@ -6,7 +6,8 @@ import pytest
 
 from rlaif.config import BUILTIN_SAMPLING
 from rlaif.constitution import load_constitution
-from rlaif.critique import LoopSettings, critique_context, demonstration_turns, derive_seed, run_chunk, sample_principle
+from rlaif.critique import LoopSettings, critique_context, demonstration_turns, run_chunk, sample_principle
+from rlaif.seeds import derive_seed
 from rlaif.engine.fake import FakeEngine
 from rlaif.records import PromptRecord, Trajectory
 

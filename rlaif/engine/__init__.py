@@ -22,14 +22,12 @@ def create_engine(model: str | None, backend: str = "vllm", **settings) -> Engin
     ``kv_cache_gib`` is given.
     """
     if backend == "vllm":
-        from rlaif.engine.vllm_local import CPU_KV_SHARE, VLLMEngine, VLLMSettings
+        from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings, shared_memory_utilization
 
         show_progress = settings.pop("show_progress", True)
         share = settings.pop("share", 1.0)
         if share != 1.0 and settings.get("gpu_memory_utilization") is None and not settings.get("kv_cache_gib"):
-            from vllm.platforms import current_platform
-
-            settings["gpu_memory_utilization"] = (CPU_KV_SHARE if current_platform.is_cpu() else 0.9) * share
+            settings["gpu_memory_utilization"] = shared_memory_utilization(share)
         return VLLMEngine(_need_model(model, backend), VLLMSettings(**settings), show_progress=show_progress)
     if backend == "transformers":
         from rlaif.engine.hf_local import HFEngine

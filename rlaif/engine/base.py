@@ -75,6 +75,23 @@ class OptionScores:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class TokenSample:
+    """One response sampled from token ids, with the engine's log-probability of each token (RL rollouts)."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    """``log pi(a_t | s_t)`` of each response token as the sampler saw it."""
+    text: str
+    finish_reason: str
+    """"stop" (an end token or stop string ended it) or "length" (cut at max_tokens)."""
+
+    @property
+    def ended(self) -> bool:
+        return self.finish_reason == "stop"
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every backend (in-process vLLM, OpenAI-compatible server, scripted fake) provides."""
@@ -116,3 +133,31 @@ def describe(engine: Engine) -> dict[str, object]:
     if callable(extra):
         info.update(extra())
     return info
+
+
+@runtime_checkable
+class RLEngine(Engine, Protocol):
+    """The operations an online trainer (PPO) needs on top of :class:`Engine`.
+
+    ``max_model_len`` is the context length. The in-process vLLM backend has them all;
+    other backends raise ``NotImplementedError`` naming what they lack.
+    """
+
+    max_model_len: int
+
+    def sample_tokens(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], max_tokens: int,
+                      temperature: float = 1.0) -> list[TokenSample]:
+        """One response per prompt (in order), one seeded request each, with the sampler's log-probs."""
+        ...
+
+    def update_weights(self, named_tensors) -> float:
+        """Load new weights (Hugging Face names) into the running engine; returns seconds."""
+        ...
+
+    def sleep(self) -> bool:
+        """Free accelerator memory while a trainer updates; returns whether it went to sleep."""
+        ...
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep`."""
+        ...

@@ -173,5 +173,22 @@ class HFEngine:
         bar.close()
         return [r for r in results if r is not None]
 
+    # ------------------------------------------------------------ RL operations (see RLEngine)
+
+    def sample_tokens(self, prompt_ids, seeds, max_tokens, temperature=1.0):
+        raise NotImplementedError(
+            "the transformers backend cannot sample for RL: its seeds are per mini-batch, not per request, so a "
+            "rollout would depend on the batch; use the vllm backend (engine.backend=vllm)")
+
+    def update_weights(self, named_tensors) -> float:
+        raise NotImplementedError("the transformers backend does not take new weights while running; use the vllm backend")
+
+    def sleep(self) -> bool:
+        """Never sleeps (nothing to offload that a trainer could use); returns False like vLLM without sleep mode."""
+        return False
+
+    def wake_up(self) -> None:
+        """Nothing to do: :meth:`sleep` never puts this engine to sleep."""
+
     def close(self) -> None:
         self.lm = None

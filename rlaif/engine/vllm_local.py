@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs
 from rlaif.records import Completion
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,32 @@ class VLLMEngine:
                 results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []))
         return [r for r in results if r is not None]
 
-    def sampling_params(self, **kwargs: Any) -> Any:
-        """A ``vllm.SamplingParams`` for callers that drive :attr:`llm` directly (RL rollouts)."""
-        return self._vllm.SamplingParams(**kwargs)
+    def sample_tokens(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], max_tokens: int,
+                      temperature: float = 1.0) -> list[TokenSample]:
+        """Sample one response per prompt (in order) with per-request seeds (RL rollouts).
+
+        Returns token ids plus the log-probability of every sampled token (vLLM's sampler
+        log-probs, which at ``top_p = 1`` are ``log softmax(logits / temperature)``), so a
+        rollout is a function of (weights, prompt, seed) whatever the batch. ``max_tokens``
+        is capped so that prompt + response fits the engine's context.
+        """
+        if len(prompt_ids) != len(seeds):
+            raise ValueError("one seed per prompt")
+        params = []
+        for ids, seed in zip(prompt_ids, seeds):
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in the engine's context ({self.max_model_len})")
+            params.append(self._vllm.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=min(max_tokens, room),
+                                                    logprobs=0, seed=int(seed)))
+        outs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
+        samples = []
+        for ids, out in zip(prompt_ids, outs):
+            o = out.outputs[0]
+            toks = tuple(int(t) for t in o.token_ids)
+            lps = tuple(float(o.logprobs[t][tok].logprob) for t, tok in enumerate(toks))
+            samples.append(TokenSample(tuple(ids), toks, lps, o.text, o.finish_reason or "stop"))
+        return samples
 
     # ---------------------------------------------------------------- sleep (RL)
 
@@ -364,6 +387,13 @@ class VLLMEngine:
         import gc
 
         gc.collect()
+
+
+def shared_memory_utilization(share: float) -> float:
+    """The default memory share (of CPU memory on CPU hosts) times ``share``, for several engines in one process."""
+    from vllm.platforms import current_platform
+
+    return (CPU_KV_SHARE if current_platform.is_cpu() else 0.9) * share
 
 
 def _pick_transfer(wanted: str, platform: Any) -> str:

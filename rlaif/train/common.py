@@ -92,7 +92,7 @@ def load_pretrained(auto_cls, path: str, cfg: TrainConfig, **kw):
 def save_final(model, tokenizer, out: Path, cfg: TrainConfig, rank: int = 0) -> Path:
     """Write the model in Hugging Face format (safetensors) with its tokenizer."""
     state = None
-    if _is_fsdp(model):
+    if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -150,7 +150,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
-def _is_fsdp(model) -> bool:
+def is_fsdp(model) -> bool:
     return type(model).__name__.startswith("FSDP")
 
 
@@ -294,7 +294,7 @@ def init_session(s: Session, spec: LoopSpec) -> Session:
     if cfg.resume not in (False, None, "false", "no"):
         ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
     if ckpt is not None:
-        _warn_if_config_changed(cfg, s.run_dir)
+        warn_if_config_changed(cfg, s.run_dir)
         s.position = load_checkpoint(ckpt, unwrap(s.model), s.optimizer, s.scheduler)
     else:
         if s.dist.rank == 0:  # a fresh start must never resume later from an older run's checkpoints
@@ -310,7 +310,7 @@ def init_session(s: Session, spec: LoopSpec) -> Session:
 _RUN_LENGTH_KEYS = {"name", "runs_dir", "resume", "epochs", "max_steps", "save_every", "eval_every", "log_every", "keep_checkpoints"}
 
 
-def _warn_if_config_changed(cfg: TrainConfig, run_dir: Path) -> None:
+def warn_if_config_changed(cfg: TrainConfig, run_dir: Path) -> None:
     import yaml
 
     from rlaif import textio

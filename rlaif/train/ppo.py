@@ -38,7 +38,7 @@ import torch
 from . import rollout
 from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from .common import (
-    Dist, _warn_if_config_changed, apply_lora, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
+    Dist, warn_if_config_changed, apply_lora, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
     resolve_model_path, save_final, seed_everything, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config, save_config
@@ -217,7 +217,7 @@ class PPOSession:
 
 # ------------------------------------------------------------------- set-up
 def _seed(*parts) -> int:
-    from rlaif.critique import derive_seed
+    from rlaif.seeds import derive_seed
 
     return derive_seed(*parts)
 
@@ -300,14 +300,16 @@ def total_iterations(cfg: PPOConfig, n_prompts: int) -> int:
 
 
 def make_engine(cfg: PPOConfig, path: str):
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    """The rollout engine, from the same factory as ``rlaif generate``'s (``rlaif.engine.create_engine``)."""
+    from rlaif.engine import create_engine
 
     e = cfg.engine
-    return VLLMEngine(path, VLLMSettings(
+    return create_engine(
+        path, e.backend, show_progress=False,
         max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
         kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
         trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, sleep_mode=e.sleep, weight_transfer=e.weight_transfer,
-    ), show_progress=False)
+    )
 
 
 def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
@@ -364,7 +366,7 @@ def _resume_or_start(s: PPOSession) -> None:
         ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
     s.position = {"step": 0, "kl_coef": cfg.kl_coef}
     if ckpt is not None:
-        _warn_if_config_changed(cfg, s.run_dir)
+        warn_if_config_changed(cfg, s.run_dir)
         s.position.update(load_checkpoint(ckpt, s.models, s.optimizer, s.scheduler))
     else:  # a fresh start must never resume later from an older run's checkpoints
         shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
@@ -492,7 +494,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     recs = [s.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     ids = [s.prompt_ids[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     seeds = [_seed(cfg.seed, "ppo", it, s.prompts[i].id, j) for i in idx for j in range(cfg.samples_per_prompt)]
-    samples = rollout.sample(s.engine, ids, seeds, cfg.max_new_tokens, cfg.temperature)
+    samples = s.engine.sample_tokens(ids, seeds, cfg.max_new_tokens, cfg.temperature)
     t_roll = time.perf_counter()
     # -- scoring
     scores = rollout.score(s.reward_fn, [list(r.messages) for r in recs], [x.text for x in samples])
@@ -551,7 +553,7 @@ def evaluate(s: PPOSession, it: int) -> dict[str, float]:
     if not s.eval_prompts:
         return {}
     seeds = [_seed(s.cfg.seed, "ppo-eval", it, r.id) for r in s.eval_prompts]
-    samples = rollout.sample(s.engine, s.eval_ids, seeds, s.cfg.max_new_tokens, s.cfg.temperature)
+    samples = s.engine.sample_tokens(s.eval_ids, seeds, s.cfg.max_new_tokens, s.cfg.temperature)
     scores = rollout.score(s.reward_fn, [list(r.messages) for r in s.eval_prompts], [x.text for x in samples])
     return {
         "eval/score": _mean(scores),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .common import _is_fsdp
+from .common import is_fsdp
 from .data import chosen_first, collate_pairs, fingerprint, pair_length
 from .losses import sequence_logps, token_logps
 
@@ -142,7 +142,7 @@ def can_share_prompt(model) -> bool:
     """Whether the shared prompt pass is safe for this (possibly wrapped) model."""
     from transformers import DynamicCache
 
-    if _is_fsdp(model):
+    if is_fsdp(model):
         # FSDP2 frees the gathered weights after each forward, and the backward of the
         # first of two forwards through the same layers then finds them gone.
         return False

@@ -27,11 +27,6 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------- masked stats
-def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sum_{b,t} m x`` over all elements, a scalar. ``x``, ``mask``: ``(B, T)``."""
-    return (x * mask.to(x.dtype)).sum()
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over unmasked elements (0 when nothing is unmasked). ``x``, ``mask``: ``(B, T)``."""
     m = mask.to(x.dtype)

@@ -1,9 +1,7 @@
-"""Rollouts for RL: sampling through the in-process vLLM engine, rewards, and batching.
+"""Rollouts for RL: weight sync to the engine, rewards, and batching.
 
-* :func:`sample` asks the running :class:`~rlaif.engine.vllm_local.VLLMEngine` for token
-  ids plus the log-probability of every sampled token (vLLM's sampler log-probs, which at
-  ``top_p = 1`` are ``log softmax(logits / temperature)``), one seeded request per
-  response, so a rollout is a function of (weights, prompt, seed) whatever the batch.
+* Samples come from the engine (``engine.sample_tokens``, see :class:`rlaif.engine.base.RLEngine`):
+  token ids plus the log-probability of every sampled token, one seeded request per response.
 * A reward function takes the prompts (message lists) and the response texts and
   returns one score per response: :class:`SequenceClassifierReward` wraps a reward model
   from ``rlaif train rm`` (or any Hugging Face sequence-classification model with one
@@ -15,61 +13,17 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+
+from rlaif.engine.base import TokenSample
 
 from .losses import token_logps
 from .rl_losses import entropy_from_logits
 
 Messages = list[dict[str, Any]]
 RewardFn = Callable[[Sequence[Messages], Sequence[str]], "torch.Tensor | Sequence[float]"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled response with the engine's log-probabilities of its tokens."""
-
-    prompt_ids: tuple[int, ...]
-    response_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    """``log pi(a_t | s_t)`` of each response token as the sampler saw it."""
-    text: str
-    finish_reason: str
-    """"stop" (an end token or stop string ended it) or "length" (cut at max_tokens)."""
-
-    @property
-    def ended(self) -> bool:
-        return self.finish_reason == "stop"
-
-
-def sample(engine, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], max_tokens: int,
-           temperature: float = 1.0) -> list[Sample]:
-    """Sample one response per prompt (in order) with per-request seeds.
-
-    ``engine`` is a :class:`rlaif.engine.vllm_local.VLLMEngine`; its ``llm`` is driven
-    directly because the chat-level ``generate`` returns text only. ``max_tokens`` is
-    capped so that prompt + response fits the engine's context.
-    """
-    if len(prompt_ids) != len(seeds):
-        raise ValueError("one seed per prompt")
-    make_params = engine.sampling_params
-    params = []
-    for ids, seed in zip(prompt_ids, seeds):
-        room = engine.max_model_len - len(ids)
-        if room < 1:
-            raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in the engine's context ({engine.max_model_len})")
-        params.append(make_params(temperature=temperature, top_p=1.0, max_tokens=min(max_tokens, room),
-                                  logprobs=0, seed=int(seed)))
-    outs = engine.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
-    samples = []
-    for ids, out in zip(prompt_ids, outs):
-        o = out.outputs[0]
-        toks = tuple(int(t) for t in o.token_ids)
-        lps = tuple(float(o.logprobs[t][tok].logprob) for t, tok in enumerate(toks))
-        samples.append(Sample(tuple(ids), toks, lps, o.text, o.finish_reason or "stop"))
-    return samples
 
 
 # ------------------------------------------------------------------ weight sync
@@ -192,7 +146,7 @@ def _pad(rows: Sequence[Sequence], value, dtype) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=dtype)
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(samples: Sequence[TokenSample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded prompt + response sequences and response-aligned tensors.
 
     Returns ``input_ids`` / ``attention_mask`` ``(B, L)``; ``response_ids``,

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from rlaif.engine.base import TokenSample
 from rlaif.train import rl_losses as L
 from rlaif.train import rollout
 
@@ -270,7 +271,7 @@ def _fake_samples(rng, vocab, n):
     for _ in range(n):
         p = tuple(rng.randrange(4, vocab) for _ in range(rng.randint(2, 9)))
         r = tuple(rng.randrange(4, vocab) for _ in range(rng.randint(1, 7)))
-        out.append(rollout.Sample(p, r, tuple(0.0 for _ in r), "", "stop" if rng.random() < 0.5 else "length"))
+        out.append(TokenSample(p, r, tuple(0.0 for _ in r), "", "stop" if rng.random() < 0.5 else "length"))
     return out
 
 
@@ -437,9 +438,9 @@ def test_sampled_logprobs_match_trainer(engine, tiny_chat):
     model = AutoModelForCausalLM.from_pretrained(tiny_chat, dtype=torch.float32).eval()
     rollout.sync_weights(engine, model)
     prompt = engine.encode_chat([{"role": "user", "content": "w9 w8"}])
-    samples = rollout.sample(engine, [prompt] * 24, list(range(24)), max_tokens=20, temperature=0.8)
+    samples = engine.sample_tokens([prompt] * 24, list(range(24)), max_tokens=20, temperature=0.8)
     assert len({s.response_ids for s in samples}) > 1
-    again = rollout.sample(engine, [prompt], [5], max_tokens=20, temperature=0.8)
+    again = engine.sample_tokens([prompt], [5], max_tokens=20, temperature=0.8)
     assert again[0].response_ids == samples[5].response_ids  # seeded: independent of the batch
     ended = [s for s in samples if s.ended]
     assert all(s.response_ids[-1] == engine.tokenizer.eos_token_id for s in ended)

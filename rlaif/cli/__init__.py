@@ -5,25 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _add_engine_flags(p) -> None:
-    p.add_argument("--backend", dest="engine.backend", choices=["vllm", "openai", "transformers", "fake"],
-                   help="engine backend (default: vllm in-process; openai: a server speaking the OpenAI API)")
-    p.add_argument("--base-url", dest="engine.base_url", help="openai backend: server address, e.g. http://127.0.0.1:8000")
-    p.add_argument("--served-model", dest="engine.served_model", help="openai backend: model name on the server (default: its first)")
-    p.add_argument("--api-key-env", dest="engine.api_key_env", help="openai backend: environment variable holding the API key")
-    p.add_argument("--max-concurrency", dest="engine.max_concurrency", type=int, help="openai backend: requests in flight (default 32)")
-    p.add_argument("--request-timeout", dest="engine.request_timeout_s", type=float, help="openai backend: seconds per request (default 120)")
-    p.add_argument("--max-retries", dest="engine.max_retries", type=int, help="openai backend: retries on errors, 429 and 5xx (default 6)")
-    p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
-    p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
-                   help="engine memory share (of CPU memory on CPU hosts)")
-    p.add_argument("--kv-cache-gib", dest="engine.kv_cache_gib", type=float, help="KV-cache size in GiB (overrides the memory share)")
-    p.add_argument("--enforce-eager", dest="engine.enforce_eager", action=argparse.BooleanOptionalAction,
-                   help="skip graph compilation (default: on for CPU hosts)")
-    p.add_argument("--dtype", dest="engine.dtype", help="model dtype (default: auto)")
-    p.add_argument("--trust-remote-code", dest="engine.trust_remote_code", action="store_true", default=None,
-                   help="allow code shipped with the model to run")
+from rlaif.cli.engine_flags import add_engine_flags
 
 
 def _add_feedback_server_flags(p) -> None:
@@ -57,7 +39,7 @@ def _add_label(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
     p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")
-    _add_engine_flags(p)
+    add_engine_flags(p)
     _add_feedback_server_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,7 +62,7 @@ def _add_generate(sub) -> None:
         p.add_argument(f"--{stage}-temperature", dest=f"sampling.{stage}.temperature", type=float, help=argparse.SUPPRESS)
         p.add_argument(f"--{stage}-top-p", dest=f"sampling.{stage}.top_p", type=float, help=argparse.SUPPRESS)
         p.add_argument(f"--{stage}-max-tokens", dest=f"sampling.{stage}.max_tokens", type=int, help=argparse.SUPPRESS)
-    _add_engine_flags(p)
+    add_engine_flags(p)
     p.add_argument("--label", dest="label.enabled", action="store_true", default=None,
                    help="AI preference labels instead of 'the revision wins'")
     p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random"],
@@ -147,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
 
     p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
-    from rlaif.bon import add_arguments
+    from rlaif.cli.bon import add_arguments
 
     add_arguments(p)
 
@@ -175,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from rlaif import commands
+    from rlaif.cli import commands
 
     try:
         return getattr(commands, f"cmd_{args.command}")(args)

@@ -102,7 +102,7 @@ def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base
     return factory
 
 
-def _connect(e, name: str | None, quiet: bool, base_url: str | None = None):
+def connect_server(e, name: str | None, quiet: bool, base_url: str | None = None):
     """A client of the openai backend's server (cheap: no model is loaded). Its ``model`` is the
     name the server serves, which is what the run's settings record; a name the server does not
     list is refused here rather than failing every request."""
@@ -121,7 +121,7 @@ def _connect(e, name: str | None, quiet: bool, base_url: str | None = None):
     return engine
 
 
-def _named(model: str | None) -> str | None:
+def model_name(model: str | None) -> str | None:
     """``--model`` as a served name for the openai backend: None for 'default' (the server's first model)."""
     return None if model in (None, "", "default") else model
 
@@ -172,7 +172,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             # The judge's name on its server: --feedback-served-model, else --feedback-model,
             # else --served-model, else the server's first model.
             name = engine_cfg.feedback_served_model or args.feedback_model or engine_cfg.served_model
-            judge = _connect(engine_cfg, name, args.quiet, base_url=engine_cfg.feedback_base_url)
+            judge = connect_server(engine_cfg, name, args.quiet, base_url=engine_cfg.feedback_base_url)
             model_id = judge.model
             factory = lambda: judge  # noqa: E731
         else:
@@ -224,14 +224,14 @@ def _server_engines(cfg, quiet: bool, clients: list):
     (policy factory, policy name, feedback factory or None, feedback name).
     """
     e = cfg.engine
-    policy = _connect(e, e.served_model or _named(cfg.model), quiet)
+    policy = connect_server(e, e.served_model or model_name(cfg.model), quiet)
     clients.append(policy)
     feedback = None
     if cfg.label.enabled:
         name = e.feedback_served_model or cfg.label.feedback_model
         url = e.feedback_base_url or e.base_url
         if not (_same_server(url, e.base_url) and name in (None, policy.model)):
-            feedback = _connect(e, name, quiet, base_url=url)
+            feedback = connect_server(e, name, quiet, base_url=url)
             clients.append(feedback)
     return (lambda: policy), policy.model, (lambda: feedback) if feedback else None, (feedback or policy).model
 
@@ -284,7 +284,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bon(args: argparse.Namespace) -> int:
-    from rlaif.bon import run
+    from rlaif.cli.bon import run
 
     return run(args)
 
