@@ -1,6 +1,6 @@
 """Critique-and-revise throughput: rlaif on vLLM against the same loop on plain transformers.
 
-Both run rlaif's own loop (``rlaif.critique.run_chunk``) over the same prompts, rounds,
+Both run rlaif's own loop (``rlaif.pipeline.critique.run_chunk``) over the same prompts, rounds,
 token limits and constitution; only the engine differs. Each backend runs in its own
 child process so its peak memory (the whole process tree: vLLM's workers included) is
 measured alone. Prints one table with ratios against the transformers baseline measured
@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(args: argparse.Namespace) -> None:
-    from rlaif.config import STAGES
+    from rlaif.pipeline.config import STAGES
     from rlaif.constitution import load_constitution
-    from rlaif.critique import LoopSettings, run_chunk
+    from rlaif.pipeline.critique import LoopSettings, run_chunk
     from rlaif.engine import create_engine
     from rlaif.engine.base import SamplingConfig
-    from rlaif.model_zoo import resolve_model
-    from rlaif.prompts import read_prompts
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.data.prompts import read_prompts
 
     model = resolve_model(args.model)
     const = load_constitution(args.constitution)

@@ -39,9 +39,9 @@ def main() -> None:
     from rlaif.constitution import load_constitution
     from rlaif.engine.base import ChatRequest, SamplingConfig
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.label import LabelSettings, label_pairs, question, render_conversation, sample_label_principles, sanitise
-    from rlaif.model_zoo import resolve_model
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import LabelSettings, label_pairs, question, render_conversation, sample_label_principles, sanitise
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(args.pairs, limit=args.limit)
     const = load_constitution("default")

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _prompt_ids(tok, n: int) -> list[list[int]]:
-    from rlaif.prompts import read_prompts
+    from rlaif.data.prompts import read_prompts
 
     recs = read_prompts(ROOT / "prompts" / "rlaif-prompts.jsonl", limit=n)
     return [tok(tok.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True),
@@ -93,7 +93,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.model_zoo import resolve_model
+    from rlaif.models.model_zoo import resolve_model
     from rlaif.train import ppo, rollout
     from rlaif.train.config import load_config
 

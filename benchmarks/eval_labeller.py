@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def variants(k: int, cot: bool) -> dict[str, object]:
-    from rlaif.label import LabelSettings
+    from rlaif.pipeline.judge import LabelSettings
 
     v = {
         "one order, 1 principle": LabelSettings(ensemble=1, both_orders=False),
@@ -94,10 +94,10 @@ def main() -> None:
 
     from rlaif.constitution import load_constitution
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.label import label_pairs
-    from rlaif.labelling import FINALISE_ONLY, agreement_report, finalise_labels
-    from rlaif.model_zoo import resolve_model
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import label_pairs
+    from rlaif.pipeline.label import FINALISE_ONLY, agreement_report, finalise_labels
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(args.pairs)
     const = load_constitution(args.constitution)

@@ -29,9 +29,9 @@ def score(model: str, constitution: str, out: Path) -> None:
     from rlaif.constitution import load_constitution
     from rlaif.engine.base import ScoreRequest
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.label import OPTIONS, question, render_conversation, sanitise
-    from rlaif.model_zoo import resolve_model
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import OPTIONS, question, render_conversation, sanitise
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.data.prompts import read_pairs
 
     const = load_constitution(constitution)
     questions = {"generic": GENERIC, **{p.id: p.comparison for p in const.principles}}

@@ -35,9 +35,9 @@ def logit(p: float) -> float:
 def main() -> None:
     from rlaif.engine.base import ScoreRequest
     from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-    from rlaif.label import render_conversation, sanitise
-    from rlaif.model_zoo import resolve_model
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import render_conversation, sanitise
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.data.prompts import read_pairs
 
     engine = VLLMEngine(resolve_model("default"), VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=True)
     raw = {}

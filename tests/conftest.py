@@ -30,7 +30,7 @@ def const_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> str:
-    from rlaif.model_zoo import prepare_default_model
+    from rlaif.models.model_zoo import prepare_default_model
 
     return str(prepare_default_model())
 

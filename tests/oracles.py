@@ -28,7 +28,7 @@ _BLOCKS = re.compile(r"\nResponse A: (.*?)\n\nResponse B: (.*)\n\n", re.S)
 
 
 def shown_responses(text: str) -> tuple[str, str]:
-    """The responses in slots A and B of a judge question (see :func:`rlaif.label.question`)."""
+    """The responses in slots A and B of a judge question (see :func:`rlaif.pipeline.judge.question`)."""
     m = _BLOCKS.search(text)
     if m is None:
         raise AssertionError(f"not a judge question: {text[:200]!r}")

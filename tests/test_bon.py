@@ -6,12 +6,12 @@ import datasets
 import pytest
 import torch
 
-from rlaif import bon
+from rlaif.pipeline import bon
 from rlaif.cli import bon as bon_cli
-from rlaif.bon import BonSettings, Candidate, pick
+from rlaif.pipeline.bon import BonSettings, Candidate, pick
 from rlaif.engine.base import SamplingConfig
 from rlaif.engine.fake import FakeEngine
-from rlaif.prompts import read_prompts
+from rlaif.data.prompts import read_prompts
 
 
 def C(sample, text, reward, finish="stop"):

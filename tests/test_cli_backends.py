@@ -368,8 +368,8 @@ def test_label_vllm_backend_matches_transformers(default_model, tmp_path, capsys
     """`rlaif label` on vLLM gives the judge's probabilities that plain transformers computes."""
     from rlaif.constitution import load_constitution
     from rlaif.engine.hf_local import HFEngine
-    from rlaif.label import LabelSettings, label_pairs
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import LabelSettings, label_pairs
+    from rlaif.data.prompts import read_pairs
 
     src = ROOT / "prompts" / "reference-pairs.jsonl"
     assert cli("label", "--pairs", src, "--limit", 4, "--out", tmp_path / "l", "--ensemble", 2, *VLLM_SMALL, *QUIET) == 0, \

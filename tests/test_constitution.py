@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rlaif.constitution import ConstitutionError, lint, load_constitution
-from rlaif.hf_import import ImportErrorHF, import_hf_constitution
+from rlaif.constitution.hf_import import ImportErrorHF, import_hf_constitution
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

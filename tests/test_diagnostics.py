@@ -9,12 +9,12 @@ import statistics
 import numpy as np
 import pytest
 
-from rlaif.diagnostics import (
+from rlaif.pipeline.diagnostics import (
     format_diagnostics, judge_diagnostics, judge_problems, length_feature, length_split_agreement, log_odds,
     longer_chosen_rate, order_consistency, pearson, position_bias, sigmoid, warning_line,
 )
-from rlaif.label import Pair, PairLabel, likert, margin
-from rlaif.length_control import MIN_PAIRS, apply_length_control, fit_length_model
+from rlaif.pipeline.judge import Pair, PairLabel, likert, margin
+from rlaif.pipeline.length_control import MIN_PAIRS, apply_length_control, fit_length_model
 
 Q = ({"role": "user", "content": "q"},)
 
@@ -162,7 +162,7 @@ def test_length_fit_cautions_when_one_side_is_always_longer():
     assert fit.applied and "response b is the longer one in most pairs" in fit.caution
     balanced = fit_length_model([0.5 * x for x in d[:15] + [-x for x in d[15:]]], d[:15] + [-x for x in d[15:]], intercept=False)
     assert balanced.applied and balanced.caution is None
-    from rlaif.diagnostics import run_warnings
+    from rlaif.pipeline.diagnostics import run_warnings
 
     manifest = {"diagnostics": {"pairs": 30, "order_consistency": 0.9, "comparisons_both_orders": 60, "length_correlation": 0.0},
                 "length_control": fit.to_dict()}
@@ -197,7 +197,7 @@ def test_length_control_keeps_a_judges_tie_a_tie():
 
 
 def test_preference_lengths_by_hand():
-    from rlaif.diagnostics import format_preference_lengths, preference_lengths
+    from rlaif.pipeline.diagnostics import format_preference_lengths, preference_lengths
 
     def row(c, r, flags=()):
         return {"chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}], "flags": list(flags)}

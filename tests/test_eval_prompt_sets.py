@@ -46,7 +46,7 @@ def _read_prompts():
     try:
         from rlaif.data.prompts import read_prompts
     except ImportError:
-        from rlaif.prompts import read_prompts
+        from rlaif.data.prompts import read_prompts
     return read_prompts
 
 

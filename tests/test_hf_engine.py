@@ -20,8 +20,8 @@ def label_requests(n_pairs: int = 3) -> list[ScoreRequest]:
     """The labeller's own comparison prompts (both orders) for some reference pairs."""
     from pathlib import Path
 
-    from rlaif.label import question, render_conversation
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import question, render_conversation
+    from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(Path(__file__).resolve().parent.parent / "prompts" / "reference-pairs.jsonl", limit=n_pairs)
     q = "Which response is more helpful?"

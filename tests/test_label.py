@@ -13,8 +13,8 @@ import pytest
 
 from rlaif.constitution import load_constitution
 from rlaif.engine.fake import FakeEngine
-from rlaif.label import LabelSettings, Pair, clamp, label_pairs, likert, margin, sanitise, unswap
-from rlaif.labelling import agreement_report, label_run
+from rlaif.pipeline.judge import LabelSettings, Pair, clamp, label_pairs, likert, margin, sanitise, unswap
+from rlaif.pipeline.label import agreement_report, label_run
 
 CONST = load_constitution("default")
 
@@ -84,7 +84,7 @@ def test_position_bias_cancels_and_is_flagged():
 
 
 def test_chosen_follows_the_label_when_b_wins():
-    from rlaif.labelling import ai_preference_row
+    from rlaif.pipeline.label import ai_preference_row
 
     pair = Pair("p", ({"role": "user", "content": "q"},), "bad one", "good one")
     lab = label_pairs(FakeEngine(scorer=content_judge(0.8)), CONST, [pair], LabelSettings(ensemble=1))[0]
@@ -182,7 +182,7 @@ def test_label_run_writes_resumable_dataset(tmp_path):
 
 
 def test_reference_pairs_file_reads(repo_root):
-    from rlaif.prompts import read_pairs
+    from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(repo_root / "prompts" / "reference-pairs.jsonl")
     assert len(pairs) >= 60 and {p.label for p in pairs} == {"a", "b"}
@@ -199,8 +199,8 @@ def test_label_cli_with_fake_backend(repo_root, tmp_path):
 
 
 def test_generate_with_ai_labels_revision_pairs(repo_root, tmp_path):
-    from rlaif.config import resolve
-    from rlaif.generate import generate
+    from rlaif.pipeline.config import resolve
+    from rlaif.pipeline.generate import generate
 
     flags = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "out": str(tmp_path / "g"), "limit": 6,
              "chunk_size": 4, "rounds": 1, "label.enabled": True, "label.ensemble": 2}
@@ -222,8 +222,8 @@ def test_generate_with_ai_labels_revision_pairs(repo_root, tmp_path):
 
 
 def test_generate_sample_pairs(repo_root, tmp_path):
-    from rlaif.config import ConfigError, resolve
-    from rlaif.generate import generate
+    from rlaif.pipeline.config import ConfigError, resolve
+    from rlaif.pipeline.generate import generate
 
     base = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "limit": 3, "rounds": 0,
             "samples_per_prompt": 4, "label.enabled": True, "label.ensemble": 1}
@@ -304,7 +304,7 @@ def test_cot_reasoning_is_defused_before_it_is_read_back():
 
 
 def test_a_tie_picks_no_side_and_leaves_the_dataset_by_default(tmp_path):
-    from rlaif.labelling import ai_preference_row, keep_for_dataset
+    from rlaif.pipeline.label import ai_preference_row, keep_for_dataset
 
     # pure position bias in both orders cancels to exactly 0.5: a coin flip, not a choice for "a"
     pair = Pair("t", ({"role": "user", "content": "q"},), "first", "second")
@@ -326,8 +326,8 @@ def test_a_tie_picks_no_side_and_leaves_the_dataset_by_default(tmp_path):
 
 
 def test_revision_mode_ties_do_not_prefer_the_initial_response(repo_root, tmp_path):
-    from rlaif.config import resolve
-    from rlaif.generate import generate
+    from rlaif.pipeline.config import resolve
+    from rlaif.pipeline.generate import generate
 
     flags = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "out": str(tmp_path / "g"), "limit": 4,
              "rounds": 1, "label.enabled": True, "label.ensemble": 1}
@@ -342,7 +342,7 @@ def test_revision_mode_ties_do_not_prefer_the_initial_response(repo_root, tmp_pa
 
 def test_default_ensemble_is_the_same_everywhere(repo_root):
     from rlaif.cli import build_parser
-    from rlaif.config import LabelConfig
+    from rlaif.pipeline.config import LabelConfig
 
     parser = build_parser()
     label_args = parser.parse_args(["label", "--pairs", "p", "--out", "o"])

@@ -16,9 +16,9 @@ import pytest
 
 from oracles import MARKER, OracleEngine, content_oracle, length_oracle, marker_script, position_oracle
 from rlaif.constitution import load_constitution
-from rlaif.diagnostics import STRICT_EXIT
-from rlaif.label import LabelSettings, Pair, label_pairs, likert
-from rlaif.labelling import label_run
+from rlaif.pipeline.diagnostics import STRICT_EXIT
+from rlaif.pipeline.judge import LabelSettings, Pair, label_pairs, likert
+from rlaif.pipeline.label import label_run
 
 CONST = load_constitution("default")
 Q = "What should I pack for a day hike?"
@@ -246,7 +246,7 @@ def _marked_initial(prompt: str) -> bool:
 
 
 def _generate_cfg(repo_root, out, **extra):
-    from rlaif.config import resolve
+    from rlaif.pipeline.config import resolve
 
     flags = {"prompts": str(repo_root / "prompts" / "rlaif-prompts.jsonl"), "out": str(out), "limit": 8, "chunk_size": 3,
              "rounds": 1, "label.enabled": True, **extra}
@@ -254,7 +254,7 @@ def _generate_cfg(repo_root, out, **extra):
 
 
 def test_generate_label_follows_the_content_oracle(repo_root, tmp_path):
-    from rlaif.generate import generate, summary_table
+    from rlaif.pipeline.generate import generate, summary_table
 
     engine = content_oracle(2.0, script=marker_script(CONST, _marked_initial))
     m = generate(_generate_cfg(repo_root, tmp_path / "g"), CONST, lambda: engine, "m", show_progress=False, log=lambda s: None)
@@ -291,8 +291,8 @@ def test_generate_label_command_with_oracles(repo_root, tmp_path, monkeypatch, c
 
 
 def test_generate_length_control_rebuilds_a_finished_run_without_the_model(repo_root, tmp_path):
-    from rlaif.diagnostics import run_warnings
-    from rlaif.generate import generate
+    from rlaif.pipeline.diagnostics import run_warnings
+    from rlaif.pipeline.generate import generate
 
     engine = content_oracle(2.0, script=marker_script(CONST, _marked_initial))
     quiet = {"show_progress": False, "log": lambda s: None}

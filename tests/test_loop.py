@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif.config import BUILTIN_SAMPLING
+from rlaif.pipeline.config import BUILTIN_SAMPLING
 from rlaif.constitution import load_constitution
-from rlaif.critique import LoopSettings, critique_context, demonstration_turns, run_chunk, sample_principle
+from rlaif.pipeline.critique import LoopSettings, critique_context, demonstration_turns, run_chunk, sample_principle
 from rlaif.seeds import derive_seed
 from rlaif.engine.fake import FakeEngine
-from rlaif.records import PromptRecord, Trajectory
+from rlaif.data.records import PromptRecord, Trajectory
 
 
 def _prompts(n: int) -> list[PromptRecord]:

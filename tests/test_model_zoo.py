@@ -1,4 +1,4 @@
-"""Tests for rlaif.model_zoo: cache location, model-spec resolution, the default model."""
+"""Tests for rlaif.models.model_zoo: cache location, model-spec resolution, the default model."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rlaif import model_zoo as mz
-from rlaif.model_zoo import (
+from rlaif.models import model_zoo as mz
+from rlaif.models.model_zoo import (
     DEFAULT_MODEL,
     MARKER_FILE,
     ModelError,
@@ -202,7 +202,7 @@ def test_install_replaces_existing_folder_atomically(tmp_path):
 
 
 def test_import_is_cheap():
-    code = "import sys, rlaif.model_zoo; bad = {'torch', 'transformers', 'vllm'} & set(sys.modules); print(sorted(bad)); sys.exit(bool(bad))"
+    code = "import sys, rlaif.models.model_zoo; bad = {'torch', 'transformers', 'vllm'} & set(sys.modules); print(sorted(bad)); sys.exit(bool(bad))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from rlaif.prompts import PromptError, read_prompts
+from rlaif.data.prompts import PromptError, read_prompts
 
 
 def test_shipped_prompt_set(repo_root):
@@ -103,7 +103,7 @@ def test_lone_surrogates_are_refused_clearly(tmp_path, line, where):
 
 
 def test_lone_surrogate_in_a_pair_is_refused(tmp_path):
-    from rlaif.prompts import read_pairs
+    from rlaif.data.prompts import read_pairs
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"id": "r1", "prompt": "q", "response_a": "ok", "response_b": "bad\\ud83d"}\n')

@@ -81,7 +81,7 @@ def test_rows_are_well_formed(name):
             assert isinstance(row[key], str) and row[key].strip(), f"{where}: empty {key}"
         assert row["response_a"].strip() != row["response_b"].strip(), f"{where}: identical responses"
 
-    from rlaif.prompts import read_pairs
+    from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(path)
     assert [p.id for p in pairs] == [r["id"] for r in rows]

@@ -9,11 +9,11 @@ import sys
 import datasets
 import pytest
 
-from rlaif.config import resolve
+from rlaif.pipeline.config import resolve
 from rlaif.constitution import load_constitution
 from rlaif.engine.fake import FakeEngine
-from rlaif.generate import generate
-from rlaif.runs import RunDir, RunFolderError
+from rlaif.pipeline.generate import generate
+from rlaif.data.runs import RunDir, RunFolderError
 
 
 class Crash(Exception):
@@ -168,7 +168,7 @@ class FlakyEngine(FakeEngine):
         self.word, self.retryable = word, retryable
 
     def generate(self, requests, sampling, desc=""):
-        from rlaif.records import Completion
+        from rlaif.data.records import Completion
 
         out = super().generate(requests, sampling, desc)
         return [Completion("", "error", 0, 0, error="server gave up after 7 attempts", retryable=self.retryable)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.prompts import PromptError, read_pairs, read_prompts
+from rlaif.data.prompts import PromptError, read_pairs, read_prompts
 
 BOM = b"\xef\xbb\xbf"
 
@@ -52,7 +52,7 @@ def test_a_file_that_is_not_utf8_is_named_in_the_error(tmp_path):
 
 
 def test_generate_config_with_bom_and_crlf(tmp_path):
-    from rlaif.config import load_yaml
+    from rlaif.pipeline.config import load_yaml
 
     text = "limit: 2\nrounds: 1\nsampling:\n  critique: {max_tokens: 7}\nengine:\n  backend: fake\n"
     assert load_yaml(windows(tmp_path / "w.yaml", text)) == load_yaml(plain(tmp_path / "p.yaml", text)) == {
@@ -93,7 +93,7 @@ def test_a_principle_that_is_not_utf8_is_a_lint_problem(const_dir):
 
 def test_hf_constitution_json_with_bom_and_crlf(tmp_path):
     from rlaif.constitution import load_constitution
-    from rlaif.hf_import import import_hf_constitution
+    from rlaif.constitution.hf_import import import_hf_constitution
 
     data = {"constitutions": [{"critic": "Is it harmful?", "revision": "Make it harmless."}],
             "system_chat": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},

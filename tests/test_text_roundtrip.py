@@ -20,13 +20,13 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rlaif import textio
-from rlaif.config import resolve
+from rlaif.data import textio
+from rlaif.pipeline.config import resolve
 from rlaif.constitution import load_constitution
 from rlaif.engine.fake import FakeEngine
-from rlaif.generate import generate
-from rlaif.records import Completion
-from rlaif.runs import RunDir
+from rlaif.pipeline.generate import generate
+from rlaif.data.records import Completion
+from rlaif.data.runs import RunDir
 
 # Characters some readers take as line ends (str.splitlines, universal newlines, JavaScript),
 # plus a byte-order mark, NUL and a few from other planes.
@@ -264,9 +264,9 @@ def test_generate_with_labels_keeps_every_text(prompts, principles, texts, reaso
 @given(pairs=st.lists(st.tuples(NONBLANK, NONBLANK, TEXT, TEXT), min_size=1, max_size=4, unique_by=lambda p: p[0]))
 @example(pairs=[("id\u2028one", "Hi\u2029there", "A\x85a", "B"), ("two", "Q", "x", "y\u2028z")])
 def test_label_run_keeps_every_text(pairs):
-    from rlaif.labelling import label_run
-    from rlaif.label import LabelSettings
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.label import label_run
+    from rlaif.pipeline.judge import LabelSettings
+    from rlaif.data.prompts import read_pairs
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -300,7 +300,7 @@ def test_label_run_keeps_every_text(pairs):
 @given(entries=st.lists(st.tuples(NONBLANK, NONBLANK), min_size=1, max_size=3))
 @example(entries=[("Is it kind?\x85Say so.", "Rewrite it\u2028kindly.\u2029")])
 def test_hf_import_keeps_principle_text(entries):
-    from rlaif.hf_import import import_hf_constitution
+    from rlaif.constitution.hf_import import import_hf_constitution
 
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "cai.json"

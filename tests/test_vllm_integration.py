@@ -18,12 +18,12 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rlaif.config import resolve
+from rlaif.pipeline.config import resolve
 from rlaif.constitution import load_constitution
-from rlaif.critique import LoopSettings, run_chunk
+from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.engine.base import ChatRequest, SamplingConfig
-from rlaif.generate import generate
-from rlaif.prompts import read_prompts
+from rlaif.pipeline.generate import generate
+from rlaif.data.prompts import read_prompts
 
 pytestmark = pytest.mark.vllm
 
@@ -170,8 +170,8 @@ def test_missing_model_reported_before_engine_starts(repo_root, tmp_path):
 
 
 def test_labeller_on_real_model(vllm_engine, repo_root):
-    from rlaif.label import LabelSettings, label_pairs
-    from rlaif.prompts import read_pairs
+    from rlaif.pipeline.judge import LabelSettings, label_pairs
+    from rlaif.data.prompts import read_pairs
 
     const = load_constitution("default")
     pairs = read_pairs(repo_root / "prompts" / "reference-pairs.jsonl")

@@ -1,10 +1,10 @@
-"""``rlaif bon``: its flags and its body (the sampling and scoring live in :mod:`rlaif.bon`)."""
+"""``rlaif bon``: its flags and its body (the sampling and scoring live in :mod:`rlaif.pipeline.bon`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from rlaif.bon import BonSettings, run_bon
+from rlaif.pipeline.bon import BonSettings, run_bon
 from rlaif.cli.engine_flags import add_engine_flags
 from rlaif.engine.base import SamplingConfig
 
@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.commands.UserError`."""
     from rlaif.cli.commands import UserError, connect_server, make_engine_factory, model_name
-    from rlaif.config import ConfigError, EngineConfig
-    from rlaif.model_zoo import ModelError, resolve_model
-    from rlaif.prompts import PromptError, read_prompts
-    from rlaif.runs import RunFolderError
+    from rlaif.pipeline.config import ConfigError, EngineConfig
+    from rlaif.models.model_zoo import ModelError, resolve_model
+    from rlaif.data.prompts import PromptError, read_prompts
+    from rlaif.data.runs import RunFolderError
 
     if bool(args.reward_model) == bool(args.reward_fn):
         raise UserError("give one of --reward-model or --reward-fn")

@@ -25,7 +25,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from rlaif.model_zoo import ModelError, prepare_default_model
+    from rlaif.models.model_zoo import ModelError, prepare_default_model
 
     try:
         path = prepare_default_model(force=getattr(args, "force", False),
@@ -40,7 +40,7 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     from rlaif.constitution import ConstitutionError, load_constitution
 
     if args.constitution_command == "import":
-        from rlaif.hf_import import ImportErrorHF, import_hf_constitution
+        from rlaif.constitution.hf_import import ImportErrorHF, import_hf_constitution
 
         try:
             written = import_hf_constitution(args.file, args.out, name=args.name, force=args.force)
@@ -141,7 +141,7 @@ def _same_server(a: str, b: str) -> bool:
 
 
 def _engine_config(args: argparse.Namespace):
-    from rlaif.config import ConfigError, EngineConfig
+    from rlaif.pipeline.config import ConfigError, EngineConfig
 
     values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
     try:
@@ -152,11 +152,11 @@ def _engine_config(args: argparse.Namespace):
 
 def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.constitution import ConstitutionError, load_constitution
-    from rlaif.label import LabelSettings
-    from rlaif.labelling import format_report, label_run
-    from rlaif.model_zoo import ModelError, resolve_model
-    from rlaif.prompts import PromptError, read_pairs
-    from rlaif.runs import RunFolderError
+    from rlaif.pipeline.judge import LabelSettings
+    from rlaif.pipeline.label import format_report, label_run
+    from rlaif.models.model_zoo import ModelError, resolve_model
+    from rlaif.data.prompts import PromptError, read_pairs
+    from rlaif.data.runs import RunFolderError
 
     engine_cfg = _engine_config(args)
     try:
@@ -193,7 +193,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     print(f"pairs {c['pairs']}   labelled {c['labelled']}   failed {c['failed']}   ties {c['ties']}   identical {c['identical']}")
     print(f"preference rows {c['preference_rows']} -> {manifest['outputs']['preferences']}")
     if manifest.get("preference_lengths"):
-        from rlaif.diagnostics import format_preference_lengths
+        from rlaif.pipeline.diagnostics import format_preference_lengths
 
         print(format_preference_lengths(manifest["preference_lengths"]))
     if manifest.get("agreement"):
@@ -204,7 +204,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def _judge_report(manifest, strict: bool) -> int:
     """Print a labelled run's judge diagnostics and warnings; the exit status (--strict)."""
-    from rlaif.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
+    from rlaif.pipeline.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
 
     if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
         print("\n".join(format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))))
@@ -237,12 +237,12 @@ def _server_engines(cfg, quiet: bool, clients: list):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from rlaif.config import ConfigError, load_yaml, resolve
+    from rlaif.pipeline.config import ConfigError, load_yaml, resolve
     from rlaif.constitution import ConstitutionError, load_constitution
-    from rlaif.generate import generate, summary_table
-    from rlaif.model_zoo import ModelError, resolve_model
-    from rlaif.prompts import PromptError
-    from rlaif.runs import RunFolderError
+    from rlaif.pipeline.generate import generate, summary_table
+    from rlaif.models.model_zoo import ModelError, resolve_model
+    from rlaif.data.prompts import PromptError
+    from rlaif.data.runs import RunFolderError
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overwrite", "quiet", "version", "strict")}
     try:

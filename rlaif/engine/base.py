@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
-from rlaif.records import Completion, Message
+from rlaif.data.records import Completion, Message
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
-from rlaif.records import Completion
+from rlaif.data.records import Completion
 
 
 def _tokens(text: str) -> int:

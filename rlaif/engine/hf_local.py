@@ -19,7 +19,7 @@ import time
 from typing import Sequence
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest
-from rlaif.records import Completion
+from rlaif.data.records import Completion
 
 
 class HFEngine:

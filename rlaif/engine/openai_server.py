@@ -95,7 +95,7 @@ import httpx
 import tenacity
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
-from rlaif.records import Completion
+from rlaif.data.records import Completion
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs
-from rlaif.records import Completion
+from rlaif.data.records import Completion
 
 log = logging.getLogger(__name__)
 

@@ -149,7 +149,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     One run folder: ``RUN/report.html``, or ``OUT/report.html`` with ``out``. Several run
     folders compare side by side and need ``out``.
     """
-    from rlaif.runs import atomic_write_text
+    from rlaif.data.runs import atomic_write_text
 
     paths = [Path(p) for p in paths]
     if out is None and len(paths) > 1:

@@ -10,7 +10,7 @@ Kinds, recognised by their files:
 Another kind (``eval``) is one more branch of :func:`detect_kind` and one more section in
 :mod:`rlaif.report.sections`.
 
-JSON Lines are split on "\\n" only (:mod:`rlaif.textio`), never ``str.splitlines``.
+JSON Lines are split on "\\n" only (:mod:`rlaif.data.textio`), never ``str.splitlines``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from rlaif import textio
+from rlaif.data import textio
 
 
 class ReportError(Exception):

@@ -72,7 +72,7 @@ def reference_agreement(agreement: Any) -> dict[str, Any] | None:
 
 
 def build(run: RunFolder) -> dict[str, Any]:
-    from rlaif.diagnostics import run_warnings
+    from rlaif.pipeline.diagnostics import run_warnings
 
     m = run.manifest
     rows = numbers.label_rows(run.preferences)

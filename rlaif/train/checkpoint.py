@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlaif import textio
+from rlaif.data import textio
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:

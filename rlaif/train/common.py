@@ -25,13 +25,13 @@ from .data import length_grouped_batches
 
 # ----------------------------------------------------------------- models
 def resolve_model_path(spec: str) -> str:
-    """A model folder for ``spec``: an existing path as is, else ``rlaif.model_zoo``."""
+    """A model folder for ``spec``: an existing path as is, else ``rlaif.models.model_zoo``."""
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser())
     try:
-        from rlaif.model_zoo import resolve_model
+        from rlaif.models.model_zoo import resolve_model
     except ImportError as e:
-        raise FileNotFoundError(f"model {spec!r} is not a folder and rlaif.model_zoo is unavailable") from e
+        raise FileNotFoundError(f"model {spec!r} is not a folder and rlaif.models.model_zoo is unavailable") from e
     got = resolve_model(spec)
     return str(getattr(got, "path", got))
 
@@ -313,7 +313,7 @@ _RUN_LENGTH_KEYS = {"name", "runs_dir", "resume", "epochs", "max_steps", "save_e
 def warn_if_config_changed(cfg: TrainConfig, run_dir: Path) -> None:
     import yaml
 
-    from rlaif import textio
+    from rlaif.data import textio
 
     from .config import to_dict
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from rlaif import textio
+from rlaif.data import textio
 
 
 @dataclass

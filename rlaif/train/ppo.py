@@ -246,7 +246,7 @@ def encode_prompts(records, tok, cfg: PPOConfig) -> tuple[list, list[list[int]]]
 
 
 def load_prompts(cfg: PPOConfig, tok):
-    from rlaif.prompts import read_prompts
+    from rlaif.data.prompts import read_prompts
 
     records = read_prompts(cfg.data)
     ev = read_prompts(cfg.eval_data) if cfg.eval_data else []

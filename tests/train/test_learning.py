@@ -53,11 +53,11 @@ def graded_folder(tmp_path_factory):
     """The same kind of pairs labelled the way a judge labels them, soft and with margins, and
     recorded half the time the other way round: chosen is then the "bad" answer with
     chosen_prob < 1/2. The margin is the 0-3 level that goes with the probability
-    (rlaif.label.margin). Only a loss that reads chosen_prob's direction learns from this set."""
+    (rlaif.pipeline.judge.margin). Only a loss that reads chosen_prob's direction learns from this set."""
     from datasets import Dataset
 
     from conftest import preference_rows
-    from rlaif.label import margin
+    from rlaif.pipeline.judge import margin
 
     rng = random.Random(3)
     rows = []

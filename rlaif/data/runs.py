@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlaif import textio
+from rlaif.data import textio
 
 
 class RunFolderError(RuntimeError):

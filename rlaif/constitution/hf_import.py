@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rlaif import textio
+from rlaif.data import textio
 
 
 class ImportErrorHF(ValueError):

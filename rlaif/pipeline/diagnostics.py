@@ -75,7 +75,7 @@ def order_consistency(slot_probs: Iterable[Sequence[float]]) -> tuple[float | No
 
     Each item is ``(P(A) with x shown as A, P(A) with y shown as A)``; the orders agree when
     ``P(A) >= 0.5`` in the first and ``1 - P(A) >= 0.5`` in the second name the same winner
-    (the rule of :func:`rlaif.label.unswap`). Single-order items are skipped.
+    (the rule of :func:`rlaif.pipeline.judge.unswap`). Single-order items are skipped.
     """
     both = [s for s in slot_probs if len(s) == 2]
     if not both:
@@ -136,7 +136,7 @@ def label_length_bias(pairs: Sequence[Any], labels: Sequence[Any]) -> dict[str, 
 
 def judge_diagnostics(pairs: Sequence[Any], labels: Sequence[Any]) -> dict[str, Any]:
     """The diagnostics of one run from its pairs (``response_a``, ``response_b``) and the
-    judge's labels (:class:`rlaif.label.PairLabel`: ``p_a``, ``slot_probs``, ``flags``,
+    judge's labels (:class:`rlaif.pipeline.judge.PairLabel`: ``p_a``, ``slot_probs``, ``flags``,
     ``error``, ``chosen``), before any length control.
     """
     judged = _judged(pairs, labels)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rlaif import textio
+from rlaif.data import textio
 from rlaif.engine.base import SamplingConfig
 
 STAGES = ("response", "critique", "revision")
@@ -83,7 +83,7 @@ PAIR_MODES = ("revision", "samples-all", "samples-random")
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """The AI-feedback stage of ``rlaif generate`` (see :mod:`rlaif.label`)."""
+    """The AI-feedback stage of ``rlaif generate`` (see :mod:`rlaif.pipeline.judge`)."""
 
     enabled: bool = False
     """Label pairs with the feedback model; otherwise the final revision is 'chosen'."""
@@ -92,7 +92,7 @@ class LabelConfig:
     samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them."""
     pairs_per_prompt: int = 1
     ensemble: int = 4
-    """Principles sampled per pair (see :class:`rlaif.label.LabelSettings`)."""
+    """Principles sampled per pair (see :class:`rlaif.pipeline.judge.LabelSettings`)."""
     both_orders: bool = True
     cot: bool = False
     cot_clamp: tuple[float, float] = (0.4, 0.6)
@@ -100,7 +100,7 @@ class LabelConfig:
     keep_ties: bool = False
     """Keep ties (no chosen side) in the preference dataset, flagged, with chosen_prob 0.5."""
     length_control: bool = False
-    """Remove the length-explained part of the judge's preference (see :mod:`rlaif.length_control`)."""
+    """Remove the length-explained part of the judge's preference (see :mod:`rlaif.pipeline.length_control`)."""
     few_shot: bool = False
     feedback_model: str | None = None
     """None: the policy model, served by the same engine."""
@@ -116,7 +116,7 @@ class LabelConfig:
             raise ConfigError(f"label: {exc}") from None
 
     def settings(self, seed: int):
-        from rlaif.label import LabelSettings
+        from rlaif.pipeline.judge import LabelSettings
 
         return LabelSettings(
             ensemble=self.ensemble, both_orders=self.both_orders, cot=self.cot, cot_clamp=tuple(self.cot_clamp),

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from rlaif.constitution import Constitution, Principle
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig
-from rlaif.records import Completion, Message, PromptRecord, Round, Step, Trajectory
+from rlaif.data.records import Completion, Message, PromptRecord, Round, Step, Trajectory
 from rlaif.seeds import derive_seed
 
 

@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 import rlaif
-from rlaif.config import fingerprint
+from rlaif.pipeline.config import fingerprint
 from rlaif.constitution import Constitution
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
-from rlaif.label import LabelSettings, Pair, PairLabel, label_pairs
-from rlaif.runs import RunDir, chunked
+from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
+from rlaif.data.runs import RunDir, chunked
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -50,8 +50,8 @@ def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings
     last chunk is committed), and ``length_control["after"]`` holds the corrected labels'
     length correlation.
     """
-    from rlaif.diagnostics import judge_diagnostics, label_length_bias
-    from rlaif.length_control import apply_length_control
+    from rlaif.pipeline.diagnostics import judge_diagnostics, label_length_bias
+    from rlaif.pipeline.length_control import apply_length_control
 
     info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None}
     if not settings.length_control:
@@ -130,8 +130,8 @@ def agreement_report(pairs: Sequence[Pair], labels: Sequence[PairLabel]) -> dict
     whether the two orders agreed; calibration (Brier score of P(reference answer)); and
     split by whether the reference's better answer is the longer or the shorter one, with
     their mean, the length-controlled agreement (``by_length``, see
-    :func:`rlaif.diagnostics.length_split_agreement`). A tie counts as a miss."""
-    from rlaif.diagnostics import length_split_agreement
+    :func:`rlaif.pipeline.diagnostics.length_split_agreement`). A tie counts as a miss."""
+    from rlaif.pipeline.diagnostics import length_split_agreement
 
     scored = [(p, l) for p, l in zip(pairs, labels) if p.label and not l.error]
     if not scored:
@@ -290,7 +290,7 @@ def label_run(
         "category": Value("string"), "reference_label": Value("string"), "constitution_sha256": Value("string")}))
     run.write_jsonl("labels.jsonl", ({"id": p.id, **label_to_row(l)} for p, l in zip(pairs, labels)))
     report = agreement_report(pairs, labels)
-    from rlaif.diagnostics import preference_lengths, text_length_counter
+    from rlaif.pipeline.diagnostics import preference_lengths, text_length_counter
 
     lengths = preference_lengths(rows, *text_length_counter(feedback_model))
     gen_wall = sum(s.get("wall_s", 0.0) for s in run.chunk_stats())

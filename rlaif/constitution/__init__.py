@@ -21,9 +21,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from rlaif import textio
+from rlaif.data import textio
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = PACKAGE_DIR / "schemas"
 
 

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
-from rlaif.records import PromptRecord
-from rlaif.runs import RunDir, chunked
+from rlaif.data.records import PromptRecord
+from rlaif.data.runs import RunDir, chunked
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Any]
 
@@ -158,7 +158,7 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
             out: str, model_id: str, reward_id: str, source: str = "", overwrite: bool = False,
             show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) best-of-N sampling into run folder ``out``; returns the manifest."""
-    from rlaif.config import fingerprint
+    from rlaif.pipeline.config import fingerprint
 
     t_start = time.time()
     settings = {"kind": "bon", **asdict(s), "model": model_id, "reward_model": reward_id,

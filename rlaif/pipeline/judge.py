@@ -18,8 +18,8 @@ position of the answer -- one prefill restricted to those tokens, no free text t
   tie: it has no chosen side, and the preference dataset leaves it out unless asked to keep it.
 
 Every comparison's raw P(option A) is kept with the label (``slot_probs``), so that the
-judge's position and length biases can be measured over a run (:mod:`rlaif.diagnostics`)
-and its length preference removed once every pair is scored (:mod:`rlaif.length_control`).
+judge's position and length biases can be measured over a run (:mod:`rlaif.pipeline.diagnostics`)
+and its length preference removed once every pair is scored (:mod:`rlaif.pipeline.length_control`).
 
 Text is data, not instructions: option markers and labels such as "(A)" or "Response B"
 inside a response or the conversation are rewritten so that neither can name an option,
@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from rlaif.constitution import ComparisonExample, Constitution, Principle
 from rlaif.seeds import derive_seed
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, ScoreRequest
-from rlaif.records import Message
+from rlaif.data.records import Message
 
 # The comparison is asked in the user turn, the question after both responses, and the
 # option letter is read as the very first token of the assistant's answer. Of the layouts
@@ -80,7 +80,7 @@ class LabelSettings:
     seed: int = 0
     length_control: bool = False
     """Remove the part of the judge's log-odds explained by the length difference, fitted over
-    all pairs of the run once they are scored (see :mod:`rlaif.length_control`)."""
+    all pairs of the run once they are scored (see :mod:`rlaif.pipeline.length_control`)."""
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:

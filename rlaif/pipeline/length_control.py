@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from rlaif.diagnostics import length_feature, log_odds, sigmoid
+from rlaif.pipeline.diagnostics import length_feature, log_odds, sigmoid
 
 MIN_PAIRS = 20
 MIN_SPREAD = 0.05
@@ -82,7 +82,7 @@ def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], inte
 
     Args:
         log_odds_: ``(n,)`` the judge's logit P(a) per pair.
-        features: ``(n,)`` the length feature d per pair (:func:`rlaif.diagnostics.length_feature`).
+        features: ``(n,)`` the length feature d per pair (:func:`rlaif.pipeline.diagnostics.length_feature`).
         intercept: fit b0 too (single-order labels).
     """
     n = len(log_odds_)
@@ -128,7 +128,7 @@ def apply_length_control(pairs: Sequence[Any], labels: Sequence[Any], both_order
     tie (its offset is 0): the correction removes a length effect, it does not create a
     preference where the judge had none.
     """
-    from rlaif.label import likert, margin
+    from rlaif.pipeline.judge import likert, margin
 
     judged = [i for i, l in enumerate(labels) if l.error is None and "identical" not in l.flags]
     feats = {i: length_feature(pairs[i].response_a, pairs[i].response_b) for i in judged}

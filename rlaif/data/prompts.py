@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlaif import textio
-from rlaif.records import Message, PromptRecord
+from rlaif.data import textio
+from rlaif.data.records import Message, PromptRecord
 
 _ROLES = {"system", "user", "assistant"}
 
@@ -139,7 +139,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecor
 def read_pairs(path: str | Path, limit: int | None = None):
     """Read bring-your-own pairs: ``prompt`` (or ``messages``), ``response_a``, ``response_b``,
     optional ``id``, reference ``label`` ('a' or 'b') and ``category``."""
-    from rlaif.label import Pair
+    from rlaif.pipeline.judge import Pair
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -182,7 +182,7 @@ def read_pairs(path: str | Path, limit: int | None = None):
 
 
 def _jsonl_objects(path: Path):
-    # a byte-order mark and CRLF are accepted; lines end at "\n" only (see rlaif.textio)
+    # a byte-order mark and CRLF are accepted; lines end at "\n" only (see rlaif.data.textio)
     for lineno, line in textio.lines(textio.read_text(path, PromptError)):
         where = f"{path}:{lineno}"
         try:

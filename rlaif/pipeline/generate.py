@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import rlaif
-from rlaif.config import GenerateConfig, fingerprint
+from rlaif.pipeline.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
-from rlaif.config import LabelConfig
-from rlaif.critique import LoopSettings, run_chunk
+from rlaif.pipeline.config import LabelConfig
+from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.seeds import derive_seed
-from rlaif.label import Pair, label_pairs
-from rlaif.labelling import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
+from rlaif.pipeline.judge import Pair, label_pairs
+from rlaif.pipeline.label import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
                              keep_for_dataset, label_from_row, label_to_row)
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
-from rlaif.prompts import read_prompts
-from rlaif.records import PromptRecord, Trajectory
-from rlaif.runs import RunDir, chunked
+from rlaif.data.prompts import read_prompts
+from rlaif.data.records import PromptRecord, Trajectory
+from rlaif.data.runs import RunDir, chunked
 
 EngineFactory = Callable[[], Engine]
 
@@ -135,7 +135,7 @@ def _ai_extra_features():
 def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Constitution, model_id: str,
             feedback_id: str | None = None):
     """Preference rows from the committed AI labels, with the trajectories' provenance; the
-    counts, and the diagnostics and length control of :func:`rlaif.labelling.finalise_labels`."""
+    counts, and the diagnostics and length control of :func:`rlaif.pipeline.label.finalise_labels`."""
     by_id = {t.id: t for t in trajs}
     settings = cfg.label.settings(cfg.seed)
     rows, counts = [], Counter()
@@ -307,7 +307,7 @@ def _label_still_valid(row: dict[str, Any] | None, pair: Pair) -> bool:
 
 
 def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair]:
-    """Pairs to label from one chunk's trajectories (see :class:`rlaif.config.LabelConfig`)."""
+    """Pairs to label from one chunk's trajectories (see :class:`rlaif.pipeline.config.LabelConfig`)."""
     ok = [t for t in trajs if t.status == "ok" and t.final is not None and t.initial is not None]
     pairs: list[Pair] = []
     if lc.pairs == "revision":
@@ -351,7 +351,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     else:
         prefs = preference_rows(trajs, const, model_id)
         run.save_dataset("preferences", prefs, _features("preferences"))
-    from rlaif.diagnostics import preference_lengths, text_length_counter
+    from rlaif.pipeline.diagnostics import preference_lengths, text_length_counter
 
     lengths = preference_lengths(prefs, *text_length_counter(model_id))
     failed = [{"id": t.id, "prompt_id": t.prompt_id, "reason": t.failure} for t in trajs if t.status == "failed"]
@@ -429,7 +429,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
         f"sft rows        {c['sft_rows']}   preference rows {c['preference_rows']}",
     ]
     if manifest.get("preference_lengths"):
-        from rlaif.diagnostics import format_preference_lengths
+        from rlaif.pipeline.diagnostics import format_preference_lengths
 
         lines.append(format_preference_lengths(manifest["preference_lengths"]))
     if "label_pairs" in c:
@@ -438,7 +438,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"both orders agreed {c.get('label_orders_agreed', 0)}   revision preferred {c.get('label_revision_preferred', 0)}"
         )
     if manifest.get("diagnostics"):
-        from rlaif.diagnostics import format_diagnostics
+        from rlaif.pipeline.diagnostics import format_diagnostics
 
         lines += format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))
     lines += [

@@ -1,0 +1,1 @@
+"""Models rlaif ships or fetches: the embedded default model and how names resolve to folders (model_zoo)."""
