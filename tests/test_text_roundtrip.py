@@ -36,8 +36,12 @@ TEXT = st.text(CHAR, max_size=30)
 # Stored texts are stripped by the pipeline; a wrapped text keeps every character it holds.
 WORD = TEXT.map(lambda t: f"<{t}>")
 NONBLANK = TEXT.filter(lambda t: t.strip())
+# Subnormal floats are left out: something run earlier in the same test process (in the full
+# suite; not at import time) turns on flush-to-zero, and Hypothesis then refuses to draw them.
+# They are not what these properties are about (text); normal floats still go through.
+FLOAT = st.floats(allow_nan=False, allow_subnormal=False)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    st.none() | st.booleans() | st.integers() | FLOAT | TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
     max_leaves=12,
 )
@@ -119,7 +123,7 @@ def test_chunks_written_the_old_way_read_back(tmp_path):
 
 
 @SETTINGS
-@given(texts=st.lists(TEXT, min_size=1, max_size=4), probs=st.lists(st.floats(0, 1), min_size=1, max_size=4))
+@given(texts=st.lists(TEXT, min_size=1, max_size=4), probs=st.lists(st.floats(0, 1, allow_subnormal=False), min_size=1, max_size=4))
 def test_datasets_round_trip(texts, probs):
     rows = [{"id": f"{i}{t}", "prompt": [{"role": "user", "content": t}], "chosen": [{"role": "assistant", "content": t[::-1]}],
              "principle_ids": [t, "x"], "chosen_prob": probs[i % len(probs)]} for i, t in enumerate(texts)]
