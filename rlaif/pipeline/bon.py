@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
+from rlaif.data import rows as schema
 from rlaif.data.records import PromptRecord
 from rlaif.data.runs import RunDir, chunked
 
@@ -79,30 +80,23 @@ def pick(cands: Sequence[Candidate], keep_truncated: bool = False, min_margin: f
 
 
 def sft_row(prompt: list[dict], best: Candidate, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"messages": [*prompt, {"role": "assistant", "content": best.text}], "reward": best.reward,
-            "sample": best.sample, **meta}
+    return schema.sft_row(prompt, best.text, reward=best.reward, sample=best.sample, **meta)
 
 
 def preference_row(prompt: list[dict], best: Candidate, worst: Candidate, meta: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": best.text}],
-        "rejected": [{"role": "assistant", "content": worst.text}],
-        "chosen_reward": best.reward, "rejected_reward": worst.reward, "reward_gap": best.reward - worst.reward,
-        "label_source": "reward-model", **meta,
-    }
+    return schema.preference_row(prompt, best.text, worst.text, "reward-model", chosen_reward=best.reward,
+                                 rejected_reward=worst.reward, reward_gap=best.reward - worst.reward, **meta)
 
 
 def _features(kind: str):
-    from datasets import Features, Value
+    from datasets import Value
 
-    msgs = [{"role": Value("string"), "content": Value("string")}]
     common = {"prompt_id": Value("string"), "category": Value("string"), "n": Value("int64"),
               "mean_reward": Value("float64"), "model": Value("string"), "reward_model": Value("string")}
     if kind == "sft":
-        return Features({"messages": msgs, "reward": Value("float64"), "sample": Value("int64"), **common})
-    return Features({"prompt": msgs, "chosen": msgs, "rejected": msgs, "chosen_reward": Value("float64"),
-                     "rejected_reward": Value("float64"), "reward_gap": Value("float64"), "label_source": Value("string"), **common})
+        return schema.sft_features({"reward": Value("float64"), "sample": Value("int64"), **common})
+    return schema.preference_features({"chosen_reward": Value("float64"), "rejected_reward": Value("float64"),
+                                       "reward_gap": Value("float64"), **common})
 
 
 def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[PromptRecord], s: BonSettings) -> list[dict]:

@@ -19,13 +19,14 @@ from rlaif.pipeline.config import LabelConfig
 from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.seeds import derive_seed
 from rlaif.pipeline.judge import Pair, label_pairs
-from rlaif.pipeline.label import (FINALISE_ONLY, messages_feature, ai_preference_features, ai_preference_row, finalise_labels,
+from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels,
                              keep_for_dataset, label_from_row, label_to_row)
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.data.prompts import read_prompts
 from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.data.runs import RunDir, chunked
+from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
 EngineFactory = Callable[[], Engine]
 
@@ -48,20 +49,8 @@ def _provenance_features() -> dict[str, Any]:
 
 
 def _features(kind: str):
-    from datasets import Features, Value
-
     common = _provenance_features()
-    if kind == "sft":
-        return Features({"messages": messages_feature(), **common})
-    return Features(
-        {
-            "prompt": messages_feature(),
-            "chosen": messages_feature(),
-            "rejected": messages_feature(),
-            "label_source": Value("string"),
-            **common,
-        }
-    )
+    return sft_features(common) if kind == "sft" else preference_features(common)
 
 
 def _provenance(t: Trajectory, const: Constitution, model: str) -> dict[str, Any]:
@@ -80,11 +69,7 @@ def _provenance(t: Trajectory, const: Constitution, model: str) -> dict[str, Any
 
 def sft_rows(trajs: list[Trajectory], const: Constitution, model: str) -> list[dict[str, Any]]:
     """Prompt plus final revision, as conversational ``messages``."""
-    return [
-        {"messages": [*map(dict, t.prompt), {"role": "assistant", "content": t.final}], **_provenance(t, const, model)}
-        for t in trajs
-        if t.status == "ok" and t.final
-    ]
+    return [sft_row(t.prompt, t.final, **_provenance(t, const, model)) for t in trajs if t.status == "ok" and t.final]
 
 
 def preference_rows(trajs: list[Trajectory], const: Constitution, model: str) -> list[dict[str, Any]]:
@@ -97,15 +82,7 @@ def preference_rows(trajs: list[Trajectory], const: Constitution, model: str) ->
     for t in trajs:
         if t.status != "ok" or not t.rounds or not t.final or t.initial is None or t.final == t.initial.text:
             continue
-        rows.append(
-            {
-                "prompt": [dict(m) for m in t.prompt],
-                "chosen": [{"role": "assistant", "content": t.final}],
-                "rejected": [{"role": "assistant", "content": t.initial.text}],
-                "label_source": "revision",
-                **_provenance(t, const, model),
-            }
-        )
+        rows.append(preference_row(t.prompt, t.final, t.initial.text, "revision", **_provenance(t, const, model)))
     return rows
 
 

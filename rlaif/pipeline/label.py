@@ -19,6 +19,7 @@ from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.data.runs import RunDir, chunked
+from rlaif.data.rows import preference_features, preference_row
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -61,20 +62,11 @@ def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings
     return final, info
 
 
-def messages_feature():
-    from datasets import Value
-
-    return [{"role": Value("string"), "content": Value("string")}]
-
-
 def ai_preference_features(extra: dict[str, Any] | None = None):
-    from datasets import Features, Sequence, Value
+    from datasets import Sequence, Value
 
-    return Features(
+    return preference_features(
         {
-            "prompt": messages_feature(),
-            "chosen": messages_feature(),
-            "rejected": messages_feature(),
             "chosen_prob": Value("float64"),
             "margin": Value("float64"),
             "likert": Value("int64"),
@@ -82,7 +74,6 @@ def ai_preference_features(extra: dict[str, Any] | None = None):
             "label_principles": Sequence(Value("string")),
             "label_principle_probs": Sequence(Value("float64")),
             "flags": Sequence(Value("string")),
-            "label_source": Value("string"),
             "feedback_model": Value("string"),
             "id": Value("string"),
             **(extra or {}),
@@ -102,21 +93,18 @@ def ai_preference_row(pair: Pair, lab: PairLabel, feedback_model: str) -> dict[s
     a_wins = lab.chosen == "a" or tie
     chosen, rejected = (pair.response_a, pair.response_b) if a_wins else (pair.response_b, pair.response_a)
     probs = [p if a_wins else 1.0 - p for p in lab.per_principle.values()]
-    return {
-        "prompt": [dict(m) for m in pair.prompt],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "chosen_prob": lab.chosen_prob,
-        "margin": 0.0 if tie else lab.margin,
-        "likert": 0 if tie else lab.likert if a_wins else 9 - lab.likert,
-        "order_agreement": lab.order_agreement,
-        "label_principles": list(lab.per_principle),
-        "label_principle_probs": probs,
-        "flags": list(lab.flags),
-        "label_source": "ai",
-        "feedback_model": feedback_model,
-        "id": pair.id,
-    }
+    return preference_row(
+        pair.prompt, chosen, rejected, "ai",
+        chosen_prob=lab.chosen_prob,
+        margin=0.0 if tie else lab.margin,
+        likert=0 if tie else lab.likert if a_wins else 9 - lab.likert,
+        order_agreement=lab.order_agreement,
+        label_principles=list(lab.per_principle),
+        label_principle_probs=probs,
+        flags=list(lab.flags),
+        feedback_model=feedback_model,
+        id=pair.id,
+    )
 
 
 def keep_for_dataset(lab: PairLabel, settings: LabelSettings) -> bool:

@@ -1,0 +1,60 @@
+"""The dataset rows rlaif writes, defined once.
+
+Every dataset rlaif produces is in TRL's conversational format: an SFT row is ``messages``
+(the prompt's turns plus one assistant turn), a preference row is ``prompt`` / ``chosen`` /
+``rejected`` (``chosen`` and ``rejected`` hold one assistant turn each) with a
+``label_source`` saying who decided: ``"revision"`` (critique and revision: the final
+revision wins), ``"ai"`` (the feedback model's label) or ``"reward-model"`` (best-of-N).
+Each producer adds its own provenance columns (``extra``); the core below is the same for
+``generate``, ``label`` and ``bon``, and the Hugging Face ``Features`` are built from the
+same place so that the parquet/Arrow schema and the rows cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+LABEL_SOURCES = ("revision", "ai", "reward-model")
+PREFERENCE_CORE = ("prompt", "chosen", "rejected", "label_source")
+SFT_CORE = ("messages",)
+
+
+def turn(text: str, role: str = "assistant") -> dict[str, str]:
+    return {"role": role, "content": text}
+
+
+def copy_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(m) for m in messages]
+
+
+def sft_row(prompt: Iterable[Mapping[str, Any]], response: str, **extra: Any) -> dict[str, Any]:
+    """Conversational SFT row: the prompt's turns and the response as the last assistant turn."""
+    return {"messages": [*copy_messages(prompt), turn(response)], **extra}
+
+
+def preference_row(prompt: Iterable[Mapping[str, Any]], chosen: str, rejected: str, label_source: str,
+                   **extra: Any) -> dict[str, Any]:
+    """Conversational preference row (TRL's ``prompt``/``chosen``/``rejected``)."""
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"label_source must be one of {LABEL_SOURCES}, not {label_source!r}")
+    return {"prompt": copy_messages(prompt), "chosen": [turn(chosen)], "rejected": [turn(rejected)],
+            "label_source": label_source, **extra}
+
+
+def messages_feature():
+    from datasets import Value
+
+    return [{"role": Value("string"), "content": Value("string")}]
+
+
+def sft_features(extra: Mapping[str, Any] | None = None):
+    from datasets import Features
+
+    return Features({"messages": messages_feature(), **(extra or {})})
+
+
+def preference_features(extra: Mapping[str, Any] | None = None):
+    from datasets import Features, Value
+
+    return Features({"prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(),
+                     "label_source": Value("string"), **(extra or {})})
