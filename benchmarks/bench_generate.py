@@ -1,6 +1,14 @@
-"""Critique-and-revise throughput: rlaif on vLLM against the same loop on plain transformers.
+"""Critique-and-revise throughput: rlaif on vLLM against the same loop on plain transformers,
+and against raw vLLM doing the very same work.
 
-Both run rlaif's own loop (``rlaif.pipeline.critique.run_chunk``) over the same prompts, rounds,
+The ``vllm-raw`` row answers "what does rlaif cost on top of vLLM?": in one process with one
+warm engine, rlaif's loop runs once to record every ``LLM.generate`` call it makes (token-id
+prompts, sampling parameters with their per-request seeds, token limits); then those exact
+calls are replayed straight into ``LLM.generate`` with no rlaif around them, alternating
+with fresh timed runs of rlaif's loop (prefix cache reset before each), and the row reports
+rlaif's throughput as a share of raw vLLM's (goal: >= 90%).
+
+The other rows run rlaif's own loop (``rlaif.pipeline.critique.run_chunk``) over the same prompts, rounds,
 token limits and constitution; only the engine differs. Each backend runs in its own
 child process so its peak memory (the whole process tree: vLLM's workers included) is
 measured alone. Prints one table with ratios against the transformers baseline measured
@@ -34,6 +42,8 @@ def worker(args: argparse.Namespace) -> None:
     model = resolve_model(args.model)
     const = load_constitution(args.constitution)
     prompts = read_prompts(ROOT / "prompts" / "rlaif-prompts.jsonl", limit=args.prompts)
+    if args.worker == "vllm-raw":
+        return raw_worker(args, model, const, prompts)
     t0 = time.perf_counter()
     if args.worker == "transformers":
         engine = create_engine(model, "transformers", max_model_len=4096, show_progress=False, dtype=args.dtype, batch_size=args.hf_batch)
@@ -51,6 +61,64 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps({
         "backend": args.worker, "startup_s": startup, "generate_s": wall, "prompts": len(prompts),
         "ok": sum(t.status == "ok" for t in trajs), "output_tokens": out_tok, "prompt_tokens": in_tok,
+    }), flush=True)
+    engine.close()
+
+
+def raw_worker(args: argparse.Namespace, model: str, const, prompts) -> None:
+    """rlaif's loop vs the very same LLM.generate calls replayed without rlaif, on one warm engine."""
+    import statistics
+
+    from rlaif.pipeline.config import STAGES
+    from rlaif.pipeline.critique import LoopSettings, run_chunk
+    from rlaif.engine import create_engine
+    from rlaif.engine.base import SamplingConfig
+
+    t0 = time.perf_counter()
+    engine = create_engine(model, "vllm", max_model_len=4096, show_progress=False, dtype=args.dtype,
+                           enforce_eager=True, gpu_memory_utilization=0.2)
+    startup = time.perf_counter() - t0
+    llm = engine.llm
+    real_generate = llm.generate
+    calls: list[tuple[list, list]] = []
+
+    def recording(prompts_, params, **kw):
+        calls.append((prompts_, params))
+        return real_generate(prompts_, params, **kw)
+
+    sampling = {s: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=args.max_tokens) for s in STAGES}
+    settings = LoopSettings(rounds=args.rounds, samples_per_prompt=1, seed=0, sampling=sampling)
+    llm.generate = recording
+    run_chunk(engine, const, prompts, settings)  # warm-up and recording
+    llm.generate = real_generate
+
+    def timed_rlaif() -> tuple[float, int]:
+        llm.reset_prefix_cache()
+        t = time.perf_counter()
+        trajs = run_chunk(engine, const, prompts, settings)
+        tok = sum(t_.initial.completion_tokens + sum(r.critique.completion_tokens + r.revision.completion_tokens for r in t_.rounds)
+                  for t_ in trajs if t_.initial)
+        return time.perf_counter() - t, tok
+
+    def timed_raw() -> tuple[float, int]:
+        llm.reset_prefix_cache()
+        t = time.perf_counter()
+        tok = 0
+        for prompts_, params in calls:
+            tok += sum(len(o.outputs[0].token_ids) for o in real_generate(prompts_, params, use_tqdm=False))
+        return time.perf_counter() - t, tok
+
+    raw, ours = [], []
+    for _ in range(args.repeats):
+        raw.append(timed_raw())
+        ours.append(timed_rlaif())
+    raw_s, ours_s = statistics.median(r[0] for r in raw), statistics.median(r[0] for r in ours)
+    print("RESULT " + json.dumps({
+        "backend": "vllm-raw", "startup_s": startup, "generate_s": raw_s, "prompts": len(prompts), "ok": len(prompts),
+        "output_tokens": raw[0][1], "prompt_tokens": sum(len(p["prompt_token_ids"]) for ps, _ in calls for p in ps),
+        "llm_generate_calls": len(calls), "rlaif_generate_s": ours_s, "rlaif_output_tokens": ours[0][1],
+        "raw_runs_s": [r[0] for r in raw], "rlaif_runs_s": [r[0] for r in ours],
+        "rlaif_share_of_raw_throughput": raw_s / ours_s,
     }), flush=True)
     engine.close()
 
@@ -75,7 +143,7 @@ def _tree_rss(proc) -> int:
 def run_backend(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--prompts", str(args.prompts), "--rounds", str(args.rounds),
            "--max-tokens", str(args.max_tokens), "--model", args.model, "--dtype", args.dtype, "--hf-batch", str(args.hf_batch),
-           "--constitution", args.constitution]
+           "--constitution", args.constitution, "--repeats", str(args.repeats)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
     while proc.poll() is None:
@@ -100,7 +168,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--hf-batch", type=int, default=16)
     ap.add_argument("--constitution", default="default")
-    ap.add_argument("--backends", default="transformers,vllm-eager,vllm-compiled")
+    ap.add_argument("--backends", default="transformers,vllm-eager,vllm-compiled,vllm-raw")
+    ap.add_argument("--repeats", type=int, default=2, help="vllm-raw: timed runs of each side (median reported)")
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "generate.json"))
     args = ap.parse_args()
     if args.worker:
@@ -128,6 +197,12 @@ def main() -> None:
             f"| {r['backend']} | {r['startup_s']:.1f} | {gen:.1f} | {r['prompts_per_s']:.3f} | {r['output_tok_per_s']:.1f} | "
             f"{r['all_tok_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['speedup']:.2f}x | {r['speedup_with_startup']:.2f}x |"
         )
+    for r in results:
+        if r["backend"] == "vllm-raw":
+            lines += ["", f"rlaif vs raw vLLM, the same {r['llm_generate_calls']} LLM.generate calls on one warm engine (eager): "
+                      f"raw {r['generate_s']:.1f} s, rlaif {r['rlaif_generate_s']:.1f} s (medians of {args.repeats}; "
+                      f"output tokens {r['output_tokens']} vs {r['rlaif_output_tokens']}): rlaif reaches "
+                      f"**{100 * r['rlaif_share_of_raw_throughput']:.1f}%** of raw vLLM's throughput (goal >= 90%)"]
     table = "\n".join(lines)
     print(table)
     save = Path(args.save)
