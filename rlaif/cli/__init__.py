@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.settings_flags import add_config_flag
 
 
 def _add_feedback_server_flags(p) -> None:
@@ -14,6 +15,9 @@ def _add_feedback_server_flags(p) -> None:
     p.add_argument("--feedback-served-model", dest="engine.feedback_served_model", metavar="NAME",
                    help="openai backend: the feedback model's name on its server (default: --feedback-model; without "
                         "either, the policy's model (label: --served-model) or the first model of --feedback-base-url)")
+
+
+SETTINGS_COMMANDS = ("generate", "label", "bon", "train")  # they take --config FILE and key=value settings
 
 
 def _add_label(sub) -> None:
@@ -36,6 +40,7 @@ def _add_label(sub) -> None:
                    help="remove the part of the judge's preference that the length difference explains (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
+    add_config_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
     p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
+    parser.subcommands = sub.choices  # name -> that command's parser
 
     p = sub.add_parser("lint", help="check principle and constitution files")
     p.add_argument("paths", nargs="*", help="files or folders (default: rlaif's principles/ and constitution/)")
@@ -143,12 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
-        # key=value overrides may come after --config as well as before it
+    if args.command in SETTINGS_COMMANDS:
+        # key=value settings (rlaif/settings.py) may come anywhere after the command
+        args.overrides = getattr(args, "overrides", None) or []
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("label", "bon"):
+        from rlaif.cli.settings_flags import apply_settings
+        from rlaif.settings import SettingsError
+
+        argv = sys.argv[1:] if argv is None else list(argv)
+        try:
+            apply_settings(parser.subcommands[args.command], args, argv[argv.index(args.command) + 1:])
+        except SettingsError as exc:
+            print(f"rlaif: error: {exc}", file=sys.stderr)
+            return 2
     if args.version:
         from rlaif import __version__
 

@@ -6,6 +6,7 @@ import sys
 
 from rlaif.pipeline.bon import BonSettings, run_bon
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.settings_flags import add_config_flag
 from rlaif.engine.base import SamplingConfig
 
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-batch-size", dest="reward_batch_size", type=int, default=8)
     p.add_argument("--reward-device", dest="reward_device", default="auto", help="auto, cpu or cuda[:N]")
     add_engine_flags(p)
+    add_config_flag(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -95,11 +97,19 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m rlaif.cli.bon ...``: parse, run, and turn input errors into exit status 2."""
     from rlaif.cli.commands import UserError
+    from rlaif.cli.settings_flags import apply_settings
+    from rlaif.settings import SettingsError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(args.overrides) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in args.overrides)}")
     try:
+        apply_settings(parser, args, argv)
         return run(args)
-    except UserError as exc:
+    except (SettingsError, UserError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
 

@@ -244,9 +244,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.data.prompts import PromptError
     from rlaif.data.runs import RunFolderError
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overwrite", "quiet", "version", "strict")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict")}
     try:
-        file_values = load_yaml(args.config) if args.config else {}
+        file_values = load_yaml(args.config, args.overrides)
         const_spec = flags.get("constitution") or file_values.get("constitution") or "default"
         pdir = flags.get("principles_dir") or file_values.get("principles_dir")
         const = load_constitution(const_spec, pdir)

@@ -1,7 +1,8 @@
 """Typed settings of ``rlaif generate``: one YAML file, command-line flags on top.
 
-Precedence, highest first: command-line flags, the ``--config`` YAML file, the
-constitution's ``defaults``, the built-in defaults below. The resolved settings are saved
+Precedence, highest first: command-line flags (and ``key=value`` overrides), the ``--config``
+YAML file, the constitution's ``defaults``, the built-in defaults below (see
+:mod:`rlaif.settings`, shared by every command). The resolved settings are saved
 into the run folder and fingerprinted, so a run folder is never resumed with other settings.
 """
 
@@ -14,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rlaif.data import textio
 from rlaif.engine.base import SamplingConfig
+from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
 STAGES = ("response", "critique", "revision")
 BUILTIN_SAMPLING = {
@@ -27,7 +26,7 @@ BUILTIN_SAMPLING = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A settings file or flag that cannot be used; the message says which and why."""
 
 
@@ -183,9 +182,10 @@ class GenerateConfig:
 
 
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = set(data) - allowed
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+    try:
+        check_keys(data, allowed, where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _sampling(raw: dict[str, Any], where: str) -> SamplingConfig:
@@ -198,18 +198,13 @@ def _sampling(raw: dict[str, Any], where: str) -> SamplingConfig:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+def load_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The ``--config`` file's settings (``{}`` without a file) with ``key=value`` overrides on top."""
+    data = read_yaml(path, ConfigError) if path else {}
     try:
-        # utf-8 whatever the locale; a byte-order mark and CRLF line ends are accepted
-        data = yaml.safe_load(textio.read_text(path, ConfigError)) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a YAML mapping")
-    return data
+        return apply_overrides(data, overrides or [])
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_defaults: dict[str, Any]) -> GenerateConfig:
