@@ -68,7 +68,7 @@ def _messages_from(obj: Any, where: str) -> list[Message]:
     raise PromptError(f"{where}: 'prompt' must be a string or a list of messages")
 
 
-def _record(obj: dict[str, Any], index: int, where: str) -> PromptRecord:
+def _record(obj: dict[str, Any], index: int, where: str, keep: tuple[str, ...] = ()) -> PromptRecord:
     if "messages" in obj:
         messages = _messages_from(obj["messages"], where)
     elif "prompt" in obj:
@@ -77,13 +77,13 @@ def _record(obj: dict[str, Any], index: int, where: str) -> PromptRecord:
         raise PromptError(f"{where}: needs a 'prompt' or 'messages' field (has: {', '.join(sorted(obj)) or 'nothing'})")
     pid = obj.get("id", obj.get("prompt_id"))
     pid = str(pid) if pid is not None else _prompt_id(messages, index)
-    meta = {k: v for k, v in obj.items() if k in ("category", "source") and isinstance(v, (str, int, float))}
+    meta = {k: v for k, v in obj.items() if k in ("category", "source", *keep) and isinstance(v, (str, int, float))}
     return PromptRecord(id=pid, messages=tuple(messages), meta=meta)
 
 
-def _read_jsonl(path: Path) -> Iterable[PromptRecord]:
+def _read_jsonl(path: Path, keep: tuple[str, ...] = ()) -> Iterable[PromptRecord]:
     for index, (where, obj) in enumerate(_jsonl_objects(path)):
-        yield _record(obj, index, where)
+        yield _record(obj, index, where, keep)
 
 
 def _read_text(path: Path) -> Iterable[PromptRecord]:
@@ -93,13 +93,17 @@ def _read_text(path: Path) -> Iterable[PromptRecord]:
         yield PromptRecord(id=_prompt_id(messages, index), messages=tuple(messages), meta={})
 
 
-def _read_dataset(ds, name: str) -> Iterable[PromptRecord]:
+def _read_dataset(ds, name: str, keep: tuple[str, ...] = ()) -> Iterable[PromptRecord]:
     for i, row in enumerate(ds):
-        yield _record(dict(row), i, f"{name}: row {i}")
+        yield _record(dict(row), i, f"{name}: row {i}", keep)
 
 
-def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
-    """Read every prompt of ``path`` (up to ``limit``), checking ids are unique."""
+def read_prompts(path: str | Path, limit: int | None = None, keep: tuple[str, ...] = ()) -> list[PromptRecord]:
+    """Read every prompt of ``path`` (up to ``limit``), checking ids are unique.
+
+    ``meta`` holds ``category`` and ``source``, plus the fields named in ``keep`` (e.g.
+    ``subcategory`` and ``reference``, which ``rlaif eval`` reports on) when they are scalars.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptError(f"prompt file {str(path)!r} does not exist")
@@ -113,13 +117,13 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecor
         if isinstance(ds, datasets.DatasetDict):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
-        rows: Iterable[PromptRecord] = _read_dataset(ds, str(path))
+        rows: Iterable[PromptRecord] = _read_dataset(ds, str(path), keep)
     elif path.suffix == ".parquet":
         import datasets
 
-        rows = _read_dataset(datasets.Dataset.from_parquet(str(path)), str(path))
+        rows = _read_dataset(datasets.Dataset.from_parquet(str(path)), str(path), keep)
     elif path.suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
+        rows = _read_jsonl(path, keep)
     else:
         rows = _read_text(path)
     out: list[PromptRecord] = []

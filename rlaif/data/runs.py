@@ -65,9 +65,11 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, chunks: str = "chunks"):
+        """``chunks`` is the folder of committed chunks inside the run folder; a run made of
+        stages (``rlaif eval``) gives each stage its own, e.g. ``chunks/policy``."""
         self.path = Path(path)
-        self.chunks = self.path / "chunks"
+        self.chunks = self.path / chunks
 
     # ------------------------------------------------------------ settings
 

@@ -126,6 +126,17 @@ def normalise_logprobs(raw: Sequence[float]) -> tuple[float, ...]:
     return tuple(x - z for x in raw)
 
 
+def response_token_ids(tokenizer, text: str, ended: bool) -> list[int]:
+    """The tokens of an assistant answer as its log-probability is scored after the prompt
+    (``encode_chat``, which ends with the generation prompt, so the answer starts a token):
+    the text tokenised on its own and, when the answer ended by itself (not cut at the token
+    limit), the end-of-sequence token the model stopped with."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if ended and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
 def describe(engine: Engine) -> dict[str, object]:
     """Provenance of an engine: its kind and model, plus whatever it reports of itself."""
     info = {"backend": type(engine).__name__, "model": engine.model}
@@ -133,6 +144,21 @@ def describe(engine: Engine) -> dict[str, object]:
     if callable(extra):
         info.update(extra())
     return info
+
+
+@runtime_checkable
+class LogprobEngine(Engine, Protocol):
+    """An engine that can score given answers (``rlaif eval``'s KL of a policy to a baseline).
+
+    The in-process backends (vLLM, transformers) and the fake engine have it; a server does not.
+    """
+
+    def response_logprobs(self, conversations: Sequence[Sequence[Message]], responses: Sequence[str],
+                          ended: Sequence[bool]) -> list[list[float] | None]:
+        """``log p(token | everything before)`` at temperature 1 of each answer's tokens
+        (:func:`response_token_ids`) after its conversation; None where prompt and answer do
+        not fit the context."""
+        ...
 
 
 @runtime_checkable

@@ -63,6 +63,15 @@ class FakeEngine:
             out.append(OptionScores(normalise_logprobs(self.scorer(req, options)), n_prompt))
         return out
 
+    def response_logprobs(self, conversations, responses, ended) -> list[list[float] | None]:
+        """One log-probability per word (and one for the end of an answer that ended), from a hash
+        of the model name and the word: deterministic, and different for differently named models."""
+        out = []
+        for text, end in zip(responses, ended):
+            words = text.split() + (["</s>"] if end else [])
+            out.append([-(1.0 + hashlib.sha256(f"{self.model}|{w}".encode()).digest()[0] / 64.0) for w in words])
+        return out
+
     def info(self) -> dict[str, object]:
         return {"max_model_len": self.max_model_len}
 

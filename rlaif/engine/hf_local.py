@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, response_token_ids
 from rlaif.data.records import Completion
 
 
@@ -172,6 +172,27 @@ class HFEngine:
             bar.update(len(idx))
         bar.close()
         return [r for r in results if r is not None]
+
+    def response_logprobs(self, conversations, responses, ended) -> list[list[float] | None]:
+        """Per-token log-probabilities of given answers, one forward pass each (see
+        :class:`rlaif.engine.base.LogprobEngine`); the same tokens as the vLLM engine scores."""
+        torch = self.torch
+        from tqdm.auto import tqdm
+
+        out: list[list[float] | None] = []
+        for conv, text, end in tqdm(list(zip(conversations, responses, ended)), desc="log-probs", leave=False,
+                                    disable=not self.show_progress):
+            prompt = self.encode_chat(conv)
+            answer = response_token_ids(self.tokenizer, text, end)
+            if not answer or len(prompt) + len(answer) >= self.max_model_len:
+                out.append([] if not answer else None)
+                continue
+            ids = torch.tensor([prompt + answer], device=self.device)
+            with torch.inference_mode():
+                logits = self.lm(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, len(prompt):, None])[:, 0]
+            out.append(picked.tolist())
+        return out
 
     # ------------------------------------------------------------ RL operations (see RLEngine)
 

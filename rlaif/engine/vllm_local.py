@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, response_token_ids
 from rlaif.data.records import Completion
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,24 @@ class VLLMEngine:
             plp = out.prompt_logprobs  # position 0 is None: nothing predicts the first token
             result.append([plp[t][seq[t]].logprob for t in range(max(st, 1), len(seq))])
         return result
+
+    def response_logprobs(self, conversations: Sequence[Sequence[dict]], responses: Sequence[str],
+                          ended: Sequence[bool]) -> list[list[float] | None]:
+        """Per-token log-probabilities of given answers (see :class:`rlaif.engine.base.LogprobEngine`)."""
+        out: list[list[float] | None] = [None] * len(responses)
+        seqs, starts, slots = [], [], []
+        for i, (conv, text, end) in enumerate(zip(conversations, responses, ended)):
+            prompt = self.encode_chat(conv)
+            answer = response_token_ids(self.tokenizer, text, end)
+            if not answer:
+                out[i] = []
+            elif len(prompt) + len(answer) < self.max_model_len:  # prompt log-probs need room for one more token
+                seqs.append(prompt + answer)
+                starts.append(len(prompt))
+                slots.append(i)
+        for i, lps in zip(slots, self.sequence_logprobs(seqs, starts) if seqs else []):
+            out[i] = lps
+        return out
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
