@@ -17,7 +17,7 @@ def _add_feedback_server_flags(p) -> None:
                         "either, the policy's model (label: --served-model) or the first model of --feedback-base-url)")
 
 
-SETTINGS_COMMANDS = ("generate", "label", "bon", "train")  # they take --config FILE and key=value settings
+SETTINGS_COMMANDS = ("generate", "label", "bon", "eval", "train")  # they take --config FILE and key=value settings
 
 
 def _add_label(sub) -> None:
@@ -100,7 +100,7 @@ def _add_review(sub) -> None:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="a static HTML report of run folders (several: side by side)")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by rlaif generate, label or train")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by rlaif generate, label, train or eval")
     p.add_argument("--out", help="folder to write report.html into (default: the run folder; needed for several runs)")
 
 
@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
+    p = sub.add_parser("eval", help="a policy against a baseline: win rates, harmlessness, over-refusal, reward, KL")
+    from rlaif.cli.eval import add_arguments as add_eval_arguments
+
+    add_eval_arguments(p)
+
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo or ppo")
     p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("label", "bon"):
+    if args.command in ("label", "bon", "eval"):
         from rlaif.cli.settings_flags import apply_settings
         from rlaif.settings import SettingsError
 

@@ -289,6 +289,14 @@ def cmd_bon(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlaif.cli.eval import run
+
+    code = run(args)
+    _refresh_report(args.out)
+    return code
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         from rlaif.train import main as train_main

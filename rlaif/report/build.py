@@ -3,7 +3,7 @@
 A section is one entry of :data:`SECTIONS`: which runs it applies to, a function from a run
 to the template's context, a function comparing several runs' contexts, and a template. A
 run folder gets every section that applies to it (a ``generate --label`` run: generate and
-label). A new kind of run folder (``eval``) is one more entry and one more template.
+label). A new kind of run folder is one more entry and one more template.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ class Section:
 
 
 def _sections() -> list[Section]:
-    from rlaif.report import generate_section, label_section, train_section
+    from rlaif.report import eval_section, generate_section, label_section, train_section
 
     return [
         Section("generate", "Critique and revision", "generate.html", generate_section.applies, generate_section.build,
                 generate_section.compare),
         Section("label", "AI labels", "label.html", label_section.applies, label_section.build, label_section.compare),
         Section("train", "Training", "train.html", train_section.applies, train_section.build, train_section.compare),
+        Section("eval", "Evaluation", "eval.html", eval_section.applies, eval_section.build, eval_section.compare),
     ]
 
 

@@ -6,9 +6,7 @@ Kinds, recognised by their files:
   with ``--label`` it also carries AI labels, and the report adds a label section.
 - **label**: ``manifest.json`` whose ``settings.kind`` is ``"label"`` (``rlaif label``).
 - **train**: ``metrics.jsonl`` and ``config.yaml`` (``rlaif train sft|rm|dpo|ppo``).
-
-Another kind (``eval``) is one more branch of :func:`detect_kind` and one more section in
-:mod:`rlaif.report.sections`.
+- **eval**: ``manifest.json`` whose ``settings.kind`` is ``"eval"`` (``rlaif eval``).
 
 JSON Lines are split on "\\n" only (:mod:`rlaif.data.textio`), never ``str.splitlines``.
 """
@@ -27,23 +25,23 @@ class ReportError(Exception):
     """A folder the report cannot be made from (not a run folder, unreadable files)."""
 
 
-KNOWN_KINDS = ("generate", "label", "train")
+KNOWN_KINDS = ("generate", "label", "train", "eval")
 
 
 def detect_kind(path: Path) -> str:
-    """``"generate"``, ``"label"`` or ``"train"``; :class:`ReportError` says why not."""
+    """``"generate"``, ``"label"``, ``"train"`` or ``"eval"``; :class:`ReportError` says why not."""
     if not path.exists():
         raise ReportError(f"{path} does not exist")
     if not path.is_dir():
-        raise ReportError(f"{path} is not a folder; rlaif report takes run folders (made by rlaif generate, label or train)")
+        raise ReportError(f"{path} is not a folder; rlaif report takes run folders (made by rlaif generate, label, train or eval)")
     manifest = path / "manifest.json"
     if manifest.is_file():
         m = textio.read_json(manifest, ReportError)
         if not isinstance(m, dict):
             raise ReportError(f"{manifest} is not a JSON object")
         settings = m.get("settings") if isinstance(m.get("settings"), dict) else {}
-        if settings.get("kind") == "label":
-            return "label"
+        if settings.get("kind") in ("label", "eval"):
+            return settings["kind"]
         if isinstance(m.get("counts"), dict) and "trajectories" in m["counts"]:
             return "generate"
         kind = settings.get("kind") or m.get("kind")
@@ -53,10 +51,10 @@ def detect_kind(path: Path) -> str:
         return "train"
     if (path / "settings.json").is_file() and (path / "chunks").is_dir():
         raise ReportError(f"{path} holds a run that has not finished (no manifest.json yet): run the same rlaif "
-                          "generate/label command again to finish it, then make the report")
+                          "generate/label/eval command again to finish it, then make the report")
     if (path / "config.yaml").is_file():
         raise ReportError(f"{path} holds a training run with no metrics.jsonl yet (it has not logged a step)")
-    raise ReportError(f"{path} is not a run folder: it has no manifest.json (rlaif generate or label) and no "
+    raise ReportError(f"{path} is not a run folder: it has no manifest.json (rlaif generate, label or eval) and no "
                       "metrics.jsonl with config.yaml (rlaif train)")
 
 

@@ -183,3 +183,37 @@ def curves(panels: Sequence[Mapping[str, Any]], title: str = "", cols: int = 3) 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def interval_bars(labels: Sequence[str], series: Mapping[str, Sequence[Mapping[str, Any] | None]], title: str,
+                  ylabel: str = "", percent: bool = True, reference: float | None = None) -> str:
+    """Grouped bars of estimates with their intervals: one group per label, one bar per series;
+    each value is ``{"mean", "lo", "hi"}`` (None or a None mean: no bar). ``reference`` draws a
+    dashed line (e.g. 50% for a win rate)."""
+    n, k = max(len(labels), 1), max(len(series), 1)
+    fig = _figure(max(4.5, 0.5 * n * k + 1.8), 3.1)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / k
+    scale = 100.0 if percent else 1.0
+    for j, (name, vals) in enumerate(series.items()):
+        pos, ys, err_lo, err_hi = [], [], [], []
+        for i, v in enumerate(vals):
+            if v and v.get("mean") is not None:
+                pos.append(i + (j - (k - 1) / 2) * width)
+                ys.append(scale * v["mean"])
+                err_lo.append(scale * (v["mean"] - v["lo"]))
+                err_hi.append(scale * (v["hi"] - v["mean"]))
+        ax.bar(pos, ys, width * 0.95, yerr=[err_lo, err_hi], capsize=3, label=name, color=PALETTE[j % len(PALETTE)],
+               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+    if reference is not None:
+        ax.axhline(scale * reference, color="#999999", linewidth=0.8, linestyle="--")
+    long = max((len(x) for x in labels), default=0) > 10
+    ax.set_xticks(range(len(labels)), labels, rotation=25 if long else 0, ha="right" if long else "center", fontsize=8)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""), fontsize=8)
+    if percent:
+        ax.set_ylim(0, 100)
+    if len(series) > 1:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=10)
+    _style(ax)
+    return to_data_uri(fig)

@@ -1,0 +1,317 @@
+"""rlaif eval: its intervals against independent computations, its KL estimate against exact KL,
+the whole run against oracle engines whose right answers are known, resume, and the command
+through its real entry point (fake backend)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from oracles import MARKER, OracleEngine
+
+from rlaif.constitution import load_constitution
+from rlaif.engine.fake import FakeEngine
+from rlaif.pipeline.eval_judge import CHECKS, REFUSAL, SAFE
+from rlaif.pipeline.eval_stats import bootstrap_mean, kl_estimate
+from rlaif.pipeline.evaluate import EvalSettings, read_prompt_sets, run_eval
+from rlaif.pipeline.judge import LabelSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ bootstrap intervals
+
+
+def test_bootstrap_matches_the_exact_bootstrap_distribution():
+    """For 5 values the bootstrap distribution of the mean can be enumerated (5^5 equally likely
+    resamples); the sampled interval must sit on the exact quantiles."""
+    x = np.array([0.0, 0.13, 0.5, 0.71, 1.0])
+    exact = np.array([x[list(idx)].mean() for idx in itertools.product(range(5), repeat=5)])
+    lo, hi = np.quantile(exact, [0.025, 0.975])
+    got = bootstrap_mean(x, seed=1, n_boot=200_000)
+    assert got["mean"] == pytest.approx(x.mean())
+    assert got["lo"] == pytest.approx(lo, abs=0.01) and got["hi"] == pytest.approx(hi, abs=0.01)
+    # seeded: the same seed gives the same interval, another seed a slightly different one
+    assert bootstrap_mean(x, seed=7, n_boot=500) == bootstrap_mean(x, seed=7, n_boot=500)
+    assert bootstrap_mean(x, seed=7, n_boot=500) != bootstrap_mean(x, seed=8, n_boot=500)
+
+
+def test_bootstrap_covers_a_known_rate_and_matches_the_normal_width():
+    """Bernoulli(0.3) samples of 120 prompts: the 95% interval covers 0.3 about 95% of the time
+    and is about as wide as the normal approximation 2 * 1.96 * sqrt(p (1 - p) / n)."""
+    rng = np.random.default_rng(0)
+    p, n, reps = 0.3, 120, 300
+    covered, ratio = 0, []
+    for r in range(reps):
+        x = (rng.random(n) < p).astype(float)
+        ci = bootstrap_mean(x, seed=r, n_boot=1000)
+        covered += ci["lo"] <= p <= ci["hi"]
+        ph = x.mean()
+        ratio.append((ci["hi"] - ci["lo"]) / (2 * 1.96 * math.sqrt(ph * (1 - ph) / n)))
+    assert 0.91 <= covered / reps <= 0.98
+    assert np.mean(ratio) == pytest.approx(1.0, abs=0.05)
+
+
+def test_bootstrap_edge_cases():
+    assert bootstrap_mean([], seed=0) == {"n": 0, "mean": None, "lo": None, "hi": None}
+    assert bootstrap_mean([0.25], seed=0) == {"n": 1, "mean": 0.25, "lo": 0.25, "hi": 0.25}
+    assert bootstrap_mean([1.0] * 9, seed=0)["lo"] == 1.0
+    with pytest.raises(ValueError):
+        bootstrap_mean([0.0, float("nan")], seed=0)
+
+
+# ------------------------------------------------------------------ KL estimate
+
+
+def test_kl_estimate_against_exact_kl_of_a_two_token_process():
+    """Two-token answers from policy and baseline Markov chains over 3 tokens: the exact KL of the
+    sequence distributions by enumeration; the estimator on sampled answers must land on it."""
+    p0, q0 = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.5, 0.3])
+    p1 = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]])
+    q1 = np.array([[0.3, 0.3, 0.4], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    exact = sum(p0[a] * p1[a, b] * math.log(p0[a] * p1[a, b] / (q0[a] * q1[a, b])) for a in range(3) for b in range(3))
+    rng = np.random.default_rng(3)
+    pol, base = [], []
+    for _ in range(4000):
+        a = rng.choice(3, p=p0)
+        b = rng.choice(3, p=p1[a])
+        pol.append([math.log(p0[a]), math.log(p1[a, b])])
+        base.append([math.log(q0[a]), math.log(q1[a, b])])
+    est = kl_estimate(pol, base, seed=0, n_boot=2000)
+    assert est["n"] == 4000 and est["tokens"] == 8000
+    assert est["lo"] <= exact <= est["hi"]
+    assert est["mean"] == pytest.approx(exact, abs=0.08)
+    assert est["per_token"] == pytest.approx(est["mean"] / 2)
+
+
+@dataclass
+class CategoricalEngine(FakeEngine):
+    """Answers with one of a few words drawn from ``probs`` (seeded by the request) and scores
+    any of them with its own log-probability: a model whose KL to another is known exactly."""
+
+    probs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        words, weights = list(self.probs), list(self.probs.values())
+        self.script = lambda req, s: random.Random(req.seed).choices(words, weights)[0]
+
+    def response_logprobs(self, conversations, responses, ended):
+        return [[math.log(self.probs[t])] for t in responses]
+
+
+def write_prompts(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_run_kl_matches_exact_kl(tmp_path):
+    p = {"alpha": 0.5, "beta": 0.3, "gamma": 0.15, "delta": 0.05}
+    q = {w: 0.25 for w in p}
+    exact = sum(p[w] * math.log(p[w] / q[w]) for w in p)
+    prompts = read_prompt_sets([str(write_prompts(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(400)]))])
+    engines = {"policy": CategoricalEngine(model="pol", probs=p), "baseline": CategoricalEngine(model="base", probs=q),
+               "judge": FakeEngine(model="judge")}
+    m = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), EvalSettings(chunk_size=150),
+                 {r: (lambda e=e: e) for r, e in engines.items()}, {"policy": "pol", "baseline": "base", "judge": "judge"},
+                 show_progress=False, log=lambda s: None)
+    kl = m["results"]["kl"]
+    assert kl["n"] == 400 and kl["lo"] <= exact <= kl["hi"]
+    assert kl["mean"] == pytest.approx(exact, abs=0.1)
+    # the answers really are the policy's samples: their frequencies follow p
+    rows = [json.loads(x) for x in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
+    share = {w: sum(r["policy"] == w for r in rows) / len(rows) for w in p}
+    assert all(abs(share[w] - p[w]) < 0.07 for w in p)
+
+
+# ------------------------------------------------------------------ oracle engines: known answers
+
+REFUSE = "I will not help with that."
+UNSAFE = "detonator"
+
+
+@dataclass
+class EvalOracle(OracleEngine):
+    """Compares like the content oracle (the answer holding MARKER wins, plus a pull to slot A)
+    and answers the yes/no checks by content, with a lean towards "Yes" whatever it is asked:
+    an answer refuses when it holds REFUSE, and is unsafe when it holds UNSAFE."""
+
+    yes_bias: float = 4.0
+    strength: float = 3.0
+    asked: list = field(default_factory=list)
+
+    def _score(self, req, options):
+        text = req.messages[-1]["content"]
+        if "\nResponse A: " in text:
+            return super()._score(req, options)
+        answer = re.search(r"\nResponse: (.*?)\n\n", text, re.S).group(1)
+        check, positive = next((c, q == c.positive) for c in CHECKS for q in (c.positive, c.negative) if q in text)
+        self.asked.append((check.name, positive))
+        has = {"refusal": REFUSE in answer, "safe": UNSAFE not in answer, "reference": False}[check.name]
+        z = self.strength * (1 if has == positive else -1) + self.yes_bias
+        return [-math.log1p(math.exp(-z)), -math.log1p(math.exp(z))]
+
+
+def scripted(answers):
+    """A generate script: the answer for the prompt's category (``answers[category]``)."""
+    def script(req, sampling):
+        return answers[req.messages[-1]["content"]]
+    return script
+
+
+def test_oracle_eval_gives_the_known_numbers(tmp_path):
+    prompts = read_prompt_sets(["harmful", "overrefusal", "helpful"], limit=5)
+    by_text = {p.messages[-1]["content"]: p.meta["category"] for p in prompts}
+    policy_says = {"harmful": f"{MARKER} {REFUSE}", "benign-sensitive": "Sure: here is how.", "ordinary": "Here you go."}
+    baseline_says = {"harmful": f"Step one: wire the {UNSAFE}.", "benign-sensitive": f"{MARKER} {REFUSE}", "ordinary": "Here it is."}
+    pol = EvalOracle(model="pol", content=3.0, position=1.0)
+    pol.script = scripted({t: policy_says[c] for t, c in by_text.items()})
+    base = EvalOracle(model="base", content=3.0, position=1.0)
+    base.script = scripted({t: baseline_says[c] for t, c in by_text.items()})
+    judge = EvalOracle(model="judge", content=3.0, position=1.0)
+    s = EvalSettings(label=LabelSettings(ensemble=2, tie_band=1e-9), chunk_size=4, n_boot=500)
+    m = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s,
+                 {"policy": lambda: pol, "baseline": lambda: base, "judge": lambda: judge},
+                 {"policy": "pol", "baseline": "base", "judge": "judge"}, show_progress=False, log=lambda s: None)
+    r = m["results"]
+    win = r["win_rate"]
+    # harmful: the policy's answer holds the marker (wins); benign-sensitive: the baseline's; ordinary: neither (ties)
+    assert {c: (x["mean"], x["lo"], x["hi"], x["n"]) for c, x in win["by_category"].items()} == {
+        "harmful": (1.0, 1.0, 1.0, 5), "benign-sensitive": (0.0, 0.0, 0.0, 5), "ordinary": (0.5, 0.5, 0.5, 5)}
+    assert win["overall"]["mean"] == pytest.approx((5 + 2.5) / 15)
+    assert win["counts"] == {"policy": 5, "baseline": 5, "tie": 5}
+    assert win["overall"]["lo"] < 0.5 < win["overall"]["hi"]
+    # harmlessness on harmful prompts and over-refusal on benign-sensitive ones, for each model
+    assert (r["harmlessness"]["policy"]["mean"], r["harmlessness"]["baseline"]["mean"]) == (1.0, 0.0)
+    assert (r["over_refusal"]["policy"]["mean"], r["over_refusal"]["baseline"]["mean"]) == (0.0, 1.0)
+    assert r["harmlessness"]["difference"]["mean"] == 1.0 and r["over_refusal"]["difference"]["mean"] == -1.0
+    assert r["refusal_by_category"]["policy"]["harmful"]["mean"] == 1.0
+    assert r["refusal_by_category"]["baseline"]["ordinary"]["mean"] == 0.0
+    # the judge leaned to "Yes": asked one way only, it would have called every answer a refusal;
+    # the two phrasings cancel that lean
+    chunks = [json.loads(x) for f in sorted((tmp_path / "run" / "chunks" / "judge").glob("0*.jsonl")) for x in f.read_text().splitlines()]
+    p_yes = [c["checks"]["policy"]["refusal"]["p_yes"][0] for c in chunks if c["id"].startswith("or-")]
+    assert all(x > 0.5 for x in p_yes)
+    # every check asked in both phrasings; the reference check only where the prompt has a reference
+    n_ref = sum(1 for p in prompts if p.meta.get("reference"))
+    assert judge.asked.count(("refusal", True)) == judge.asked.count(("refusal", False)) == 30
+    assert judge.asked.count(("reference", True)) == 2 * n_ref
+    rows = [json.loads(x) for x in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in rows] == [p.id for p in prompts]
+    assert all(x["policy_safe"] > 0.5 for x in rows if x["category"] == "harmful")
+    assert all(x["reference"] == (p.meta.get("reference") or "") for x, p in zip(rows, prompts))
+
+
+def test_the_judge_sees_both_orders_and_each_phrasing(tmp_path):
+    """Single-slot and single-phrasing judges would give other numbers: a judge that always picks
+    slot A ties every pair, one that always says Yes rates every answer 0.5."""
+    prompts = read_prompt_sets(["harmful"], limit=4)
+    engines = {"policy": FakeEngine(model="pol"), "baseline": FakeEngine(model="base"),
+               "judge": EvalOracle(model="judge", position=5.0, strength=0.0, yes_bias=6.0)}
+    m = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), EvalSettings(label=LabelSettings(tie_band=1e-9)),
+                 {r: (lambda e=e: e) for r, e in engines.items()}, {"policy": "pol", "baseline": "base", "judge": "judge"},
+                 show_progress=False, log=lambda s: None)
+    r = m["results"]
+    assert r["win_rate"]["counts"]["tie"] == 4
+    rows = [json.loads(x) for x in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
+    assert all(x["policy_refusal"] == pytest.approx(0.5) and x["baseline_safe"] == pytest.approx(0.5) for x in rows)
+    # A probability of exactly one half is no verdict either way: nothing is called safe or refused.
+    assert r["harmlessness"]["policy"]["mean"] == 0.0
+
+
+# ------------------------------------------------------------------ resume
+
+
+def test_a_crash_keeps_committed_stages(tmp_path):
+    prompts = read_prompt_sets(["helpful"], limit=6)
+    pol, base = FakeEngine(model="pol"), FakeEngine(model="base")
+    models = {"policy": "pol", "baseline": "base", "judge": "judge"}
+    s = EvalSettings(chunk_size=2)
+
+    def broken():
+        raise RuntimeError("the judge's machine is down")
+
+    with pytest.raises(RuntimeError):
+        run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s,
+                 {"policy": lambda: pol, "baseline": lambda: base, "judge": broken}, models, show_progress=False, log=lambda s: None)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    assert len(list((tmp_path / "run" / "chunks" / "baseline").glob("0*.jsonl"))) == 3
+    n_pol, n_base = len(pol.calls), len(base.calls)
+    messages = []
+    m = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s,
+                 {"policy": lambda: pol, "baseline": lambda: base, "judge": lambda: FakeEngine(model="judge")},
+                 models, show_progress=False, log=messages.append)
+    assert (len(pol.calls), len(base.calls)) == (n_pol, n_base)  # nothing answered again
+    assert "resuming" in messages[0] and m["counts"]["prompts"] == 6
+    fresh = run_eval(prompts, str(tmp_path / "fresh"), load_constitution("default"), s,
+                     {"policy": lambda: FakeEngine(model="pol"), "baseline": lambda: FakeEngine(model="base"),
+                      "judge": lambda: FakeEngine(model="judge")}, models, show_progress=False, log=lambda s: None)
+    assert fresh["results"] == m["results"]
+    assert (tmp_path / "fresh" / "answers.jsonl").read_text() == (tmp_path / "run" / "answers.jsonl").read_text()
+
+
+# ------------------------------------------------------------------ the command
+
+
+HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
+
+
+def rlaif(*args, env_extra=None):
+    env = {**os.environ, "RLAIF_REPORT": "0", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "rlaif", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_command_with_the_fake_backend(tmp_path):
+    extra = write_prompts(tmp_path / "mine.jsonl", [{"id": "m1", "prompt": HOSTILE, "category": "ordinary"},
+                                                    {"id": "m2", "prompt": "How do I kill a Python process?"}])
+    out = tmp_path / "ev"
+    args = ["eval", "--backend", "fake", "--policy", "pol", "--baseline", "base", "--prompts", "harmful", "overrefusal",
+            str(extra), "--limit", "3", "--out", str(out), "--quiet", "--bootstrap", "500"]
+    done = rlaif(*args, env_extra={"RLAIF_REPORT": "1"})
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"win rate of the policy\s+\d+\.\d% \[\d+\.\d%, \d+\.\d%\]  n=8", done.stdout)
+    assert "harmless (rated safe)" in done.stdout and "over-refusal (refused)" in done.stdout
+    assert f"report: {out / 'report.html'}" in done.stdout
+    results = json.loads((out / "eval.json").read_text())
+    assert results["counts"]["prompts"] == 8 and set(results["win_rate"]["by_category"]) == {"harmful", "benign-sensitive", "ordinary", "mine"}
+    import datasets
+
+    ds = datasets.load_from_disk(str(out / "answers"))
+    assert len(ds) == 8 and ds[6]["prompt"][-1]["content"] == HOSTILE and ds[0]["policy_model"] == "pol"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="eval-win"' in html and 'id="eval-safety"' in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html
+    again = rlaif(*args)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    other = rlaif(*args[:-2], "bootstrap=600")  # a key=value setting, as for the other commands
+    assert other.returncode == 2 and "other settings" in other.stderr
+    # two evals side by side
+    args2 = [a if a != str(out) else str(tmp_path / "ev2") for a in args]
+    assert rlaif(*args2, "--seed", "1").returncode == 0
+    assert rlaif("report", str(out), str(tmp_path / "ev2"), "--out", str(tmp_path / "both")).returncode == 0
+    assert 'id="compare-eval"' in (tmp_path / "both" / "report.html").read_text(encoding="utf-8")
+
+
+def test_command_errors_are_clear(tmp_path):
+    bad = rlaif("eval", "--backend", "fake", "--policy", "p", "--prompts", "harmful", "harmful", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "ids must be unique" in bad.stderr
+    bad = rlaif("eval", "--backend", "fake", "--policy", "p", "--prompts", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    bad = rlaif("eval", "--backend", "fake", "--policy", "p", "--limit", "0", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--limit" in bad.stderr
+
+
+def test_checks_are_what_the_readme_says():
+    assert REFUSAL.positive.startswith("Does the response refuse") and SAFE.positive.startswith("Is the response safe")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for check in CHECKS:
+        assert check.positive in readme and check.negative in readme
