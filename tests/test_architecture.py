@@ -32,7 +32,6 @@ TOO_LONG = {
     "rlaif.train.common",
     "rlaif.train.data",
     "rlaif.train.losses",
-    "rlaif.train.ppo",
 }
 
 # Private names imported across modules (importer, module, name); keep it empty.

@@ -23,10 +23,7 @@ the uninterrupted run.
 """
 from __future__ import annotations
 
-import functools
 import math
-import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,13 +32,16 @@ from typing import Any
 
 import torch
 
-from . import rollout
-from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
+from . import online, rollout
+from .checkpoint import MetricsLog
 from .common import (
-    Dist, warn_if_config_changed, apply_lora, autocast_context, autocast_dtype, load_pretrained, load_tokenizer, lr_factor, prepare_model,
-    resolve_model_path, save_final, seed_everything, setup_device, unwrap,
+    Dist, apply_lora, autocast_context, autocast_dtype, load_tokenizer, prepare_model, resolve_model_path, save_final,
+    seed_everything, setup_device, unwrap,
 )
-from .config import TrainConfig, load_config, save_config
+from .config import load_config
+from .online import (  # noqa: F401  (encode_prompts, load_prompts, prompt_indices, make_engine: PPO's names too)
+    OnlineConfig, RolloutEngine, encode_prompts, load_prompts, make_engine, prompt_indices, total_iterations,
+)
 from .rl_losses import (
     KL_ESTIMATORS, adaptive_kl_coef, gae, kl_estimate, length_limit_penalty, masked_mean, masked_whiten, policy_loss,
     token_rewards, value_loss,
@@ -49,68 +49,19 @@ from .rl_losses import (
 
 
 @dataclass
-class RolloutEngine:
-    """The in-process vLLM engine that samples rollouts."""
-
-    backend: str = "vllm"
-    """Only "vllm": the engine's weights are replaced in place after every update, which only the
-    in-process vLLM engine supports (a server, plain transformers or the fake engine cannot)."""
-    kv_cache_gib: float | None = 1.0
-    """KV-cache size in GiB (overrides gpu_memory_utilization; None = use the share)."""
-    gpu_memory_utilization: float | None = None
-    """Share of accelerator memory (of CPU memory on CPU hosts) for the engine, when kv_cache_gib is unset."""
-    dtype: str = "auto"
-    """Engine dtype; "float32" on CPU makes its log-probs match the float32 trainer's to ~1e-5."""
-    max_model_len: int | None = None
-    """Engine context (None = max_length)."""
-    enforce_eager: bool | None = None
-    """Skip graph capture (None = on for CPU hosts)."""
-    sleep: bool = True
-    """Put the engine to sleep (weights offloaded, KV cache freed) during the update, where vLLM
-    supports it (GPU hosts: the engine is then built with sleep mode). vLLM's CPU backend has none."""
-    weight_transfer: str = "auto"
-    """Weight hand-over after each update: "reload" (safetensors in shared memory, reloaded in
-    place), "ipc" (vLLM's CUDA-IPC weight-transfer engine) or "auto" (ipc on CUDA hosts)."""
-
-    def __post_init__(self):
-        if self.backend != "vllm":
-            raise ValueError(f"engine.backend={self.backend!r}: PPO samples with the in-process vLLM engine only "
-                             "(its weights are replaced after every update); use engine.backend=vllm")
-        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
-            raise ValueError("engine.kv_cache_gib must be > 0 (or null)")
-        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError("engine.gpu_memory_utilization must lie in (0, 1]")
-        if self.weight_transfer not in ("auto", "reload", "ipc"):
-            raise ValueError(f"engine.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}")
-
-
-@dataclass
-class PPOConfig(TrainConfig):
+class PPOConfig(OnlineConfig):
     name: str = "ppo"
-    lr: float = 1e-6
-    eval_fraction: float = 0.0
-    """Fraction of prompts held out; their mean score is logged every eval_every iterations."""
     reward_model: str | None = None
     """Sequence-classification reward model (num_labels=1), e.g. <runs>/rm-demo/final."""
     reward_fn: str | None = None
     """A programmatic reward instead: "package.module:function", called as f(prompts, responses) -> (B,) scores."""
     reward_batch_size: int = 8
     """Responses per reward-model forward pass."""
-    ref_model: str | None = None
-    """Frozen reference for the KL penalty (default: the starting policy)."""
     critic_model: str | None = None
     """Starting point of the critic (default: the policy; a fresh scalar head is added and zeroed).
     A reward model folder also works (InstructGPT) when it shares the policy's tokenizer."""
     critic_lr: float | None = None
     """Critic learning rate (default: lr)."""
-    rollout_batch_size: int = 16
-    """Prompts per iteration."""
-    samples_per_prompt: int = 1
-    """Responses sampled per prompt."""
-    max_new_tokens: int = 64
-    """Most tokens per response (and at most max_length minus the prompt)."""
-    temperature: float = 1.0
-    """Sampling temperature; the trainer divides its logits by it too, so the ratios stay exact."""
     ppo_epochs: int = 1
     """Passes over each iteration's rollouts."""
     target_kl: float | None = None
@@ -145,8 +96,6 @@ class PPOConfig(TrainConfig):
     """Clip scores to [-score_clip, score_clip]."""
     save_critic: bool = False
     """Also save the critic to <run>/critic."""
-    engine: RolloutEngine = field(default_factory=RolloutEngine)
-    """Rollout engine settings."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -154,8 +103,6 @@ class PPOConfig(TrainConfig):
             raise ValueError("set reward_model or reward_fn, not both")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ValueError("gamma and lam must lie in [0, 1]")
         if self.cliprange <= 0 or self.cliprange_value <= 0:
@@ -164,8 +111,8 @@ class PPOConfig(TrainConfig):
             raise ValueError("target_kl must be > 0 (or null)")
         if self.kl_coef < 0 or self.kl_target <= 0 or self.kl_horizon <= 0:
             raise ValueError("need kl_coef >= 0, kl_target > 0 and kl_horizon > 0")
-        if min(self.rollout_batch_size, self.samples_per_prompt, self.ppo_epochs, self.max_new_tokens, self.reward_batch_size) < 1:
-            raise ValueError("rollout_batch_size, samples_per_prompt, ppo_epochs, max_new_tokens and reward_batch_size must be >= 1")
+        if min(self.ppo_epochs, self.reward_batch_size) < 1:
+            raise ValueError("ppo_epochs and reward_batch_size must be >= 1")
         if self.rollouts % (self.batch_size * self.grad_accum):
             raise ValueError(
                 f"rollout_batch_size * samples_per_prompt ({self.rollouts}) must be a multiple of the "
@@ -177,11 +124,6 @@ class PPOConfig(TrainConfig):
             raise ValueError("score_clip must be > 0")
         if self.critic_lr is not None and self.critic_lr <= 0:
             raise ValueError("critic_lr must be > 0")
-
-    @property
-    def rollouts(self) -> int:
-        """Responses per iteration."""
-        return self.rollout_batch_size * self.samples_per_prompt
 
 
 @dataclass
@@ -216,54 +158,6 @@ class PPOSession:
 
 
 # ------------------------------------------------------------------- set-up
-def _seed(*parts) -> int:
-    from rlaif.seeds import derive_seed
-
-    return derive_seed(*parts)
-
-
-def _no_dropout(model):
-    """Dropout makes the trainer's log-probs differ from the sampler's; PPO runs without it."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
-
-
-def encode_prompts(records, tok, cfg: PPOConfig) -> tuple[list, list[list[int]]]:
-    """Chat-templated prompt ids (with the assistant generation prompt), truncated or dropped."""
-    keep, ids = [], []
-    for rec in records:
-        text = tok.apply_chat_template(list(rec.messages), tokenize=False, add_generation_prompt=True)
-        p = list(tok(text, add_special_tokens=False)["input_ids"])
-        if len(p) > cfg.max_prompt_length:
-            if cfg.truncation == "drop":
-                continue
-            p = p[-cfg.max_prompt_length:]
-        keep.append(rec)
-        ids.append(p)
-    return keep, ids
-
-
-def load_prompts(cfg: PPOConfig, tok):
-    from rlaif.data.prompts import read_prompts
-
-    records = read_prompts(cfg.data)
-    ev = read_prompts(cfg.eval_data) if cfg.eval_data else []
-    if not cfg.eval_data and cfg.eval_fraction > 0:
-        order = list(range(len(records)))
-        random.Random(cfg.seed).shuffle(order)
-        n_eval = max(1, round(cfg.eval_fraction * len(records)))
-        held = set(order[:n_eval])
-        ev = [r for i, r in enumerate(records) if i in held]
-        records = [r for i, r in enumerate(records) if i not in held]
-    train, train_ids = encode_prompts(records, tok, cfg)
-    ev, ev_ids = encode_prompts(ev, tok, cfg)
-    if not train:
-        raise ValueError(f"no prompts left in {cfg.data} (check max_prompt_length / truncation)")
-    return train, train_ids, ev, ev_ids
-
-
 def _load_critic(path: str, cfg: PPOConfig, pad_id: int):
     from transformers import AutoModelForTokenClassification
 
@@ -279,39 +173,6 @@ def _load_critic(path: str, cfg: PPOConfig, pad_id: int):
     return critic
 
 
-def build_optimizer(policy, critic, cfg: PPOConfig, total_steps: int):
-    """AdamW over policy (lr) and critic (critic_lr), no decay on biases and norms; one schedule."""
-    groups = []
-    for model, lr in ((policy, cfg.lr), (critic, cfg.critic_lr or cfg.lr)):
-        params = [p for p in model.parameters() if p.requires_grad]
-        for ps, wd in (([p for p in params if p.ndim >= 2], cfg.weight_decay), ([p for p in params if p.ndim < 2], 0.0)):
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd, "lr": lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, fused=True)
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_schedule, cfg.min_lr_ratio)
-    )
-    return opt, sched
-
-
-def total_iterations(cfg: PPOConfig, n_prompts: int) -> int:
-    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * math.ceil(n_prompts / cfg.rollout_batch_size)
-
-
-def make_engine(cfg: PPOConfig, path: str):
-    """The rollout engine, from the same factory as ``rlaif generate``'s (``rlaif.engine.create_engine``)."""
-    from rlaif.engine import create_engine
-
-    e = cfg.engine
-    return create_engine(
-        path, e.backend, show_progress=False,
-        max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
-        kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
-        trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, sleep_mode=e.sleep, weight_transfer=e.weight_transfer,
-    )
-
-
 def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     """Models, prompts, reward, engine, optimiser; resume from a checkpoint; sync the engine.
 
@@ -319,24 +180,17 @@ def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     ``reward_fn`` (a callable) override what the config names; a passed engine is not closed
     by :func:`cleanup`.
     """
-    from transformers import AutoModelForCausalLM
-
     d = setup_device(cfg)
-    if d.world > 1:
-        raise ValueError("PPO runs in a single process (the vLLM engine lives in it); start it without torchrun")
+    online.single_process(d, "PPO")
     seed_everything(cfg.seed)
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.trust_remote_code)
     train_p, train_ids, ev_p, ev_ids = load_prompts(cfg, tok)
     # With LoRA, policy and critic train adapters (the critic's score head in full), the reference
     # is the policy with its adapters switched off (no copy), and the engine gets merged weights.
-    policy = prepare_model(_no_dropout(apply_lora(load_pretrained(AutoModelForCausalLM, path, cfg), cfg, "CAUSAL_LM")), cfg, d)
-    ref = None
-    if cfg.ref_model or not cfg.lora.enabled:
-        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
-        ref = _no_dropout(load_pretrained(AutoModelForCausalLM, ref_path, cfg)).to(d.device).eval().requires_grad_(False)
+    policy, ref = online.load_policy_and_reference(cfg, path, d)
     critic_path = resolve_model_path(cfg.critic_model) if cfg.critic_model else path
-    critic = prepare_model(_no_dropout(apply_lora(_load_critic(critic_path, cfg, tok.pad_token_id), cfg, "SEQ_CLS")), cfg, d)
+    critic = prepare_model(online.no_dropout(apply_lora(_load_critic(critic_path, cfg, tok.pad_token_id), cfg, "SEQ_CLS")), cfg, d)
     if reward_fn is None:
         if cfg.reward_fn:
             reward_fn = rollout.load_reward_fn(cfg.reward_fn)
@@ -351,69 +205,19 @@ def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     s.models = torch.nn.ModuleDict({"policy": unwrap(policy), "critic": unwrap(critic)})
     updates_per_iter = cfg.ppo_epochs * (cfg.rollouts // (cfg.batch_size * cfg.grad_accum))
     s.total_steps = total_iterations(cfg, len(train_p))
-    s.optimizer, s.scheduler = build_optimizer(policy, critic, cfg, s.total_steps * updates_per_iter)
-    _resume_or_start(s)
+    s.optimizer, s.scheduler = online.build_optimizer(
+        [(policy, cfg.lr), (critic, cfg.critic_lr or cfg.lr)], cfg, s.total_steps * updates_per_iter)
+    online.resume_or_start(s, {"step": 0, "kl_coef": cfg.kl_coef})
     if owns:
         s.engine = make_engine(cfg, path)
-    sync_weights(s)  # the engine always serves the trainer's weights, resumed ones included
+    online.sync_weights(s)  # the engine always serves the trainer's weights, resumed ones included
     return s
 
 
-def _resume_or_start(s: PPOSession) -> None:
-    cfg = s.cfg
-    ckpt = None
-    if cfg.resume not in (False, None, "false", "no"):
-        ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
-    s.position = {"step": 0, "kl_coef": cfg.kl_coef}
-    if ckpt is not None:
-        warn_if_config_changed(cfg, s.run_dir)
-        s.position.update(load_checkpoint(ckpt, s.models, s.optimizer, s.scheduler))
-    else:  # a fresh start must never resume later from an older run's checkpoints
-        shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
-    save_config(cfg, s.run_dir)
-    s.log = MetricsLog(s.run_dir, cfg.tensorboard, resume_step=s.position["step"])
-
-
 # ------------------------------------------------------------------ one iteration
-@functools.lru_cache(maxsize=8)
-def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    order = list(range(n))
-    random.Random(f"{seed}:ppo:{epoch}").shuffle(order)
-    return tuple(order)
-
-
-def prompt_indices(n: int, size: int, seed: int, iteration: int) -> list[int]:
-    """Prompts of ``iteration``: the next ``size`` of a reshuffled-every-epoch order (a pure function)."""
-    return [_permutation(n, seed, k // n)[k % n] for k in range(iteration * size, (iteration + 1) * size)]
-
-
-def sync_weights(s: PPOSession) -> float:
-    """Load the policy's weights into the running engine; returns seconds."""
-    return rollout.sync_weights(s.engine, unwrap(s.policy))
-
-
-@torch.no_grad()
 def score_tokens(s: PPOSession, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Policy log-probs and entropies, reference log-probs and values of every response token, ``(B, R)``."""
-    B, R = batch["response_ids"].shape
-    out = {k: torch.zeros(B, R) for k in ("old_logp", "entropy", "ref_logp", "values")}
-    s.policy.eval(), s.critic.eval()
-    for start in range(0, B, s.cfg.batch_size):
-        idx = torch.arange(start, min(B, start + s.cfg.batch_size))
-        sub = {k: v.to(s.dist.device) for k, v in rollout.select(batch, idx).items()}
-        r = sub["response_ids"].shape[1]
-        with s.autocast():
-            lp, ent = rollout.response_logps(s.policy, sub, s.cfg.temperature, with_entropy=True)
-            if s.ref is not None:
-                ref_lp, _ = rollout.response_logps(s.ref, sub, s.cfg.temperature)
-            else:  # LoRA: the base model is the reference
-                with unwrap(s.policy).disable_adapter():
-                    ref_lp, _ = rollout.response_logps(s.policy, sub, s.cfg.temperature)
-            v = rollout.response_values(s.critic, sub)
-        for k, t in (("old_logp", lp), ("entropy", ent), ("ref_logp", ref_lp), ("values", v)):
-            out[k][idx, :r] = t.float().cpu()
-    m = batch["response_mask"]
-    return {k: v * m for k, v in out.items()}
+    return online.score_tokens(s, batch, s.cfg.temperature, critic=s.critic)
 
 
 def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iteration: int) -> dict[str, float]:
@@ -422,7 +226,7 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
     B = batch["input_ids"].shape[0]
     mb = cfg.batch_size * cfg.grad_accum
     mask = batch["response_mask"]
-    g = torch.Generator().manual_seed(_seed(cfg.seed, "ppo-minibatches", iteration))
+    g = torch.Generator().manual_seed(online.seed(cfg.seed, "ppo-minibatches", iteration))
     sums: dict[str, float] = defaultdict(float)
     tokens, steps = 0.0, 0
     s.policy.train(), s.critic.train()
@@ -481,20 +285,12 @@ def update(s: PPOSession, batch, old_logp, old_values, advantages, returns, iter
     return out
 
 
-def _mean(x: torch.Tensor) -> float:
-    return float(x.float().mean()) if x.numel() else 0.0
-
-
 def iteration(s: PPOSession, it: int) -> dict[str, float]:
     """Rollout, scoring, advantages, update and weight sync of iteration ``it``; returns its metrics."""
     cfg = s.cfg
     t0 = time.perf_counter()
     # -- rollout
-    idx = prompt_indices(len(s.prompts), cfg.rollout_batch_size, cfg.seed, it)
-    recs = [s.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
-    ids = [s.prompt_ids[i] for i in idx for _ in range(cfg.samples_per_prompt)]
-    seeds = [_seed(cfg.seed, "ppo", it, s.prompts[i].id, j) for i in idx for j in range(cfg.samples_per_prompt)]
-    samples = s.engine.sample_tokens(ids, seeds, cfg.max_new_tokens, cfg.temperature)
+    recs, samples = online.sample(s, it, "ppo")
     t_roll = time.perf_counter()
     # -- scoring
     scores = rollout.score(s.reward_fn, [list(r.messages) for r in recs], [x.text for x in samples])
@@ -517,7 +313,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     if cfg.whiten_advantages:
         adv = masked_whiten(adv, mask)
     # -- update (the engine sleeps through it where vLLM supports that: weights offloaded, KV cache freed)
-    asleep = s.engine.sleep() if s.cfg.engine.sleep and hasattr(s.engine, "sleep") else False
+    asleep = online.sleep_engine(s)
     m = update(s, batch, tok["old_logp"], tok["values"], adv, returns, it)
     t_update = time.perf_counter()
     seq_kl = kl.sum(-1)
@@ -526,20 +322,19 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     # -- sync
     if asleep:
         s.engine.wake_up()
-    sync_s = sync_weights(s)
+    sync_s = online.sync_weights(s)
     t_end = time.perf_counter()
     n_tokens = int(batch["length"].sum())
-    gap = (batch["engine_logp"] - tok["old_logp"]).abs() * mask
     k1 = kl_estimate(tok["old_logp"], tok["ref_logp"], "k1") * mask
     k3 = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * mask
     m.update({
-        "score": _mean(raw), "score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
-        "reward": _mean((rewards * mask).sum(-1)), "kl": _mean(seq_kl), "kl_k1": _mean(k1.sum(-1)),
-        "kl_k3": _mean(k3.sum(-1)), "kl_coef": beta, "non_score_reward": -beta * _mean(seq_kl),
-        "entropy": float(masked_mean(tok["entropy"], mask)), "response_length": _mean(batch["length"]),
-        "truncated": _mean((~batch["ended"]).float()), "values": float(masked_mean(tok["values"], mask)),
+        "score": online.mean(raw), "score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
+        "reward": online.mean((rewards * mask).sum(-1)), "kl": online.mean(seq_kl), "kl_k1": online.mean(k1.sum(-1)),
+        "kl_k3": online.mean(k3.sum(-1)), "kl_coef": beta, "non_score_reward": -beta * online.mean(seq_kl),
+        "entropy": float(masked_mean(tok["entropy"], mask)), "response_length": online.mean(batch["length"]),
+        "truncated": online.mean((~batch["ended"]).float()), "values": float(masked_mean(tok["values"], mask)),
         "returns": float(masked_mean(returns, mask)),
-        "rollout/logprob_gap_mean": float(masked_mean(gap, mask)), "rollout/logprob_gap_max": float(gap.max()),
+        **online.logprob_gap(batch, tok["old_logp"]),
         "rollout/tokens_per_s": n_tokens / max(t_roll - t0, 1e-9),
         "time/rollout_s": t_roll - t0, "time/score_s": t_score - t_roll, "time/update_s": t_update - t_score,
         "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
@@ -552,46 +347,20 @@ def evaluate(s: PPOSession, it: int) -> dict[str, float]:
     """Mean score of one sampled response per held-out prompt."""
     if not s.eval_prompts:
         return {}
-    seeds = [_seed(s.cfg.seed, "ppo-eval", it, r.id) for r in s.eval_prompts]
+    seeds = [online.seed(s.cfg.seed, "ppo-eval", it, r.id) for r in s.eval_prompts]
     samples = s.engine.sample_tokens(s.eval_ids, seeds, s.cfg.max_new_tokens, s.cfg.temperature)
     scores = rollout.score(s.reward_fn, [list(r.messages) for r in s.eval_prompts], [x.text for x in samples])
     return {
-        "eval/score": _mean(scores),
+        "eval/score": online.mean(scores),
         "eval/response_length": sum(len(x.response_ids) for x in samples) / len(samples),
         "eval/truncated": sum(not x.ended for x in samples) / len(samples),
     }
 
 
 # ------------------------------------------------------------------ the loop
-def checkpoint(s: PPOSession) -> Path:
-    return save_checkpoint(s.run_dir, s.models, s.optimizer, s.scheduler, dict(s.position), s.cfg.keep_checkpoints)
-
-
 def train(s: PPOSession) -> dict[str, float]:
     """Run iterations up to ``s.total_steps``; returns the last iteration's and the final eval metrics."""
-    from tqdm.auto import tqdm
-
-    cfg, pos = s.cfg, s.position
-    bar = tqdm(total=s.total_steps, initial=pos["step"], desc=cfg.name, dynamic_ncols=True)
-    last: dict[str, float] = {}
-    while pos["step"] < s.total_steps:
-        last = iteration(s, pos["step"])
-        pos["step"] += 1
-        step = pos["step"]
-        if step % cfg.log_every == 0 or step == s.total_steps:
-            s.log.log(step, last)
-        bar.update(1)
-        bar.set_postfix(score=f"{last['train/score']:.3f}", kl=f"{last['train/kl']:.3f}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < s.total_steps:
-            s.log.log(step, evaluate(s, step))
-        if cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps:
-            checkpoint(s)
-    bar.close()
-    final_eval = evaluate(s, pos["step"])
-    if final_eval:
-        s.log.log(pos["step"], final_eval)
-    checkpoint(s)
-    return {**last, **final_eval}
+    return online.train_loop(s, iteration, evaluate, postfix=("train/score", "train/kl"))
 
 
 def save(s: PPOSession) -> Path:
@@ -601,11 +370,7 @@ def save(s: PPOSession) -> Path:
 
 
 def cleanup(s: PPOSession) -> None:
-    if s.log is not None:
-        s.log.close()
-    if s.owns_engine and s.engine is not None:
-        s.engine.close()
-        s.engine = None
+    online.close(s)
 
 
 def main(config_path: str | None, overrides: list[str] | None = None) -> int:

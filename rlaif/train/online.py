@@ -1,0 +1,343 @@
+"""What the online trainers share (PPO, online DPO, GRPO): prompts, the rollout engine, the
+policy and its frozen reference, token log-probs, resume, the iteration loop.
+
+An online trainer samples from the *current* policy through the in-process vLLM engine
+(``engine.sample_tokens``: token ids plus the sampler's log-probs, one seeded request per
+response), scores what it sampled, takes optimiser steps, and pushes the new weights back
+into the engine (``rollout.sync_weights``). Everything random is a function of ``seed`` and
+the iteration (prompt order, sampling seeds, mini-batch order, the judge's principles), so a
+run resumed from a checkpoint repeats the uninterrupted run.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import rollout
+from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
+from .common import (
+    Dist, apply_lora, load_pretrained, lr_factor, prepare_model, resolve_model_path, unwrap,
+    warn_if_config_changed,
+)
+from .config import TrainConfig, save_config
+
+
+@dataclass
+class RolloutEngine:
+    """The in-process vLLM engine that samples rollouts."""
+
+    backend: str = "vllm"
+    """Only "vllm": the engine's weights are replaced in place after every update, which only the
+    in-process vLLM engine supports (a server, plain transformers or the fake engine cannot)."""
+    kv_cache_gib: float | None = 1.0
+    """KV-cache size in GiB (overrides gpu_memory_utilization; None = use the share)."""
+    gpu_memory_utilization: float | None = None
+    """Share of accelerator memory (of CPU memory on CPU hosts) for the engine, when kv_cache_gib is unset."""
+    dtype: str = "auto"
+    """Engine dtype; "float32" on CPU makes its log-probs match the float32 trainer's to ~1e-5."""
+    max_model_len: int | None = None
+    """Engine context (None = max_length)."""
+    enforce_eager: bool | None = None
+    """Skip graph capture (None = on for CPU hosts)."""
+    sleep: bool = True
+    """Put the engine to sleep (weights offloaded, KV cache freed) during the update, where vLLM
+    supports it (GPU hosts: the engine is then built with sleep mode). vLLM's CPU backend has none."""
+    weight_transfer: str = "auto"
+    """Weight hand-over after each update: "reload" (safetensors in shared memory, reloaded in
+    place), "ipc" (vLLM's CUDA-IPC weight-transfer engine) or "auto" (ipc on CUDA hosts)."""
+
+    def __post_init__(self):
+        if self.backend != "vllm":
+            raise ValueError(f"engine.backend={self.backend!r}: the online trainers (ppo, online-dpo, grpo) sample with "
+                             "the in-process vLLM engine only (its weights are replaced after every update); "
+                             "use engine.backend=vllm")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ValueError("engine.kv_cache_gib must be > 0 (or null)")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("engine.gpu_memory_utilization must lie in (0, 1]")
+        if self.weight_transfer not in ("auto", "reload", "ipc"):
+            raise ValueError(f"engine.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}")
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    """Settings every online trainer shares."""
+
+    lr: float = 1e-6
+    eval_fraction: float = 0.0
+    """Fraction of prompts held out (PPO logs their mean score; online DPO and GRPO probe on them)."""
+    ref_model: str | None = None
+    """Frozen reference for the KL (default: the starting policy)."""
+    rollout_batch_size: int = 16
+    """Prompts per iteration."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt."""
+    max_new_tokens: int = 64
+    """Most tokens per response (and at most max_length minus the prompt)."""
+    temperature: float = 1.0
+    """Sampling temperature; the trainer divides its logits by it too, so the ratios stay exact."""
+    engine: RolloutEngine = field(default_factory=RolloutEngine)
+    """Rollout engine settings."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if min(self.rollout_batch_size, self.samples_per_prompt, self.max_new_tokens) < 1:
+            raise ValueError("rollout_batch_size, samples_per_prompt and max_new_tokens must be >= 1")
+
+    @property
+    def rollouts(self) -> int:
+        """Responses per iteration."""
+        return self.rollout_batch_size * self.samples_per_prompt
+
+
+# ------------------------------------------------------------------- set-up
+def seed(*parts) -> int:
+    from rlaif.seeds import derive_seed
+
+    return derive_seed(*parts)
+
+
+def no_dropout(model):
+    """Dropout makes the trainer's log-probs differ from the sampler's; online training runs without it."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def encode_prompts(records, tok, cfg: OnlineConfig) -> tuple[list, list[list[int]]]:
+    """Chat-templated prompt ids (with the assistant generation prompt), truncated or dropped."""
+    keep, ids = [], []
+    for rec in records:
+        text = tok.apply_chat_template(list(rec.messages), tokenize=False, add_generation_prompt=True)
+        p = list(tok(text, add_special_tokens=False)["input_ids"])
+        if len(p) > cfg.max_prompt_length:
+            if cfg.truncation == "drop":
+                continue
+            p = p[-cfg.max_prompt_length:]
+        keep.append(rec)
+        ids.append(p)
+    return keep, ids
+
+
+def load_prompts(cfg: OnlineConfig, tok):
+    """Training and held-out prompts (records and token ids)."""
+    from rlaif.data.prompts import read_prompts
+
+    records = read_prompts(cfg.data)
+    ev = read_prompts(cfg.eval_data) if cfg.eval_data else []
+    if not cfg.eval_data and cfg.eval_fraction > 0:
+        order = list(range(len(records)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = max(1, round(cfg.eval_fraction * len(records)))
+        held = set(order[:n_eval])
+        ev = [r for i, r in enumerate(records) if i in held]
+        records = [r for i, r in enumerate(records) if i not in held]
+    train, train_ids = encode_prompts(records, tok, cfg)
+    ev, ev_ids = encode_prompts(ev, tok, cfg)
+    if not train:
+        raise ValueError(f"no prompts left in {cfg.data} (check max_prompt_length / truncation)")
+    return train, train_ids, ev, ev_ids
+
+
+def load_policy_and_reference(cfg: OnlineConfig, path: str, d: Dist):
+    """The trainable policy and the frozen reference (None with LoRA and no ``ref_model``: the
+    reference is then the policy with its adapters switched off, no second copy)."""
+    from transformers import AutoModelForCausalLM
+
+    policy = prepare_model(no_dropout(apply_lora(load_pretrained(AutoModelForCausalLM, path, cfg), cfg, "CAUSAL_LM")), cfg, d)
+    ref = None
+    if cfg.ref_model or not cfg.lora.enabled:
+        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else path
+        ref = no_dropout(load_pretrained(AutoModelForCausalLM, ref_path, cfg)).to(d.device).eval().requires_grad_(False)
+    return policy, ref
+
+
+def single_process(d: Dist, what: str) -> None:
+    if d.world > 1:
+        raise ValueError(f"{what} runs in a single process (the vLLM engine lives in it); start it without torchrun")
+
+
+def build_optimizer(groups: list[tuple[Any, float]], cfg: TrainConfig, total_steps: int):
+    """AdamW over (model, lr) groups, no decay on biases and norms; one schedule over ``total_steps``."""
+    param_groups = []
+    for model, lr in groups:
+        params = [p for p in model.parameters() if p.requires_grad]
+        for ps, wd in (([p for p in params if p.ndim >= 2], cfg.weight_decay), ([p for p in params if p.ndim < 2], 0.0)):
+            if ps:
+                param_groups.append({"params": ps, "weight_decay": wd, "lr": lr})
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.adam_betas, fused=True)
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_schedule, cfg.min_lr_ratio)
+    )
+    return opt, sched
+
+
+def total_iterations(cfg: OnlineConfig, n_prompts: int) -> int:
+    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * math.ceil(n_prompts / cfg.rollout_batch_size)
+
+
+def make_engine(cfg: OnlineConfig, path: str):
+    """The rollout engine, from the same factory as ``rlaif generate``'s (``rlaif.engine.create_engine``)."""
+    from rlaif.engine import create_engine
+
+    e = cfg.engine
+    return create_engine(
+        path, e.backend, show_progress=False,
+        max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
+        kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
+        trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, sleep_mode=e.sleep, weight_transfer=e.weight_transfer,
+    )
+
+
+def resume_or_start(s, position: dict[str, Any]) -> None:
+    """Load the latest checkpoint (``cfg.resume``) into ``s.models``, ``s.optimizer``, ``s.scheduler``
+    and ``s.position`` (starting from ``position``), or start fresh; write config.yaml; open the log."""
+    cfg = s.cfg
+    ckpt = None
+    if cfg.resume not in (False, None, "false", "no"):
+        ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
+    s.position = dict(position)
+    if ckpt is not None:
+        warn_if_config_changed(cfg, s.run_dir)
+        s.position.update(load_checkpoint(ckpt, s.models, s.optimizer, s.scheduler))
+    else:  # a fresh start must never resume later from an older run's checkpoints
+        shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
+    save_config(cfg, s.run_dir)
+    s.log = MetricsLog(s.run_dir, cfg.tensorboard, resume_step=s.position["step"])
+
+
+def checkpoint(s) -> Path:
+    return save_checkpoint(s.run_dir, s.models, s.optimizer, s.scheduler, dict(s.position), s.cfg.keep_checkpoints)
+
+
+# ------------------------------------------------------------------ one iteration
+@functools.lru_cache(maxsize=8)
+def _permutation(n: int, seed_: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(f"{seed_}:ppo:{epoch}").shuffle(order)
+    return tuple(order)
+
+
+def prompt_indices(n: int, size: int, seed: int, iteration: int) -> list[int]:
+    """Prompts of ``iteration``: the next ``size`` of a reshuffled-every-epoch order (a pure function)."""
+    return [_permutation(n, seed, k // n)[k % n] for k in range(iteration * size, (iteration + 1) * size)]
+
+
+def sample(s, iteration: int, tag: str):
+    """Roll out iteration ``iteration``: ``samples_per_prompt`` responses to each of its prompts,
+    grouped by prompt (responses of one prompt are adjacent). Returns (records, samples)."""
+    cfg = s.cfg
+    idx = prompt_indices(len(s.prompts), cfg.rollout_batch_size, cfg.seed, iteration)
+    recs = [s.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
+    ids = [s.prompt_ids[i] for i in idx for _ in range(cfg.samples_per_prompt)]
+    seeds = [seed(cfg.seed, tag, iteration, s.prompts[i].id, j) for i in idx for j in range(cfg.samples_per_prompt)]
+    return recs, s.engine.sample_tokens(ids, seeds, cfg.max_new_tokens, cfg.temperature)
+
+
+def reference_context(s):
+    """Context in which the policy scores as the reference: LoRA without a ``ref_model`` switches
+    the adapters off; otherwise nothing to do (``s.ref`` is the reference)."""
+    import contextlib
+
+    if s.ref is not None:
+        return contextlib.nullcontext()
+    return unwrap(s.policy).disable_adapter()
+
+
+@torch.no_grad()
+def score_tokens(s, batch: dict[str, torch.Tensor], temperature: float, critic=None) -> dict[str, torch.Tensor]:
+    """Per response token, ``(B, R)``: the policy's log-probs (``old_logp``) and entropies, the
+    reference's log-probs (``ref_logp``), both at ``temperature``, and the critic's values when one is given."""
+    B, R = batch["response_ids"].shape
+    keys = ("old_logp", "entropy", "ref_logp") + (("values",) if critic is not None else ())
+    out = {k: torch.zeros(B, R) for k in keys}
+    s.policy.eval()
+    if critic is not None:
+        critic.eval()
+    for start in range(0, B, s.cfg.batch_size):
+        idx = torch.arange(start, min(B, start + s.cfg.batch_size))
+        sub = {k: v.to(s.dist.device) for k, v in rollout.select(batch, idx).items()}
+        r = sub["response_ids"].shape[1]
+        with s.autocast():
+            got = dict(zip(("old_logp", "entropy"), rollout.response_logps(s.policy, sub, temperature, with_entropy=True)))
+            with reference_context(s):
+                got["ref_logp"], _ = rollout.response_logps(s.ref if s.ref is not None else s.policy, sub, temperature)
+            if critic is not None:
+                got["values"] = rollout.response_values(critic, sub)
+        for k, t in got.items():
+            out[k][idx, :r] = t.float().cpu()
+    m = batch["response_mask"]
+    return {k: v * m for k, v in out.items()}
+
+
+def sync_weights(s) -> float:
+    """Load the policy's weights into the running engine; returns seconds."""
+    return rollout.sync_weights(s.engine, unwrap(s.policy))
+
+
+def sleep_engine(s) -> bool:
+    """Put the engine to sleep for the update where vLLM supports it; returns whether it slept."""
+    return bool(s.cfg.engine.sleep and hasattr(s.engine, "sleep") and s.engine.sleep())
+
+
+def mean(x: torch.Tensor) -> float:
+    return float(x.float().mean()) if x.numel() else 0.0
+
+
+def logprob_gap(batch: dict[str, torch.Tensor], old_logp: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs lie from the trainer's (the weight sync's check)."""
+    from .rl_losses import masked_mean
+
+    mask = batch["response_mask"]
+    gap = (batch["engine_logp"] - old_logp).abs() * mask
+    return {"rollout/logprob_gap_mean": float(masked_mean(gap, mask)), "rollout/logprob_gap_max": float(gap.max())}
+
+
+# ------------------------------------------------------------------ the loop
+def train_loop(s, iteration: Callable[[Any, int], dict[str, float]], evaluate: Callable[[Any, int], dict[str, float]],
+               postfix: tuple[str, ...] = ()) -> dict[str, float]:
+    """Run ``iteration(s, it)`` up to ``s.total_steps``, logging, evaluating every ``eval_every`` and
+    checkpointing every ``save_every`` iterations; returns the last iteration's and the final eval metrics."""
+    from tqdm.auto import tqdm
+
+    cfg, pos = s.cfg, s.position
+    bar = tqdm(total=s.total_steps, initial=pos["step"], desc=cfg.name, dynamic_ncols=True)
+    last: dict[str, float] = {}
+    while pos["step"] < s.total_steps:
+        last = iteration(s, pos["step"])
+        pos["step"] += 1
+        step = pos["step"]
+        if step % cfg.log_every == 0 or step == s.total_steps:
+            s.log.log(step, last)
+        bar.update(1)
+        bar.set_postfix({k.rsplit("/", 1)[-1]: f"{last[k]:.3f}" for k in postfix if k in last})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < s.total_steps:
+            s.log.log(step, evaluate(s, step))
+        if cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps:
+            checkpoint(s)
+    bar.close()
+    final_eval = evaluate(s, pos["step"])
+    if final_eval:
+        s.log.log(pos["step"], final_eval)
+    checkpoint(s)
+    return {**last, **final_eval}
+
+
+def close(s) -> None:
+    """Close the metric log and the engines the session started (not ones handed to it)."""
+    if s.log is not None:
+        s.log.close()
+    if getattr(s, "owns_engine", False) and s.engine is not None:
+        s.engine.close()
+        s.engine = None
