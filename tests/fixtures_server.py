@@ -37,6 +37,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     """Sleep this long before answering (woken early when the server stops)."""
+    drop: bool = False
+    """Close the connection without answering (a server that died mid-request)."""
 
 
 Script = Callable[[str, str, Any, int], Reply]
@@ -92,6 +94,9 @@ class ScriptedServer:
                     reply = outer.script(method, self.path, body, attempt)
                     if reply.delay_s:
                         outer._stop.wait(reply.delay_s)
+                    if reply.drop:
+                        self.close_connection = True
+                        return
                     data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")

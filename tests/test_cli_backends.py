@@ -142,6 +142,52 @@ def test_generate_openai_feedback_model_on_its_own_server(tmp_path, capsys):
     assert {r["feedback_model"] for r in rows} == {"judge-z"}  # the feedback server's first model
 
 
+def test_generate_and_label_spread_over_several_servers(tmp_path, capsys):
+    """--base-url A,B (or the flag repeated): every row done, both servers used, the same rows as one server."""
+    prompts, pairs = write_prompts(tmp_path, 8), write_pairs(tmp_path, 12)
+    with OracleServer(("policy-x",)) as a, OracleServer(("policy-x",)) as b:
+        rc = cli(*generate_args(prompts, tmp_path / "g", "--backend", "openai", "--base-url", f"{a.url},{b.url}/v1",
+                                "--label", "--ensemble", 2, "--max-concurrency", 4))
+        assert rc == 0, capsys.readouterr().err
+        per_server = [len(s.requests("generate")) + len(s.requests("score")) for s in (a, b)]
+        hits = [len(s.hits) for s in (a, b)]  # with /v1/models and /tokenize
+    assert sum(per_server) == 8 * 3 + 8 * 2 * 2 and min(per_server) >= 8, per_server
+    rows = load(tmp_path / "g")
+    assert_oracle_labels(rows, 8)
+    assert_generate_orientation(rows)
+    engine = json.loads((tmp_path / "g" / "manifest.json").read_text())["engine"]
+    assert engine["base_url"] == f"{a.url},{b.url}" and engine["reported_models"] == {"policy-x": 56}
+    assert [engine["servers"][s.url] for s in (a, b)] == [{"answered": n, "failed_attempts": 0} for n in hits]
+    # the same run on one server gives the same rows
+    with OracleServer(("policy-x",)) as one:
+        assert cli(*generate_args(prompts, tmp_path / "g1", "--backend", "openai", "--base-url", one.url,
+                                  "--label", "--ensemble", 2)) == 0
+    key = lambda r: (r["id"], text(r["chosen"]), text(r["rejected"]), r["chosen_prob"])  # noqa: E731
+    assert sorted(map(key, rows)) == sorted(map(key, load(tmp_path / "g1")))
+
+    # label: a server down at start is named and left out; the flag repeated adds servers
+    dead = closed_port_url()
+    with OracleServer(("judge-y",)) as a, OracleServer(("judge-y",)) as b:
+        capsys.readouterr()
+        rc = cli("label", "--pairs", pairs, "--out", tmp_path / "l", "--backend", "openai", "--base-url", a.url,
+                 "--base-url", dead, "--base-url", b.url, "--ensemble", 2, "--max-concurrency", 4, *QUIET)
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        scored = [len(s.requests("score")) for s in (a, b)]
+    assert f"cannot list the models of {dead}" in err and "left out of this run" in err
+    assert sum(scored) == 12 * 2 * 2 and min(scored) >= 8, scored
+    assert_oracle_labels(load(tmp_path / "l"), 12)
+    engine = json.loads((tmp_path / "l" / "manifest.json").read_text())["engine"]
+    assert "ConnectError" in engine["servers"][dead]["left_out"]
+    # in a config file: one comma-separated string; a bad address is refused at once
+    config = tmp_path / "fleet.yaml"
+    config.write_text(f"engine:\n  backend: openai\n  base_url: {a.url},{b.url}\n")
+    assert cli("label", "--pairs", pairs, "--out", tmp_path / "l2", "--config", config, "--ensemble", 1, *QUIET) == 2
+    assert "cannot list the models" in capsys.readouterr().err  # both servers are gone by now
+    assert cli("label", "--pairs", pairs, "--out", tmp_path / "l2", "--config", config, "--base-url", "localhost:8000") == 2
+    assert "http:// or https://" in capsys.readouterr().err
+
+
 def test_label_openai_backend_in_a_subprocess(tmp_path):
     """`python -m rlaif label --backend openai`, as a user types it."""
     pairs = write_pairs(tmp_path)

@@ -110,6 +110,8 @@ def connect_server(e, name: str | None, quiet: bool, base_url: str | None = None
         engine = make_engine_factory(e, name, 0, quiet, base_url=base_url)()
     except (RuntimeError, ValueError) as exc:  # unreachable server, bad URL
         raise UserError(str(exc)) from None
+    for url, why in getattr(engine, "left_out", {}).items():
+        print(f"rlaif: {why}; that server is left out of this run, the others share its requests", file=sys.stderr)
     if name is not None:
         try:
             served = engine.served_models()
@@ -133,11 +135,9 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def _same_server(a: str, b: str) -> bool:
-    def norm(u: str) -> str:
-        u = u.strip().rstrip("/")
-        return u[: -len("/v1")] if u.endswith("/v1") else u
+    from rlaif.engine.server_pool import parse_base_urls
 
-    return norm(a) == norm(b)
+    return set(parse_base_urls(a)) == set(parse_base_urls(b))
 
 
 def _engine_config(args: argparse.Namespace):

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 
 
+class JoinURLs(argparse.Action):
+    """``--base-url`` given again adds servers: the values are joined with commas."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
 def add_engine_flags(p) -> None:
     p.add_argument("--backend", dest="engine.backend", choices=["vllm", "openai", "transformers", "fake"],
                    help="engine backend (default: vllm in-process; openai: a server speaking the OpenAI API)")
-    p.add_argument("--base-url", dest="engine.base_url", help="openai backend: server address, e.g. http://127.0.0.1:8000")
+    p.add_argument("--base-url", dest="engine.base_url", action=JoinURLs, metavar="URL[,URL...]",
+                   help="openai backend: server address, e.g. http://127.0.0.1:8000; several servers of the same model "
+                        "(comma-separated, or the flag repeated) share the requests")
     p.add_argument("--served-model", dest="engine.served_model", help="openai backend: model name on the server (default: its first)")
     p.add_argument("--api-key-env", dest="engine.api_key_env", help="openai backend: environment variable holding the API key")
     p.add_argument("--max-concurrency", dest="engine.max_concurrency", type=int, help="openai backend: requests in flight (default 32)")

@@ -6,7 +6,12 @@ a background thread, so it works from plain synchronous code, including code tha
 running inside an event loop (a notebook).
 
 ``base_url`` is the server's root (``http://host:8000``); a trailing ``/v1`` is accepted and
-dropped, because vLLM's ``/tokenize`` lives outside ``/v1``.
+dropped, because vLLM's ``/tokenize`` lives outside ``/v1``. Several servers of the same model
+(``"http://a:8000,http://b:8000"`` or a list) share the requests: each attempt goes to the
+healthy server with the fewest requests in flight, and a failed attempt is retried on another
+server at once (:mod:`rlaif.engine.server_pool`). With several servers the engine asks each for
+its models at start: one that does not answer (after one retry) is reported in ``left_out`` and
+gets no requests; one that does not serve the model is an error.
 
 Generation
     ``POST /v1/chat/completions`` with ``messages``, ``temperature``, ``top_p``,
@@ -81,20 +86,18 @@ Robustness
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import random
 import threading
-import time
 from collections import Counter
 from concurrent.futures import Future
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import httpx
-import tenacity
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.server_pool import Server, ServerPool, describe_error, parse_base_urls, retry_after_s, server_message
 from rlaif.data.records import Completion
 
 log = logging.getLogger(__name__)
@@ -135,7 +138,7 @@ class OpenAIServerEngine:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str | None = None,
         api_key: str | None = None,
         max_concurrency: int = 32,
@@ -156,12 +159,8 @@ class OpenAIServerEngine:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be in [1, {MAX_TOP_LOGPROBS}], got {top_logprobs}")
-        root = base_url.strip().rstrip("/")
-        if root.endswith("/v1"):
-            root = root[: -len("/v1")]
-        if not root.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.base_url = root
+        self.base_urls = parse_base_urls(base_url)
+        self.base_url = ",".join(self.base_urls)
         self.max_concurrency = max_concurrency
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
@@ -176,13 +175,13 @@ class OpenAIServerEngine:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._option_cache: dict[tuple[str, tuple[str, ...]], list[int] | str | None] = {}
         self._tokenize_supported: bool | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._pool: ServerPool | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rlaif-openai-client", daemon=True)
         self._thread.start()
         try:
             self._run(self._open())
-            self.model = model if model is not None else self._run(self._first_model())
+            self.model = self._run(self._start(model))
         except BaseException:
             self.close()
             raise
@@ -203,50 +202,63 @@ class OpenAIServerEngine:
 
     async def _open(self) -> None:
         limits = httpx.Limits(max_connections=self.max_concurrency + 4, max_keepalive_connections=self.max_concurrency + 4)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits
-        )
+        self._pool = ServerPool([
+            Server(url, httpx.AsyncClient(base_url=url, headers=self._headers, timeout=httpx.Timeout(self.timeout_s), limits=limits))
+            for url in self.base_urls
+        ])
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        # Exponential backoff with jitter, written out (tenacity renamed wait_exponential_jitter's arguments in 9.x).
-        n = state.attempt_number - 1
-        backoff = min(self.retry_max_wait_s, self.retry_wait_s * 2.0**min(n, 30) + random.uniform(0, self.retry_wait_s))
-        exc = state.outcome.exception() if state.outcome else None
+    def _backoff(self, n: int, exc: BaseException) -> float:
+        """Exponential backoff with jitter after the n-th failed attempt; a Retry-After is honoured (capped)."""
+        backoff = min(self.retry_max_wait_s, self.retry_wait_s * 2.0**min(n - 1, 30) + random.uniform(0, self.retry_wait_s))
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return max(backoff, min(exc.retry_after, self.retry_after_cap_s))
         return backoff
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call with retries; returns the JSON answer or raises _Fatal / _GaveUp."""
-        assert self._client is not None
-        attempts = 0
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type((_Retryable, httpx.TransportError)),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    return await self._once(method, path, body)
-        except (_Retryable, httpx.TransportError) as exc:
-            raise _GaveUp(f"{_describe(exc, self.timeout_s)} (gave up after {attempts} attempt{'s' * (attempts != 1)})") from exc
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                       pin: Server | None = None, retries: int | None = None) -> dict[str, Any]:
+        """One call with retries (on another server when one is healthy); the JSON answer, or _Fatal / _GaveUp.
+
+        ``pin`` sends every attempt to that server; ``retries`` replaces ``max_retries``.
+        """
+        pool = self._pool
+        assert pool is not None
+        last = (self.max_retries if retries is None else retries) + 1
+        failed_on: Server | None = None
+        for attempt in range(1, last + 1):
+            server = pin or pool.pick(avoid=failed_on)
+            server.in_flight += 1
+            try:
+                data = await self._once(server, method, path, body)
+            except (_Retryable, httpx.TransportError) as exc:
+                error: BaseException = exc
+            except _Fatal:
+                pool.success(server)  # it answered: the request, not the server, is at fault
+                raise
+            else:
+                pool.success(server)
+                return data
+            finally:
+                server.in_flight -= 1
+            why = describe_error(error, self.timeout_s) + (f" from {server.url}" if len(pool) > 1 else "")
+            pool.failure(server, self._backoff(server.consecutive + 1, error), why)
+            if attempt == last:
+                raise _GaveUp(f"{why} (gave up after {attempt} attempt{'s' * (attempt != 1)})") from error
+            if pin is not None or not pool.alternative(server):
+                await asyncio.sleep(self._backoff(attempt, error))
+            failed_on = server
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        assert self._client is not None
+    async def _once(self, server: Server, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         try:
-            resp = await self._client.request(method, path, json=body)
+            resp = await server.client.request(method, path, json=body)
         except httpx.TransportError:
             raise  # connection errors and timeouts: retried
         except httpx.HTTPError as exc:  # e.g. too many redirects: not worth retrying
             raise _Fatal(f"{type(exc).__name__}: {exc}") from None
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Retryable(resp.status_code, _server_message(resp), _retry_after(resp))
+            raise _Retryable(resp.status_code, server_message(resp), retry_after_s(resp))
         if resp.status_code >= 400:
-            raise _Fatal(f"HTTP {resp.status_code}: {_server_message(resp)}", resp.status_code)
+            raise _Fatal(f"HTTP {resp.status_code}: {server_message(resp)}", resp.status_code)
         try:
             data = resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -255,29 +267,78 @@ class OpenAIServerEngine:
             raise _Fatal(f"the server's answer to {path} is not a JSON object")
         return data
 
-    async def _list_models(self) -> list[dict[str, Any]]:
+    async def _list_models(self, server: Server, retries: int | None = None) -> list[dict[str, Any]]:
         try:
-            data = await self._request("GET", "/v1/models")
+            data = await self._request("GET", "/v1/models", pin=server, retries=retries)
         except (_Fatal, _GaveUp) as exc:
-            raise RuntimeError(f"cannot list the models of {self.base_url}: {exc}") from None
+            raise RuntimeError(f"cannot list the models of {server.url}: {exc}") from None
         models = [m for m in (data.get("data") or []) if isinstance(m, dict) and "id" in m]
         if not models:
-            raise RuntimeError(f"{self.base_url}/v1/models lists no model")
+            raise RuntimeError(f"{server.url}/v1/models lists no model")
         return models
 
-    async def _first_model(self) -> str:
-        first = (await self._list_models())[0]
-        if isinstance(first.get("max_model_len"), int):
-            self.server_max_model_len = first["max_model_len"]
-        return str(first["id"])
+    def _note_max_len(self, models: list[dict[str, Any]], name: str | None) -> None:
+        for m in models:
+            if m["id"] == name and isinstance(m.get("max_model_len"), int):
+                self.server_max_model_len = m["max_model_len"]
+
+    async def _start(self, model: str | None) -> str:
+        """The model requests ask for; with several servers, each is asked for its models first."""
+        assert self._pool is not None
+        servers = list(self._pool.servers)
+        if len(servers) == 1:
+            if model is not None:
+                return model
+            models = await self._list_models(servers[0])
+            self._note_max_len(models, models[0]["id"])
+            return str(models[0]["id"])
+        # One retry per server: a server that is down should not hold up the start for long.
+        found = await asyncio.gather(*(self._list_models(s, retries=min(self.max_retries, 1)) for s in servers),
+                                     return_exceptions=True)
+        listed: dict[str, list[dict[str, Any]]] = {}
+        down: dict[Server, str] = {}
+        for server, got in zip(servers, found):
+            if isinstance(got, RuntimeError):
+                if model is None or "HTTP 404" not in str(got):  # 404: answers, but lists nothing (name used as given)
+                    down[server] = str(got)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                listed[server.url] = got
+        if len(down) == len(servers) or (model is None and not listed):
+            raise RuntimeError("no server answers: " + "; ".join(down.values()))
+        for server, why in down.items():  # reported by the caller (``left_out``), e.g. the command line
+            self._pool.leave_out(server, why)
+        if model is None:
+            model = str(next(iter(listed.values()))[0]["id"])
+        for url, models in listed.items():
+            names = [str(m["id"]) for m in models]
+            if model not in names:
+                raise RuntimeError(f"{url} does not serve a model named {model!r} (it serves {names}); "
+                                   "every server in base_url must serve the same model")
+            self._note_max_len(models, model)
+        return model
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Servers that did not answer at start and get no requests, with the reason."""
+        return dict(self._pool.left_out) if self._pool is not None else {}
 
     def served_models(self) -> list[str]:
-        """The model names the server lists (``GET /v1/models``); RuntimeError when it cannot say."""
-        models = self._run(self._list_models())
-        for m in models:
-            if m["id"] == self.model and isinstance(m.get("max_model_len"), int):
-                self.server_max_model_len = m["max_model_len"]
-        return [str(m["id"]) for m in models]
+        """The model names every server lists (``GET /v1/models``); RuntimeError when none can say."""
+        assert self._pool is not None
+        servers = list(self._pool.servers)
+
+        async def all_lists():
+            return await asyncio.gather(*(self._list_models(s) for s in servers), return_exceptions=True)
+
+        lists = [got for got in self._run(all_lists()) if not isinstance(got, BaseException)]
+        if not lists:
+            return [str(m["id"]) for m in self._run(self._list_models(servers[0]))]  # raises the reason
+        for models in lists:
+            self._note_max_len(models, self.model)
+        common = set.intersection(*({str(m["id"]) for m in ms} for ms in lists))
+        return [str(m["id"]) for m in lists[0] if str(m["id"]) in common]
 
     def _note_model(self, data: dict[str, Any]) -> None:
         # Runs on the event-loop thread only, so the counter needs no lock.
@@ -469,18 +530,22 @@ class OpenAIServerEngine:
             out["max_model_len"] = self.server_max_model_len
         if self.reported_models:
             out["reported_models"] = dict(sorted(self.reported_models.items()))
+        if len(self.base_urls) > 1 and self._pool is not None:
+            out["servers"] = self._pool.stats()
         return out
 
     def close(self) -> None:
         loop = getattr(self, "_loop", None)
         if loop is None or loop.is_closed():
             return
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=10)
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
+        if self._pool is not None:
+            servers = self._pool.every
+            self._pool = None
+            for server in servers:
+                try:
+                    asyncio.run_coroutine_threadsafe(server.client.aclose(), loop).result(timeout=10)
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    pass
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
@@ -494,49 +559,6 @@ class OpenAIServerEngine:
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _server_message(resp: httpx.Response) -> str:
-    """The error message of an error answer: OpenAI's {"error": {"message": ...}} or the text."""
-    try:
-        data = resp.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str) and data[key]:
-                return data[key]
-    text = resp.text.strip()
-    return text[:500] if text else (resp.reason_phrase or "no message")
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Seconds asked for by a Retry-After header (a number or an HTTP date), if any."""
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _describe(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out after {timeout_s:g}s ({type(exc).__name__})"
-    if isinstance(exc, httpx.TransportError):
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return str(exc)
 
 
 def _match_by_text(table: dict[str, float], option: str) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.base import SamplingConfig
+from rlaif.engine.server_pool import parse_base_urls
 from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
 STAGES = ("response", "critique", "revision")
@@ -38,7 +39,8 @@ class EngineConfig:
     """'vllm' (in-process), 'openai' (a server speaking the OpenAI API, e.g. vllm serve),
     'transformers' (plain generate; slower) or 'fake' (scripted, for tests)."""
     base_url: str | None = None
-    """openai backend: the server's address, e.g. http://127.0.0.1:8000."""
+    """openai backend: the server's address, e.g. http://127.0.0.1:8000; several servers of the same
+    model comma-separated (or a YAML list), which share the requests (:mod:`rlaif.engine.server_pool`)."""
     served_model: str | None = None
     """openai backend: the model name on the server (None: the server's first model)."""
     feedback_base_url: str | None = None
@@ -66,6 +68,15 @@ class EngineConfig:
     """Run code shipped with a model; off unless you trust the model's source."""
 
     def __post_init__(self) -> None:
+        for key in ("base_url", "feedback_base_url"):  # checked; a list becomes one comma-separated string
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    urls = parse_base_urls(value)
+                except ValueError as exc:
+                    raise ConfigError(f"engine.{key}: {exc}") from None
+                if not isinstance(value, str):  # a string stays as given: it is part of run fingerprints
+                    object.__setattr__(self, key, ",".join(urls))
         if self.backend not in ("vllm", "openai", "transformers", "fake"):
             raise ConfigError(f"engine.backend must be 'vllm', 'openai', 'transformers' or 'fake', got {self.backend!r}")
         if self.backend == "openai" and not self.base_url:
