@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(p)
 
+    p = sub.add_parser("try", help="the principle workbench: critique and revise a few prompts with one principle, side by side")
+    from rlaif.cli.try_ import add_arguments as add_try_arguments
+
+    add_try_arguments(p)
+
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo or ppo")
     p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")

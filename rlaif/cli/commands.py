@@ -297,6 +297,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_try(args: argparse.Namespace) -> int:
+    from rlaif.cli.try_ import run
+
+    return run(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         from rlaif.train import main as train_main
