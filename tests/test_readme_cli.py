@@ -19,7 +19,7 @@ from rlaif.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-COMMANDS = ["generate", "label", "bon"]
+COMMANDS = ["generate", "label", "bon", "eval"]
 IGNORED = {"-h", "--help"}
 
 

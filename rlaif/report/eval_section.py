@@ -84,12 +84,12 @@ def build(run: RunFolder) -> dict[str, Any]:
     h = {role: lengths[role].get("histogram") or {} for role in ("policy", "baseline")}
     if h["policy"].get("edges") and (sum(h["policy"]["counts"]) or sum(h["baseline"]["counts"])):
         images.append({"id": "eval-lengths", "title": "Answer lengths", "src": plots.histograms(
-            h["policy"]["edges"], {role: h[role]["counts"] for role in h}, "Answer lengths", "tokens")})
+            h["policy"]["edges"], {role: h[role]["counts"] for role in h}, "Answer lengths", "tokens", unit="answers")})
     reward = res.get("reward")
     if reward and reward["policy"].get("histogram", {}).get("edges"):
         images.append({"id": "eval-reward", "title": "Reward scores", "src": plots.histograms(
             reward["policy"]["histogram"]["edges"], {role: reward[role]["histogram"]["counts"] for role in ("policy", "baseline")},
-            "Reward-model scores", "reward")})
+            "Reward-model scores", "reward", unit="answers")})
     summary = [("policy", models.get("policy")), ("baseline", models.get("baseline")), ("judge", models.get("judge")),
                ("reward model", models.get("reward") or "none"), ("prompts", res["counts"]["prompts"]),
                ("prompt sets", ", ".join(m.get("prompts", {}).get("sources", []))),

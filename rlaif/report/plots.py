@@ -72,7 +72,7 @@ def bars(labels: Sequence[str], series: Mapping[str, Sequence[float | None]], ti
     return to_data_uri(fig)
 
 
-def histograms(edges: Sequence[float], counts: Mapping[str, Sequence[int]], title: str, xlabel: str) -> str:
+def histograms(edges: Sequence[float], counts: Mapping[str, Sequence[int]], title: str, xlabel: str, unit: str = "pairs") -> str:
     """Histograms over the same bins; several series are drawn as outlines (steps), one as bars."""
     fig = _figure(5.2, 3.0)
     ax = fig.add_subplot(1, 1, 1)
@@ -86,7 +86,7 @@ def histograms(edges: Sequence[float], counts: Mapping[str, Sequence[int]], titl
             ax.stairs(share, edges, label=name, color=color, linewidth=1.8)
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel("pairs" if len(counts) == 1 else "share of pairs", fontsize=8)
+    ax.set_ylabel(unit if len(counts) == 1 else f"share of {unit}", fontsize=8)
     if len(counts) > 1:
         ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
