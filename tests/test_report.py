@@ -198,11 +198,14 @@ def test_trainer_kind_from_the_configs_the_trainers_save():
     pytest.importorskip("torch")
     from rlaif.train.config import load_config, to_dict
     from rlaif.train.dpo import DPOConfig
+    from rlaif.train.grpo import GRPOConfig
+    from rlaif.train.online_dpo import OnlineDPOConfig
     from rlaif.train.ppo import PPOConfig
     from rlaif.train.rm import RMConfig
     from rlaif.train.sft import SFTConfig
 
-    for cls, kind in ((SFTConfig, "sft"), (RMConfig, "rm"), (DPOConfig, "dpo"), (PPOConfig, "ppo")):
+    for cls, kind in ((SFTConfig, "sft"), (RMConfig, "rm"), (DPOConfig, "dpo"), (PPOConfig, "ppo"),
+                      (OnlineDPOConfig, "online-dpo"), (GRPOConfig, "grpo")):
         extra = ["reward_model=rm"] if kind == "ppo" else []
         cfg = load_config(cls, None, ["data=x", *extra])
         assert numbers.trainer_kind(to_dict(cfg)) == kind

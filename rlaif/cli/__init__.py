@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_try_arguments(p)
 
-    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo or ppo")
-    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo"], help="what to train")
+    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo or grpo")
+    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
     return parser

@@ -324,7 +324,8 @@ def _reports_on() -> bool:
 
 
 _TRAIN_CONFIGS = {"sft": ("rlaif.train.sft", "SFTConfig"), "rm": ("rlaif.train.rm", "RMConfig"),
-                  "dpo": ("rlaif.train.dpo", "DPOConfig"), "ppo": ("rlaif.train.ppo", "PPOConfig")}
+                  "dpo": ("rlaif.train.dpo", "DPOConfig"), "ppo": ("rlaif.train.ppo", "PPOConfig"),
+                  "online-dpo": ("rlaif.train.online_dpo", "OnlineDPOConfig"), "grpo": ("rlaif.train.grpo", "GRPOConfig")}
 
 
 def _train_run_dir(args: argparse.Namespace):

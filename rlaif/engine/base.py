@@ -69,6 +69,8 @@ class OptionScores:
     prompt_tokens: int
     error: str | None = None
     retryable: bool = False  # transient failure: worth trying again later
+    cached_tokens: int = 0
+    """Prompt tokens the engine's prefix cache served (vLLM reports them; 0 where unknown)."""
 
     @property
     def ok(self) -> bool:

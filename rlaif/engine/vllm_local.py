@@ -231,7 +231,8 @@ class VLLMEngine:
             for slot, opt_ids, out in zip(slots, wanted, outputs):
                 table = out.outputs[0].logprobs[0]
                 raw = [table[t].logprob if t in table else float("-inf") for t in opt_ids]
-                results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []))
+                results[slot] = OptionScores(normalise_logprobs(raw), len(out.prompt_token_ids or []),
+                                             cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0))
         return [r for r in results if r is not None]
 
     def sample_tokens(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], max_tokens: int,

@@ -237,7 +237,9 @@ def length_chars(trajectories: Iterable[Mapping[str, Any]]) -> dict[str, list[in
 
 # ------------------------------------------------------------------ training
 
-TRAINER_KEYS = {
+TRAINER_KEYS = {  # first match wins: the online trainers share PPO's and DPO's keys, so they come first
+    "grpo": ("kl_coef", "cliprange", "judge_pairs", "baseline"),
+    "online-dpo": ("loss", "beta", "judge", "pairs"),
     "ppo": ("kl_coef", "cliprange", "rollout_batch_size"),
     "dpo": ("loss", "beta", "reference"),
     "rm": ("use_margin", "center_rewards_coef"),
@@ -245,7 +247,7 @@ TRAINER_KEYS = {
 
 
 def trainer_kind(config: Mapping[str, Any]) -> str:
-    """``ppo``, ``dpo``, ``rm`` or ``sft``, from the keys only that trainer's config has."""
+    """``grpo``, ``online-dpo``, ``ppo``, ``dpo``, ``rm`` or ``sft``, from the keys only that trainer's config has."""
     for kind, keys in TRAINER_KEYS.items():
         if all(k in config for k in keys):
             return kind

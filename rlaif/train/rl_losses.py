@@ -251,3 +251,47 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     z = _up(logits)
     p = torch.softmax(z, dim=-1)
     return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+
+
+# ------------------------------------------------------------------------ groups
+#: Baselines :func:`group_advantages` knows.
+GROUP_BASELINES = ("mean", "rloo")
+
+
+def group_advantages(rewards: torch.Tensor, baseline: str = "mean", scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Advantages of ``G`` responses to the same prompt from their rewards alone (no critic).
+
+    * ``mean`` (GRPO, Shao et al. 2024 sec. 4.1.2): ``A_i = r_i - mean(r)``;
+    * ``rloo`` (leave-one-out, Ahmadian et al. 2024): ``A_i = r_i - mean_{j != i} r_j
+      = G / (G - 1) (r_i - mean(r))``, an unbiased baseline since it never uses ``r_i``.
+
+    With ``scale`` the advantages are divided by the group's standard deviation (Bessel-corrected)
+    plus ``eps``, as GRPO does; a group whose rewards are all equal gets exactly 0.
+
+    Args:
+        rewards: ``(B, G)``, one row per prompt.
+    Returns:
+        ``(B, G)``.
+    """
+    r = _up(rewards)
+    if baseline not in GROUP_BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {GROUP_BASELINES}")
+    G = r.shape[-1]
+    if G < 2:
+        raise ValueError("a group needs at least 2 responses")
+    centred = r - r.mean(-1, keepdim=True)
+    adv = centred * (G / (G - 1)) if baseline == "rloo" else centred
+    if scale:
+        adv = adv / (r.std(-1, keepdim=True) + eps)
+    return adv
+
+
+def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                    normalizer: float | int | torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
+    """GRPO's KL term (Shao et al. 2024 eq. 4): the ``k3`` estimate of ``KL(pi || ref)`` per token,
+    ``ref/pi - log(ref/pi) - 1``, summed over unmasked tokens and divided by ``normalizer``, with
+    the gradient flowing through ``logp``. Its value and gradient are 0 where ``pi = ref``."""
+    k3 = kl_estimate(logp, ref_logp, "k3")
+    m = mask.to(k3.dtype)
+    n = m.sum().clamp(min=1.0) if normalizer is None else normalizer
+    return (k3 * m).sum() / n, {"kl_k3": masked_mean(k3.detach(), m)}
