@@ -4,9 +4,11 @@ A checkpoint folder ``<run>/checkpoints/step-000042/`` holds
 
 * ``model.safetensors``: the trainable parameters (all weights, or only the LoRA
   adapters and new heads);
-* ``optimizer.pt``: the optimiser state (read back with ``weights_only=True``);
-* ``state.json``: step, data position (epoch, micro-batch), scheduler state and
-  the Python / torch RNG states.
+* ``optimizer/``: the optimiser state as a distributed checkpoint, written by every
+  process and readable by any number of them (:mod:`rlaif.train.distributed`); or, for
+  callers that pass no ``layout`` (PPO), ``optimizer.pt`` (read back with ``weights_only=True``);
+* ``state.json``: step, data position (epoch, micro-batch), scheduler state,
+  the Python / torch RNG states and the layout (processes, batch sizes, steps).
 
 It is written under a ``.tmp`` name and renamed when complete, so a crash never
 leaves a half checkpoint that resume would pick up.
@@ -24,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlaif.data import textio
+
+from .distributed import OPTIMIZER_DIR, ResumeError, load_optimizer, save_optimizer
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:
@@ -64,12 +68,13 @@ def _optim_name(rank: int) -> str:
 
 
 def save_checkpoint(
-    run_dir: Path, model, optimizer, scheduler, position: dict[str, int], keep: int, rank: int = 0
+    run_dir: Path, model, optimizer, scheduler, position: dict[str, int], keep: int, rank: int = 0,
+    layout: dict[str, int] | None = None,
 ) -> Path:
     """Write a checkpoint for optimiser step ``position["step"]``; keep the newest ``keep``.
 
     Call on every process; process 0 writes everything but the other processes'
-    optimiser shards.
+    optimiser shards. With a ``layout`` the optimiser state is a distributed checkpoint.
     """
     root = run_dir / "checkpoints"
     final = root / f"step-{position['step']:06d}"
@@ -79,12 +84,17 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    torch.save(optimizer.state_dict(), tmp / _optim_name(rank))
+    if layout is not None:
+        save_optimizer(model, optimizer, tmp / OPTIMIZER_DIR)
+    else:
+        torch.save(optimizer.state_dict(), tmp / _optim_name(rank))
     _barrier()
     if rank != 0:
         return final
     save_file(weights, str(tmp / "model.safetensors"))
     state = {"position": position, "scheduler": scheduler.state_dict(), "rng": rng_state(), "time": time.time()}
+    if layout is not None:
+        state["layout"] = layout
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -118,7 +128,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, int]:
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    optimizer.load_state_dict(torch.load(path / _optim_name(rank), weights_only=True, map_location="cpu"))
+    if (path / OPTIMIZER_DIR).is_dir():
+        load_optimizer(model, optimizer, path / OPTIMIZER_DIR)
+    elif (path / _optim_name(rank)).exists():
+        optimizer.load_state_dict(torch.load(path / _optim_name(rank), weights_only=True, map_location="cpu"))
+    else:
+        raise ResumeError(f"{path} has no optimiser state for process {rank} ({_optim_name(rank)}): it was written by "
+                          "fewer processes; resume with as many as wrote it, or start over with resume=false")
     state = json.loads((path / "state.json").read_text())
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
 from .data import length_grouped_batches
+from .distributed import layout, resume_position
 
 # ----------------------------------------------------------------- models
 def resolve_model_path(spec: str) -> str:
@@ -290,12 +291,16 @@ def init_session(s: Session, spec: LoopSpec) -> Session:
     per_epoch = steps_per_epoch(s, spec)
     s.total_steps = per_epoch * cfg.epochs if cfg.max_steps < 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
     s.optimizer, s.scheduler = build_optimizer(s.model, cfg, s.total_steps)
+    s.extra["layout"] = layout(s.dist.world, cfg.batch_size, cfg.grad_accum, per_epoch, s.total_steps)
     ckpt = None
     if cfg.resume not in (False, None, "false", "no"):
         ckpt = Path(cfg.resume) if cfg.resume != "auto" else (list_checkpoints(s.run_dir) or [None])[-1]
     if ckpt is not None:
         warn_if_config_changed(cfg, s.run_dir)
+        moved = resume_position(ckpt, s.extra["layout"])  # another number of processes: checked first, on every process
         s.position = load_checkpoint(ckpt, unwrap(s.model), s.optimizer, s.scheduler)
+        if moved is not None:
+            s.position = moved
     else:
         if s.dist.rank == 0:  # a fresh start must never resume later from an older run's checkpoints
             shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
@@ -430,9 +435,8 @@ def fit(s: Session, spec: LoopSpec, on_step: Callable[[dict[str, float]], None] 
 
 def checkpoint(s: Session) -> Path:
     """Called on every process: sharded weights are gathered collectively."""
-    return save_checkpoint(
-        s.run_dir, unwrap(s.model), s.optimizer, s.scheduler, dict(s.position), s.cfg.keep_checkpoints, s.dist.rank
-    )
+    return save_checkpoint(s.run_dir, unwrap(s.model), s.optimizer, s.scheduler, dict(s.position), s.cfg.keep_checkpoints,
+                           s.dist.rank, layout=s.extra.get("layout"))
 
 
 def seed_everything(seed: int) -> None:

@@ -141,7 +141,7 @@ def test_rm_smoke_resume_and_hf_load(tiny_model_dir, run_folder, tmp_path):
 
     a = check_resume("rm", tiny_model_dir, run_folder, tmp_path)
     assert all(math.isfinite(v) for v in train_losses(a).values())
-    assert (a / "config.yaml").exists() and (a / "checkpoints" / "step-000004" / "optimizer.pt").exists()
+    assert (a / "config.yaml").exists() and (a / "checkpoints" / "step-000004" / "optimizer" / ".metadata").exists()
     m = AutoModelForSequenceClassification.from_pretrained(a / "final")
     assert type(m).__name__ == "LlamaForSequenceClassification" and m.config.num_labels == 1
     assert m.config.pad_token_id == 0
