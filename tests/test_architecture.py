@@ -26,7 +26,6 @@ TOO_LONG = {
     "rlaif.constitution",
     "rlaif.engine.openai_server",
     "rlaif.engine.vllm_local",
-    "rlaif.pipeline.generate",
     "rlaif.models.model_zoo",
     "rlaif.review.data",
     "rlaif.train.common",

@@ -88,7 +88,7 @@ def test_side_by_side_shows_each_stage_and_the_judge_that_knows_the_answer():
         assert a.p_revision == pytest.approx(want)
         assert a.order_probs() == pytest.approx((want, want))
     assert out.count("-> initial") == 2 and out.count("-> revision") == 1
-    assert out.count(f"P(revision better) = {1 - p_marked:.2f}") == 2 and out.count(f"P(revision better) = {p_marked:.2f}") == 1
+    assert out.count(f"P(revision better) = {1 - p_marked:.3f}") == 2 and out.count(f"P(revision better) = {p_marked:.3f}") == 1
     assert result.revision_wins("working copy") == (1, 3)
     assert result.mean_p_revision("working copy") == pytest.approx((2 * (1 - p_marked) + p_marked) / 3)
     # every judge question asked under the tried principle's comparison question, both orders
@@ -120,6 +120,11 @@ def test_default_prompts_follow_the_principles_tags():
     assert [r.meta["tag"] for r in picked] == ["honest", "helpful", "honest", "helpful", "honest"]
     assert "honest, helpful" in note
     assert len({r.id for r in picked}) == 5
+    import dataclasses
+
+    mixed, note = default_prompts(dataclasses.replace(p, tags=("no-such-tag",)), 12)
+    assert len(mixed) == 12 and "a mix of every tag" in note
+    assert len({r.meta["tag"] for r in mixed}) == 10  # taken in turn from every tag
 
 
 def test_try_prompts_are_not_eval_prompts():
@@ -151,6 +156,16 @@ def test_cli_side_by_side_on_the_fake_engine(wide, capsys):
             assert text in out
     assert out.count("judge: P(revision better) = ") == 3
     assert "summary" in out and "in this process" in out
+
+
+def test_cli_prompts_file_and_n(tmp_path, wide, capsys):
+    f = tmp_path / "mine.txt"
+    f.write_text("First question?\nSecond question?\nThird question?\n")
+    assert main(["try", "answer-directly", "--backend", "fake", "--no-server", "--prompts", str(f), "-n", "2", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "First question?" in out and "Second question?" in out and "Third question?" not in out
+    assert out.count("judge: P(revision better) = ") == 2
+    assert "answer before the round" in out  # two rounds: each row starts from the answer it revised
 
 
 def test_cli_lint_runs_first(const_dir, state_dir, capsys):
@@ -297,6 +312,31 @@ def test_stale_or_damaged_state_starts_a_new_server(state_dir, tmp_path):
     assert other.started and other.pid != engine.pid
     assert health(engine.state) is None
     assert any("holds another model" in m for m in said)
+
+
+def test_a_port_answered_by_something_else_is_not_reused(state_dir):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"pid": 1, "key": "k"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    other = HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        state_dir.mkdir()
+        (state_dir / STATE_FILE).write_text(json.dumps({"pid": 2, "port": other.server_address[1], "token": "t", "key": "k"}))
+        engine = connect("fake", "fake-model", state_dir=state_dir)
+        assert engine.started and engine.state["port"] != other.server_address[1]
+    finally:
+        other.shutdown()
 
 
 def test_server_refuses_requests_without_its_token(state_dir):

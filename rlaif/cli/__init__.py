@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
 
 
@@ -46,6 +47,7 @@ def _add_label(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=256, help="pairs per committed chunk")
     add_engine_flags(p)
     _add_feedback_server_flags(p)
+    add_ray_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -85,6 +87,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--length-control", dest="label.length_control", action="store_true", default=None,
                    help="remove the length-explained part of the judge's preference (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
+    add_ray_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."

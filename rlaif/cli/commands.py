@@ -64,13 +64,15 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base_url: str | None = None, share: float = 1.0):
+def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base_url: str | None = None, share: float = 1.0,
+                        tensor_parallel: int = 1):
     """A function that starts the configured engine (called only when there is work).
 
     ``model_id`` is a resolved model folder or hub id, or for the openai backend the model's
     name on the server (None: the server's first). ``base_url`` replaces ``e.base_url`` (a
     feedback model on its own server); ``share`` divides vLLM's default memory share when
-    two in-process engines (policy and feedback model) run side by side.
+    two in-process engines (policy and feedback model) run side by side; ``tensor_parallel``: vLLM
+    over that many GPUs (a Ray replica that reserves several).
     """
 
     def factory():
@@ -97,6 +99,7 @@ def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base
             seed=seed,
             show_progress=not quiet,
             share=share,
+            **({"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 and e.backend == "vllm" else {}),
         )
 
     return factory
@@ -157,9 +160,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.models.model_zoo import ModelError, resolve_model
     from rlaif.data.prompts import PromptError, read_pairs
     from rlaif.data.runs import RunFolderError
+    from rlaif.cli.ray_flags import ray_config, tensor_parallel
+    from rlaif.pipeline.distributed import DistributedError
 
     engine_cfg = _engine_config(args)
     try:
+        ray = ray_config(args)
+        on_ray = bool(ray.address)  # replicas start their own engines, quietly
         const = load_constitution(args.constitution, args.principles_dir)
         settings = LabelSettings(
             ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
@@ -175,19 +182,22 @@ def cmd_label(args: argparse.Namespace) -> int:
             judge = connect_server(engine_cfg, name, args.quiet, base_url=engine_cfg.feedback_base_url)
             model_id = judge.model
             factory = lambda: judge  # noqa: E731
+            if on_ray:
+                factory = make_engine_factory(engine_cfg, model_id, args.seed, True, base_url=engine_cfg.feedback_base_url)
         else:
             spec = args.feedback_model or "default"
             model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
-            factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
+            factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
+                ray=ray, in_process_model=engine_cfg.backend in ("vllm", "transformers"),
             )
         finally:
             if judge is not None:
                 judge.close()
-    except (ConstitutionError, ModelError, PromptError, RunFolderError, ValueError) as exc:
+    except (ConstitutionError, ModelError, PromptError, RunFolderError, DistributedError, ValueError) as exc:
         raise UserError(str(exc)) from None
     c = manifest["counts"]
     print(f"pairs {c['pairs']}   labelled {c['labelled']}   failed {c['failed']}   ties {c['ties']}   identical {c['identical']}")
@@ -243,6 +253,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.models.model_zoo import ModelError, resolve_model
     from rlaif.data.prompts import PromptError
     from rlaif.data.runs import RunFolderError
+    from rlaif.cli.ray_flags import tensor_parallel
+    from rlaif.pipeline.distributed import DistributedError
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict")}
     try:
@@ -260,17 +272,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     clients = []  # server clients made here, closed when the command ends
     try:
+        on_ray = bool(cfg.ray.address)  # replicas start their own engines (clients too), quietly
         if cfg.engine.backend == "openai":
             engine_factory, model_id, feedback_factory, feedback_id = _server_engines(cfg, args.quiet, clients)
+            if on_ray:
+                engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, True)
+                feedback_factory = feedback_factory and make_engine_factory(
+                    cfg.engine, feedback_id, cfg.seed, True, base_url=cfg.engine.feedback_base_url or cfg.engine.base_url)
         else:
             # The feedback model is its own engine unless it is the policy model, which then judges too.
             two = cfg.label.enabled and not _same_model(feedback_id, model_id)
-            engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, args.quiet, share=0.5 if two else 1.0)
-            feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, args.quiet, share=0.5) if two else None
+            quiet, tp = args.quiet or on_ray, tensor_parallel(cfg.ray)
+            engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, quiet, share=0.5 if two else 1.0, tensor_parallel=tp)
+            feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, quiet, share=0.5, tensor_parallel=tp) if two else None
         try:
             manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
                                 feedback_factory=feedback_factory, feedback_id=feedback_id)
-        except (PromptError, RunFolderError) as exc:
+        except (PromptError, RunFolderError, DistributedError) as exc:
             raise UserError(str(exc)) from None
     finally:
         for client in clients:

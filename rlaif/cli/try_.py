@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,10 +130,11 @@ def run(args: argparse.Namespace, console=None, err=None) -> int:
         if args.against:
             versions.insert(0, version_at(versions[0], args.constitution, args.principles_dir, args.against))
         if args.prompts:
-            prompts, note = read_prompts(args.prompts, limit=args.n), f"prompts: the first {args.n} of {args.prompts}"
+            prompts = read_prompts(args.prompts, limit=args.n)
+            note = f"{len(prompts)} prompt(s): the first of {args.prompts}"
         else:
             prompts, note = default_prompts(versions[-1].principle, args.n)
-            note = f"prompts: {len(prompts)} {note}"
+            note = f"{len(prompts)} prompt(s): {note}"
     except LintFailed as exc:
         for p in exc.problems:
             print(p)
@@ -140,7 +142,10 @@ def run(args: argparse.Namespace, console=None, err=None) -> int:
         return 2
     except (WorkbenchError, PromptError) as exc:
         raise UserError(str(exc)) from None
-    header = [safe(f"principle {versions[-1].principle.id} ({versions[-1].source}); {note}; seed {args.seed}, "
+    source = versions[-1].source
+    if not os.path.relpath(source).startswith(".."):
+        source = os.path.relpath(source)
+    header = [safe(f"principle {versions[-1].principle.id} ({source}); {note}; seed {args.seed}, "
                    f"{args.rounds} round(s)", "bold")]
     if len(versions) == 2 and versions[0].text == versions[1].text:
         header.append(safe(f"note: the file is unchanged since {args.against}", "yellow"))

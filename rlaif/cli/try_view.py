@@ -41,7 +41,7 @@ def _verdict(p: float | None, orders: tuple[float, float] | None, what: str, oth
     else:
         word, style = "tie", "yellow"
     out = Text()
-    out.append(f"P({what} better) = {p:.2f}", style="bold")
+    out.append(f"P({what} better) = {p:.3f}", style="bold")
     if orders is not None:
         agree = (orders[0] > 0.5) == (orders[1] > 0.5)
         out.append(f"  (orders: {orders[0]:.2f} {what} second, {orders[1]:.2f} {what} first; "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.base import SamplingConfig
+from rlaif.pipeline.distributed import RayConfig
 from rlaif.engine.server_pool import parse_base_urls
 from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
@@ -164,6 +165,8 @@ class GenerateConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     """AI preference labels (off: the final revision is 'chosen')."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Run chunks on Ray replicas (``ray.address`` set; see :mod:`rlaif.pipeline.distributed`)."""
 
     def __post_init__(self) -> None:
         if self.label.enabled and self.label.pairs != "revision" and self.samples_per_prompt < 2:
@@ -239,8 +242,10 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
     _check_keys(engine_raw, {f.name for f in dataclasses.fields(EngineConfig)}, "config file: engine")
     label_raw = dict(file_values.get("label") or {})
     _check_keys(label_raw, {f.name for f in dataclasses.fields(LabelConfig)}, "config file: label")
+    ray_raw = dict(file_values.get("ray") or {})
+    _check_keys(ray_raw, {f.name for f in dataclasses.fields(RayConfig)}, "config file: ray")
     for key, value in file_values.items():
-        if key not in ("sampling", "engine", "label"):
+        if key not in ("sampling", "engine", "label", "ray"):
             merged[key] = value
     for key, value in flags.items():
         if value is None:
@@ -249,6 +254,8 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
             engine_raw[key.split(".", 1)[1]] = value
         elif key.startswith("label."):
             label_raw[key.split(".", 1)[1]] = value
+        elif key.startswith("ray."):
+            ray_raw[key.split(".", 1)[1]] = value
         elif key.startswith("sampling."):
             _, stage, name = key.split(".")
             sampling[stage] = _sampling({**dataclasses.asdict(sampling[stage]), name: value}, f"--{stage}-{name}")
@@ -260,7 +267,11 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
     try:
         if "cot_clamp" in label_raw:
             label_raw["cot_clamp"] = tuple(label_raw["cot_clamp"])
-        return GenerateConfig(sampling=sampling, engine=EngineConfig(**engine_raw), label=LabelConfig(**label_raw), **merged)
+        try:
+            ray = RayConfig(**ray_raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return GenerateConfig(sampling=sampling, engine=EngineConfig(**engine_raw), label=LabelConfig(**label_raw), ray=ray, **merged)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 import subprocess
 import sys
 import time
@@ -15,17 +13,14 @@ from typing import Any, Callable
 import rlaif
 from rlaif.pipeline.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
-from rlaif.pipeline.config import LabelConfig
-from rlaif.pipeline.critique import LoopSettings, run_chunk
-from rlaif.seeds import derive_seed
-from rlaif.pipeline.judge import Pair, label_pairs
 from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels,
-                             keep_for_dataset, label_from_row, label_to_row)
-from rlaif.engine import answered_by
-from rlaif.engine.base import Engine, describe
+                             keep_for_dataset, label_from_row)
+from rlaif.engine.base import Engine
 from rlaif.data.prompts import read_prompts
 from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.data.runs import RunDir, chunked
+from rlaif.pipeline.distributed import ChunkResult, ChunkTask, run_chunks
+from rlaif.pipeline.generate_chunks import GenerateJob, pair_from_row
 from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
 EngineFactory = Callable[[], Engine]
@@ -157,6 +152,7 @@ def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptR
     """The settings that shape the rows; their hash is the run's fingerprint."""
     settings = cfg.to_dict()
     settings.pop("out")
+    settings.pop("ray")  # where chunks run does not change their rows
     for k in FINALISE_ONLY:  # they shape only how committed labels become rows
         settings["label"].pop(k, None)
     settings["model"] = model_id
@@ -217,54 +213,26 @@ def generate(
     if state == "resume":
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
-    loop = LoopSettings(cfg.rounds, cfg.samples_per_prompt, cfg.seed, cfg.sampling)
     engine_info: dict[str, Any] = previous_engine
     work = sorted([*todo, *retry])
     if work:
-        engine = engine_factory()
-        feedback = engine
-        try:
-            if cfg.label.enabled and feedback_factory is not None:
-                feedback = feedback_factory()
-            bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
-            for i in work:
-                t0 = time.time()
-                tag = f"chunk {i + 1}/{len(chunks)}"
-                old_rows = {r["id"]: r for r in run.read_chunk(i)} if i in retry else {}
-                old_labels = {r["pair"]["id"]: r for r in run.read_chunk(i, "labels")} if i in retry and cfg.label.enabled else {}
-                redo_ids = retry[i][0] if i in retry else None
-                subset = chunks[i] if redo_ids is None else [p for p in chunks[i] if any(t.startswith(f"{p.id}#") for t in redo_ids)]
-                fresh = {t.id: t for t in run_chunk(engine, const, subset, loop, label=tag)} if subset else {}
-                # keep every committed row that did not fail transiently; take the new one otherwise
-                trajs = [fresh[tid] if (tid in fresh and (redo_ids is None or tid in redo_ids)) else Trajectory.from_row(old_rows[tid])
-                         for tid in _chunk_ids(chunks[i], cfg.samples_per_prompt)]
-                side = {}
-                if cfg.label.enabled:
-                    pairs = make_pairs(trajs, cfg.label, cfg.seed)
-                    keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
-                    need = [p for p in pairs if p.id not in keep]
-                    before = Counter(getattr(feedback, "reported_models", {}))
-                    new = dict(zip([p.id for p in need], label_pairs(feedback, const, need, cfg.label.settings(cfg.seed), desc=f"{tag} label")))
-                    answered = answered_by(feedback, before)  # what answered (a server's reported name), not what was asked for
-                    side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id]), "feedback_model": answered}
-                                      for p in pairs]
-                stats = {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)}
-                run.commit_chunk(i, [t.to_row() for t in trajs], stats, side)
-                if i in todo:
-                    bar.update(1)
-            bar.close()
-            engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
-            if feedback is not engine:
-                engine_info["feedback"] = describe(feedback)
-        finally:
-            if feedback is not engine:
-                feedback.close()
-            engine.close()
+        tasks = [ChunkTask(i, chunks[i]) if i not in retry else
+                 ChunkTask(i, chunks[i], frozenset(retry[i][0]), tuple(run.read_chunk(i)),
+                           {"labels": tuple(run.read_chunk(i, "labels")) if cfg.label.enabled else ()}) for i in work]
+        bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
+
+        new_chunks = set(todo)
+
+        def commit(task: ChunkTask, result: ChunkResult) -> None:
+            run.commit_chunk(task.index, result.rows, result.stats, result.side)
+            if task.index in new_chunks:
+                bar.update(1)
+
+        job = GenerateJob(cfg, const, engine_factory, feedback_factory if cfg.label.enabled else None, len(chunks))
+        engine_info = run_chunks(job, tasks, commit, cfg.ray, in_process_model=cfg.engine.backend in ("vllm", "transformers"),
+                                 log=log, bar=bar)
+        bar.close()
     return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=feedback_id)
-
-
-def _chunk_ids(prompts: list[PromptRecord], samples: int) -> list[str]:
-    return [f"{p.id}#{s}" for p in prompts for s in range(samples)]
 
 
 def _retryable(run: RunDir, index: int) -> tuple[set[str], set[str]]:
@@ -274,45 +242,6 @@ def _retryable(run: RunDir, index: int) -> tuple[set[str], set[str]]:
     if (run.chunks / f"{index:05d}.labels.jsonl").exists():
         labels = {r["pair"]["id"] for r in run.read_chunk(index, "labels") if r.get("error") and r.get("retryable")}
     return trajs, labels
-
-
-def _label_still_valid(row: dict[str, Any] | None, pair: Pair) -> bool:
-    if row is None or (row.get("error") and row.get("retryable")):
-        return False
-    old = row["pair"]
-    return old["response_a"] == pair.response_a and old["response_b"] == pair.response_b
-
-
-def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair]:
-    """Pairs to label from one chunk's trajectories (see :class:`rlaif.pipeline.config.LabelConfig`)."""
-    ok = [t for t in trajs if t.status == "ok" and t.final is not None and t.initial is not None]
-    pairs: list[Pair] = []
-    if lc.pairs == "revision":
-        for t in ok:
-            if t.rounds:
-                pairs.append(Pair(f"{t.id}:initial~final", t.prompt, t.initial.text, t.final,
-                                  meta={"category": t.meta.get("category", ""), "a": f"{t.id}:initial", "b": f"{t.id}:final"}))
-        return pairs
-    by_prompt: dict[str, list[Trajectory]] = {}
-    for t in ok:
-        by_prompt.setdefault(t.prompt_id, []).append(t)
-    for pid, group in by_prompt.items():
-        combos = list(itertools.combinations(group, 2))
-        if lc.pairs == "samples-random" and len(combos) > lc.pairs_per_prompt:
-            rng = random.Random(derive_seed(seed, pid, "pairs"))
-            combos = sorted(rng.sample(combos, lc.pairs_per_prompt), key=lambda c: (c[0].sample, c[1].sample))
-        for x, y in combos:
-            pairs.append(Pair(f"{pid}#{x.sample}~{y.sample}", x.prompt, x.final, y.final,
-                              meta={"category": x.meta.get("category", ""), "a": x.id, "b": y.id}))
-    return pairs
-
-
-def pair_to_row(p: Pair) -> dict[str, Any]:
-    return {"id": p.id, "prompt": [dict(m) for m in p.prompt], "response_a": p.response_a, "response_b": p.response_b, "meta": p.meta}
-
-
-def pair_from_row(r: dict[str, Any]) -> Pair:
-    return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})
 
 
 def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=None) -> dict[str, Any]:

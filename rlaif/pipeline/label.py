@@ -20,6 +20,7 @@ from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.data.runs import RunDir, chunked
 from rlaif.data.rows import preference_features, preference_row
+from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -184,6 +185,40 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['agreement']:.1%} of {s['n']}" if s.get("n") else "none"
 
 
+class LabelJob:
+    """Labels one chunk of pairs on the feedback model's engine; writes nothing, so a Ray replica
+    can run it (see :mod:`rlaif.pipeline.distributed`). A task with ``redo`` labels only those
+    pairs again and keeps every other committed row."""
+
+    def __init__(self, const: Constitution, settings: LabelSettings, engine_factory: Callable[[], Engine], n_chunks: int):
+        self.const, self.settings, self.engine_factory, self.n_chunks = const, settings, engine_factory, n_chunks
+
+    def start(self) -> tuple[Engine]:
+        return (self.engine_factory(),)
+
+    def describe(self, engines) -> dict[str, Any]:
+        return describe(engines[0])  # after the work: a server's engine then knows which models answered
+
+    def close(self, engines) -> None:
+        engines[0].close()
+
+    def run(self, engines, task: ChunkTask) -> ChunkResult:
+        engine, t0 = engines[0], time.time()
+        desc = f"chunk {task.index + 1}/{self.n_chunks} label"
+        before = Counter(getattr(engine, "reported_models", {}))
+        if task.redo is not None:
+            again = [p for p in task.items if p.id in task.redo]
+            fresh = [label_to_row(l) for l in label_pairs(engine, self.const, again, self.settings, desc=desc)]
+            new = {r["pair_id"]: r for r in fresh}
+            rows = [new.get(r["pair_id"], r) for r in task.old_rows]
+        else:
+            fresh = rows = [label_to_row(l) for l in label_pairs(engine, self.const, task.items, self.settings, desc=desc)]
+        answered = answered_by(engine, before)  # what answered (a server's reported name), not what was asked for
+        for row in fresh:
+            row["feedback_model"] = answered
+        return ChunkResult(rows, {"chunk": task.index, "wall_s": time.time() - t0, "pairs": len(rows)})
+
+
 def label_run(
     pairs: list[Pair],
     out: str,
@@ -196,7 +231,12 @@ def label_run(
     source: str = "",
     log: Callable[[str], None] = print,
     show_progress: bool = True,
+    ray: RayConfig | None = None,
+    in_process_model: bool = True,
 ) -> dict[str, Any]:
+    """Label (or resume labelling) the pairs into ``out``; returns the manifest. ``ray``: run the
+    chunks on Ray replicas (see :mod:`rlaif.pipeline.distributed`); ``in_process_model``: the
+    engine loads the model itself (replicas then ask Ray for a GPU where there are some)."""
     t_start = time.time()
     label_settings = asdict(settings)
     finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
@@ -235,33 +275,21 @@ def label_run(
     engine_info: dict[str, Any] = previous_engine
     work = sorted([*todo, *retry])
     if work:
-        engine = engine_factory()
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
-            for i in work:
-                t0 = time.time()
-                desc = f"chunk {i + 1}/{len(chunks)} label"
-                before = Counter(getattr(engine, "reported_models", {}))
-                if i in retry:
-                    rows = run.read_chunk(i)
-                    again = [p for p in chunks[i] if p.id in retry[i]]
-                    fresh = [label_to_row(l) for l in label_pairs(engine, const, again, settings, desc=desc)]
-                    new = {r["pair_id"]: r for r in fresh}
-                    rows = [new.get(r["pair_id"], r) for r in rows]
-                else:
-                    fresh = rows = [label_to_row(l) for l in label_pairs(engine, const, chunks[i], settings, desc=desc)]
-                answered = answered_by(engine, before)  # what answered (a server's reported name), not what was asked for
-                for row in fresh:
-                    row["feedback_model"] = answered
-                run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0, "pairs": len(rows)})
-                if i in todo:
-                    bar.update(1)
-            bar.close()
-            engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
-        finally:
-            engine.close()
+        tasks = [ChunkTask(i, chunks[i], frozenset(retry[i]), tuple(run.read_chunk(i))) if i in retry else ChunkTask(i, chunks[i])
+                 for i in work]
+        bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
+        new_chunks = set(todo)
+
+        def commit(task: ChunkTask, result: ChunkResult) -> None:
+            run.commit_chunk(task.index, result.rows, result.stats)
+            if task.index in new_chunks:
+                bar.update(1)
+
+        engine_info = run_chunks(LabelJob(const, settings, engine_factory, len(chunks)), tasks, commit, ray,
+                                 in_process_model=in_process_model, log=log, bar=bar)
+        bar.close()
 
     raw = run.read_chunks()
     answered = [r.get("feedback_model") or feedback_model for r in raw]  # older folders: the requested judge

@@ -191,10 +191,10 @@ def default_prompts(principle: Principle, n: int, path: Path | None = None) -> t
     for r in rows:
         by_tag.setdefault(str(r.meta.get("tag", "")), []).append(r)
     tags = [t for t in principle.tags if by_tag.get(t)]
-    note = f"prompts of the tags {', '.join(tags)} ({path or 'prompts/' + TRY_PROMPTS})"
+    note = f"the shipped ones of the tags {', '.join(tags)} ({path or 'prompts/' + TRY_PROMPTS})"
     if not tags:
         tags = sorted(by_tag)
-        note = f"no shipped prompts have the tags {', '.join(principle.tags)}: a mix of every tag"
+        note = f"a mix of every tag (no shipped prompt has the tags {', '.join(principle.tags)})"
     picked: list[PromptRecord] = []
     queues = {t: list(by_tag[t]) for t in tags}
     seen: set[str] = set()

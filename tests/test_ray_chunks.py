@@ -1,0 +1,285 @@
+"""rlaif generate / label on Ray replicas: the same rows as one process, exactly once under faults.
+
+A local Ray cluster is started once for this module (2 CPUs, a 200 MB object store, no
+dashboard, its own temporary folder). The replicas run the fake engine, or a slow copy of it
+that sleeps in every call and leaves a marker file with its process id, so that a test can kill
+a replica in the middle of a chunk. The slow engine answers exactly as the fake engine does, so
+every run can be compared row by row with a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+if os.environ.get("CI") != "true":  # under CI a missing package is a failure, not a skip
+    pytest.importorskip("ray")
+import ray  # noqa: E402
+
+from rlaif.cli import main as cli  # noqa: E402
+from rlaif.constitution import load_constitution  # noqa: E402
+from rlaif.engine.fake import FakeEngine  # noqa: E402
+from rlaif.pipeline.config import GenerateConfig  # noqa: E402
+from rlaif.pipeline.distributed import DistributedError, RayConfig  # noqa: E402
+from rlaif.pipeline.generate import generate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = str(ROOT / "prompts" / "rlaif-prompts.jsonl")
+# a loaded 2-core machine can take longer than Ray's defaults to start its agents
+SLOW_START = {"RAY_agent_register_timeout_ms": "600000", "RAY_worker_register_timeout_seconds": "600",
+              "RAY_raylet_start_wait_time_s": "600"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray import cloudpickle  # Ray's own copy pickles what replicas receive
+
+    for k, v in SLOW_START.items():
+        os.environ.setdefault(k, v)
+    tmp = tempfile.mkdtemp(prefix="rlaif-ray-")
+    ray.init(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False, _temp_dir=tmp,
+             log_to_driver=False, configure_logging=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas unpickle this module's engines by value
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class SlowEngine(FakeEngine):
+    """The fake engine's answers, after ``delay`` seconds per call; writes ``<marks>/<pid>`` first.
+
+    With ``late_text``: the first call that sees ``late_text`` in a prompt (once per ``marks``
+    folder, across processes) answers something else ("LATE ..."), a result that must never be
+    committed, and only once chunk 1 has been committed from another lease (``run``); then it
+    leaves ``<marks>/late-returned``. Calls that see ``gate_text`` wait for that file, so that the
+    late result reaches the driver while the run is still going."""
+
+    def __init__(self, marks: str, delay: float = 0.0, late_text: str | None = None, gate_text: str | None = None,
+                 run: str | None = None):
+        super().__init__()
+        self.marks, self.delay, self.late_text, self.gate_text, self.run = Path(marks), delay, late_text, gate_text, run
+
+    def generate(self, requests, sampling, desc=""):
+        (self.marks / str(os.getpid())).touch()
+        texts = [m["content"] for r in requests for m in r.messages]
+        if self.late_text and any(self.late_text in t for t in texts):
+            try:
+                os.close(os.open(self.marks / "late-once", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                _wait_for(Path(self.run) / "chunks" / "00000.jsonl")
+                out = super().generate(requests, sampling, desc)
+                (self.marks / "late-returned").touch()
+                return [type(c)("LATE " + c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in out]
+        if self.gate_text and any(self.gate_text in t for t in texts):
+            _wait_for(self.marks / "late-returned")
+        time.sleep(self.delay)
+        return super().generate(requests, sampling, desc)
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def _cfg(out: Path, ray_cfg: RayConfig | None = None, limit: int = 12, chunk: int = 2) -> GenerateConfig:
+    from rlaif.pipeline.config import LabelConfig
+
+    return GenerateConfig(prompts=PROMPTS, out=str(out), limit=limit, chunk_size=chunk, rounds=1, label=LabelConfig(enabled=True),
+                          **({"ray": ray_cfg} if ray_cfg else {}))
+
+
+def _one_process(tmp_path: Path, limit: int = 12, chunk: int = 2) -> Path:
+    out = tmp_path / "one"
+    generate(_cfg(out, limit=limit, chunk=chunk), load_constitution("default"), lambda: FakeEngine(), "fake-model",
+             show_progress=False, log=lambda m: None)
+    return out
+
+
+def _rows(run: Path) -> dict[str, str]:
+    """Every output a run folder holds that must not depend on where chunks ran."""
+    out = {name: (run / name).read_text() for name in ("sft.jsonl", "preferences.jsonl", "failed.jsonl")}
+    chunks = sorted((run / "chunks").glob("[0-9]*.jsonl"))
+    out["chunks"] = "".join(p.name + p.read_text() for p in chunks)
+    ids = [json.loads(line)["id"] for p in chunks if p.name.count(".") == 1 for line in p.read_text().splitlines()]
+    assert len(ids) == len(set(ids)), "a row was committed twice"
+    return out
+
+
+def _run_in_thread(fn):
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_two_replicas_give_the_rows_of_one_process(cluster, tmp_path, capsys):
+    base = ["--prompts", PROMPTS, "--limit", "14", "--chunk-size", "3", "--backend", "fake", "--label", "--quiet"]
+    assert cli(["generate", *base, "--out", str(tmp_path / "one")]) == 0
+    assert cli(["generate", *base, "--out", str(tmp_path / "ray"), "--ray", "--replicas", "2"]) == 0
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "one")
+    summary = json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"]["ray"]
+    assert summary["chunks_committed"] == 5 and summary["leases"] == 5 and summary["leased_again"] == 0
+    # a replica whose worker starts after the other has done every chunk is ended unstarted
+    assert len(summary["replicas"]) == 2 and {r["state"] for r in summary["replicas"]} <= {"finished", "not started"}
+    assert sum(r["chunks"] for r in summary["replicas"]) == 5
+    assert sum(r["rows"] for r in summary["replicas"]) == 14
+    busy = [r for r in summary["replicas"] if r["chunks"]]
+    assert all(r["output_tokens"] > 0 and r["tokens_per_s"] > 0 for r in busy)
+    printed = capsys.readouterr().out
+    assert "replica" in printed and "tok/s" in printed
+
+    # rlaif label the same way: the rows of a one-process run
+    pairs = ["--pairs", str(ROOT / "prompts" / "reference-pairs.jsonl"), "--limit", "9", "--chunk-size", "2", "--backend", "fake", "--quiet"]
+    assert cli(["label", *pairs, "--out", str(tmp_path / "l-one")]) == 0
+    assert cli(["label", *pairs, "--out", str(tmp_path / "l-ray"), "--ray", "--replicas", "2"]) == 0
+    for name in ("preferences.jsonl", "labels.jsonl"):
+        assert (tmp_path / "l-ray" / name).read_text() == (tmp_path / "l-one" / name).read_text()
+    assert json.loads((tmp_path / "l-ray" / "manifest.json").read_text())["engine"]["ray"]["chunks_committed"] == 5
+
+
+def test_a_replica_killed_mid_chunk_leaves_no_hole_and_no_duplicate(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cfg = _cfg(tmp_path / "ray", RayConfig(address="local", replicas=2), limit=16)
+    factory = lambda: SlowEngine(str(marks), delay=0.25)  # noqa: E731
+    t, box = _run_in_thread(lambda: generate(cfg, load_constitution("default"), factory, "fake-model",
+                                             show_progress=False, log=lambda m: None))
+    deadline = time.time() + 120
+    while not list(marks.iterdir()) and time.time() < deadline and t.is_alive():
+        time.sleep(0.02)
+    assert "error" not in box, box.get("error")
+    victim = int(next(marks.iterdir()).name)  # a replica inside its first engine call: mid-chunk
+    os.kill(victim, signal.SIGKILL)
+    t.join(300)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    summary = box["result"]["engine"]["ray"]
+    assert _rows(tmp_path / "ray") == _rows(_one_process(tmp_path, limit=16))
+    died = [r for r in summary["replicas"] if r["state"] == "died"]
+    assert [r["pid"] for r in died] == [victim] and "died" in died[0]["error"].lower()
+    assert summary["leased_again"] >= 1  # it held a chunk, which another replica finished
+    assert len(summary["replicas"]) == 3  # and it was replaced
+    assert summary["chunks_committed"] == 8 == sum(r["chunks"] for r in summary["replicas"])
+
+
+def test_a_late_result_of_an_expired_lease_is_discarded(cluster, tmp_path):
+    """Chunk 1's first lease outlives its 2 s; the chunk is leased again and committed, and the
+    first lease's answer ("LATE ...") arrives afterwards, while the last chunk still waits for it."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    from rlaif.data.prompts import read_prompts
+
+    prompts = read_prompts(PROMPTS, limit=24)
+    cfg = _cfg(tmp_path / "ray", RayConfig(address="local", replicas=2, lease_timeout_s=2.0), limit=24)
+    factory = lambda: SlowEngine(str(marks), delay=0.1, late_text=prompts[0].messages[-1]["content"],  # noqa: E731
+                                 gate_text=prompts[-1].messages[-1]["content"], run=str(tmp_path / "ray"))
+    logs: list[str] = []
+    manifest = generate(cfg, load_constitution("default"), factory, "fake-model", show_progress=False, log=logs.append)
+    summary = manifest["engine"]["ray"]
+    # (on a loaded machine another chunk may outlive its lease too: its late result is discarded the same way)
+    assert summary["expired"] >= 1 and summary["late_results_discarded"] >= 1, logs
+    assert _rows(tmp_path / "ray") == _rows(_one_process(tmp_path, limit=24))  # no "LATE" text anywhere
+    assert any("late result of chunk 1" in line and "discarded" in line for line in logs)
+    stats = json.loads((tmp_path / "ray" / "chunks" / "00000.stats.json").read_text())
+    assert stats["lease"] != "0.1"  # committed from a later lease
+
+
+def test_a_replica_that_fails_to_start_is_reported_and_the_others_go_on(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def factory():
+        try:  # the first replica to start fails
+            os.close(os.open(marks / "failed-once", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return FakeEngine()
+        raise RuntimeError("no such model: /models/missing")
+
+    logs: list[str] = []
+    manifest = generate(_cfg(tmp_path / "ray", RayConfig(address="local", replicas=2)), load_constitution("default"),
+                        factory, "fake-model", show_progress=False, log=logs.append)
+    states = {r["state"]: r for r in manifest["engine"]["ray"]["replicas"]}
+    assert set(states) == {"failed to start", "finished"}
+    assert "RuntimeError: no such model: /models/missing" in states["failed to start"]["error"]
+    assert any("failed to start: RuntimeError: no such model" in line for line in logs)
+    assert _rows(tmp_path / "ray") == _rows(_one_process(tmp_path))
+
+
+def test_no_replica_left_stops_cleanly(cluster, tmp_path, capsys):
+    def factory():
+        raise RuntimeError("out of memory while loading")
+
+    with pytest.raises(DistributedError, match="no replica is left.*out of memory while loading.*run the same command again"):
+        generate(_cfg(tmp_path / "ray", RayConfig(address="local", replicas=2)), load_constitution("default"),
+                 factory, "fake-model", show_progress=False, log=lambda m: None)
+    assert not list((tmp_path / "ray" / "chunks").glob("*.jsonl"))
+
+
+def test_a_killed_driver_resumes(cluster, tmp_path):
+    """The driver (the command) is killed with kill -9 between or during commits; the same command
+    run again commits only the missing chunks, and the result equals a one-process run."""
+    out = tmp_path / "ray"
+    args = ["generate", "--prompts", PROMPTS, "--limit", "16", "--chunk-size", "2", "--rounds", "1", "--label",
+            "--backend", "fake", "--quiet", "--out", str(out), "--ray", cluster, "--replicas", "2"]
+    # the first driver commits slowly, so that it dies with part of the chunks committed
+    slow = ("import sys, time, rlaif.data.runs as r; c = r.RunDir.commit_chunk\n"
+            "r.RunDir.commit_chunk = lambda self, *a, **k: (time.sleep(0.4), c(self, *a, **k))[1]\n"
+            "from rlaif.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, **SLOW_START, "RLAIF_REPORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", slow, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list((out / "chunks").glob("[0-9]*[0-9].jsonl"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list((out / "chunks").glob("[0-9]*[0-9].jsonl")))
+    assert 2 <= before < 8, before
+    again = subprocess.run([sys.executable, "-m", "rlaif", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {out}: {before} of 8 chunks already committed" in again.stdout + again.stderr
+    summary = json.loads((out / "manifest.json").read_text())["engine"]["ray"]
+    assert summary["chunks_committed"] == 8 - before
+    one = [a if a != str(out) else str(tmp_path / "one") for a in args[: args.index("--ray")]]
+    assert cli(one) == 0
+    assert _rows(out) == _rows(tmp_path / "one")
+
+
+def test_ray_settings_are_checked_and_left_out_of_the_fingerprint(tmp_path):
+    with pytest.raises(ValueError, match="replicas must be >= 1"):
+        RayConfig(address="local", replicas=0)
+    assert cli(["generate", "--prompts", PROMPTS, "--limit", "2", "--backend", "fake", "--quiet", "--out", str(tmp_path / "r"),
+                "--lease-timeout", "-1", "--ray"]) == 2
+    from rlaif.pipeline.config import resolve
+    from rlaif.pipeline.generate import run_settings
+    from rlaif.data.prompts import read_prompts
+
+    const = load_constitution("default")
+    one = resolve({}, {"prompts": PROMPTS, "out": "x"}, const.defaults)
+    on_ray = resolve({"ray": {"replicas": 4}}, {"prompts": PROMPTS, "out": "x", "ray.address": "auto"}, const.defaults)
+    assert on_ray.ray == RayConfig(address="auto", replicas=4)
+    prompts = read_prompts(PROMPTS, limit=2)
+    # a folder begun on Ray resumes in one process and the other way round
+    assert run_settings(one, const, prompts, "m") == run_settings(on_ray, const, prompts, "m")
