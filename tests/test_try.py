@@ -366,3 +366,24 @@ def test_idle_server_stops_by_itself(state_dir):
         time.sleep(0.2)
     assert health(engine.state) is None
     assert not (state_dir / STATE_FILE).exists()
+
+
+def test_openai_backend_uses_the_named_server_directly(tmp_path, state_dir, wide, capsys):
+    from fixtures_server import OracleServer
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "odd-one", "prompt": "an odd question"}) + "\n"
+                 + json.dumps({"id": "plain-one", "prompt": "a plain question"}) + "\n")
+    with OracleServer(("policy-x",)) as srv:
+        code = main(["try", "no-sycophancy", "--backend", "openai", "--base-url", srv.url, "--prompts", str(f),
+                     "--state-dir", str(state_dir)])
+        assert code == 0, capsys.readouterr().err
+        assert len(srv.requests("generate")) == 6 and len(srv.requests("score")) == 4
+    out = capsys.readouterr().out
+    # the oracle server puts its marker in the initial answer of "odd" prompts and in the revision of
+    # the others, and gives the marked response P = 0.9 in either order
+    odd, plain = out.split("plain-one:")
+    assert "P(revision better) = 0.100" in odd and "-> initial" in odd
+    assert "P(revision better) = 0.900" in plain and "-> revision" in plain
+    assert f"engine: the server at {srv.url}" in out
+    assert not (state_dir / STATE_FILE).exists()  # no warm server of our own

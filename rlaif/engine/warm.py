@@ -46,6 +46,7 @@ from rlaif.engine.warm_server import TOKEN_HEADER, read_state
 DEFAULT_IDLE_TIMEOUT_S = 1800.0
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
+MAX_LOG_BYTES = 10 * 2**20
 
 
 class WarmServerError(RuntimeError):
@@ -255,6 +256,8 @@ def _launch(backend: str, model: str, settings: dict[str, Any], key: str, state_
     cmd = [sys.executable, "-m", "rlaif.engine.warm_server", "--state", str(path), "--launch-id", launch_id,
            "--spec", json.dumps(spec), "--idle-timeout", str(idle_timeout_s)]
     log(f"starting the warm engine server ({backend} {model}); the model loads once, later calls reuse it")
+    if log_path.exists() and log_path.stat().st_size > MAX_LOG_BYTES:
+        os.replace(log_path, log_path.with_name(LOG_FILE + ".1"))  # keep one older log, not an ever-growing one
     with open(log_path, "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {backend} {model}\n".encode())
         out.flush()

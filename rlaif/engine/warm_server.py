@@ -88,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/health":
             self._reply(404, {"error": f"no route {self.path}"})
             return
+        self.server.touch()  # a client that just found the server is about to use it: no idle exit now
         self._reply(200, self.server.health())
 
     def do_POST(self) -> None:  # noqa: N802
