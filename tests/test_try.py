@@ -360,7 +360,11 @@ def test_concurrent_first_calls_start_one_server(state_dir):
 def test_idle_server_stops_by_itself(state_dir):
     import time
 
-    engine = connect("fake", "fake-model", state_dir=state_dir, idle_timeout_s=0.5)
+    engine = connect("fake", "fake-model", state_dir=state_dir, idle_timeout_s=1.0)
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until:  # a client claiming it (connect does) keeps it up past the timeout
+        assert health(engine.state, claim=True) is not None
+        time.sleep(0.3)
     deadline = time.monotonic() + 20
     while health(engine.state) is not None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -127,10 +127,11 @@ class WarmEngine:
             self._client = None
 
 
-def health(state: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any] | None:
-    """The server's ``/health`` answer, or None when nothing (or something else) answers there."""
+def health(state: dict[str, Any], timeout_s: float = 5.0, claim: bool = False) -> dict[str, Any] | None:
+    """The server's ``/health`` answer, or None when nothing (or something else) answers there.
+    ``claim``: the caller is about to use the server (its idle clock restarts)."""
     try:
-        resp = httpx.get(f"http://127.0.0.1:{state['port']}/health", headers={TOKEN_HEADER: state["token"]},
+        resp = httpx.get(f"http://127.0.0.1:{state['port']}/health{'?claim=1' if claim else ''}", headers={TOKEN_HEADER: state["token"]},
                          timeout=timeout_s, trust_env=False)
     except httpx.HTTPError:
         return None
@@ -233,7 +234,7 @@ def connect(backend: str, model: str, settings: dict[str, Any] | None = None, *,
     with _locked(state_dir):
         state = read_state(path)
         if state is not None:
-            alive = health(state)
+            alive = health(state, claim=True)
             if alive is not None and alive["key"] == key:
                 return WarmEngine(model, state, started=False)
             if alive is not None:

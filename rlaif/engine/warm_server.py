@@ -7,7 +7,8 @@ by :func:`rlaif.engine.warm.connect`, never by hand. It
    the fake engine) -- the slow part, done once;
 2. binds ``127.0.0.1`` on a free port and writes the state file (port, pid, a random token,
    the spec's key) atomically, readable by its owner only;
-3. answers ``GET /health`` and ``POST /generate``, ``/score_options``, ``/shutdown``; every
+3. answers ``GET /health`` (``?claim=1``: a client is about to use it, which restarts the idle
+   clock) and ``POST /generate``, ``/score_options``, ``/shutdown``; every
    request must carry the token (``X-Rlaif-Token``), so another local user or a web page
    posting to localhost cannot use it. Engine calls run one at a time (a lock); ``/health``
    answers while one runs;
@@ -85,10 +86,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if not self._authorised():
             return
-        if self.path != "/health":
+        if self.path not in ("/health", "/health?claim=1"):
             self._reply(404, {"error": f"no route {self.path}"})
             return
-        self.server.touch()  # a client that just found the server is about to use it: no idle exit now
+        if self.path.endswith("claim=1"):
+            self.server.touch()  # a client that found the server is about to use it: no idle exit under it
         self._reply(200, self.server.health())
 
     def do_POST(self) -> None:  # noqa: N802
