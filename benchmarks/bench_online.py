@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SPLIT = ("sample", "judge", "update", "sync")
+SPLIT = ("sample", "judge", "reward", "score", "update", "sync")
 
 
 def run_trainer(recipe, cls, config: str, engine, runs: str, iterations: int) -> dict:
@@ -76,14 +76,14 @@ def markdown(result: dict) -> str:
     lines = [f"# Online DPO and GRPO steps on this host ({result['host']['cpu']}, {result['host']['threads']} threads)", "",
              "Default model (SmolLM2-135M-Instruct) as policy and, in its own vLLM engine, as judge; the shipped demo",
              "configs; float32 engines. One step after a warm-up step (`benchmarks/bench_online.py`).", "",
-             "| step | responses | judge requests | seconds | sample | judge | update | sync | other |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| step | responses | judge requests | seconds | sample | judge | reward (RM, fn) | score | update | sync | other |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["steps"].items():
         t = r["iteration_s"]
         cells = " | ".join(f"{r[f'{k}_s']:.1f} ({100 * r[f'{k}_s'] / t:.0f}%)" for k in (*SPLIT, "other"))
         lines.append(f"| {name} | {r['responses']} | {int(r['judge_requests'])} | {t:.1f} | {cells} |")
-    lines += ["", "`other`: the policy's and the reference's forward passes over the samples outside the update",
-              "(log-probs, KL), batching and the dataset commit.", "",
+    lines += ["", "`score`: the policy's and the reference's log-probs of the samples (no gradient); `other`:",
+              "batching, KL and the dataset commit.", "",
               "Judge prefill per pair, the same questions (GRPO groups, all pairs, 2 principles x 2 orders), fresh engines:", "",
               "| prefix cache | pairs | requests | prompt tokens | served by the cache | prefill tokens per pair | seconds |",
               "|---|---|---|---|---|---|---|"]

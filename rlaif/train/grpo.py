@@ -190,6 +190,7 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
     adv = group_advantages(reward.view(-1, G), cfg.baseline, cfg.scale_rewards).reshape(-1)
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
     tok = online.score_tokens(s, batch, cfg.temperature)
+    t_score = time.perf_counter()
     asleep = online.sleep_engine(s)
     m.update(update(s, batch, tok["old_logp"], tok["ref_logp"], adv, it))
     t_update = time.perf_counter()
@@ -208,7 +209,7 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
         "entropy": float(masked_mean(tok["entropy"], mask)), "response_length": online.mean(batch["length"]),
         "truncated": online.mean((~batch["ended"]).float()), **online.logprob_gap(batch, tok["old_logp"]),
         "time/sample_s": t_sample - t0, "time/judge_s": judge_s, "time/reward_s": t_reward - t_sample - judge_s,
-        "time/update_s": t_update - t_reward, "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
+        "time/score_s": t_score - t_reward, "time/update_s": t_update - t_score, "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
         "judge/time_share": judge_s / (t_end - t0),
     })
     return {f"train/{k}": v for k, v in m.items()}

@@ -170,6 +170,7 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
     tok = online.score_tokens(s, batch, cfg.temperature)
     ref1 = tok["ref_logp"] if cfg.temperature == 1.0 else online.score_tokens(s, batch, 1.0)["ref_logp"]
+    t_score = time.perf_counter()
     asleep = online.sleep_engine(s)
     m.update(update(s, batch, ref1, pairs))
     t_update = time.perf_counter()
@@ -184,7 +185,8 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
         "kl": online.mean(kl.sum(-1)), "entropy": float(masked_mean(tok["entropy"], mask)),
         "response_length": online.mean(batch["length"]), "truncated": online.mean((~batch["ended"]).float()),
         **online.logprob_gap(batch, tok["old_logp"]),
-        "time/sample_s": t_sample - t0, "time/judge_s": t_judge - t_sample, "time/update_s": t_update - t_judge,
+        "time/sample_s": t_sample - t0, "time/judge_s": t_judge - t_sample, "time/score_s": t_score - t_judge,
+        "time/update_s": t_update - t_score,
         "time/sync_s": sync_s, "time/iteration_s": t_end - t0, "judge/time_share": (t_judge - t_sample) / (t_end - t0),
     })
     return {f"train/{key}": v for key, v in m.items()}
