@@ -5,9 +5,10 @@ the judge's prefill tokens per pair with and without vLLM's prefix cache.
    (``configs/online-dpo-demo.yaml``, ``configs/grpo-demo.yaml``: the default model as policy and,
    in its own engine, as judge), on one rollout engine; ``--iterations`` steps each, the first a
    warm-up, the last reported.
-2. **Prefix caching.** The same judge questions (the last GRPO step's groups, all pairs, both
-   orders, an ensemble of 2) scored by a fresh judge engine with the prefix cache on and by one with it
-   off: prompt tokens, tokens the cache served, prefill tokens per pair, seconds.
+2. **Prefix caching.** The same judge questions (GRPO groups sampled after the steps, all pairs, both
+   orders, an ensemble of 2) scored by fresh judge engines: prefix cache off, on with vLLM's block
+   size (128 tokens on CPU), and on with 32-token blocks: prompt tokens, tokens the cache served,
+   prefill tokens per pair, seconds.
 
     python benchmarks/bench_online.py [--iterations 2] [--out benchmarks/results/online.json]
 
@@ -56,18 +57,18 @@ def run_trainer(recipe, cls, config: str, engine, runs: str, iterations: int) ->
     return row, groups
 
 
-def judge_cost(groups, prefix_caching: bool) -> dict:
+def judge_cost(groups, prefix_caching: bool, block_size: int | None = None) -> dict:
     from rlaif.constitution import load_constitution
     from rlaif.train.feedback import JudgeConfig, MeteredJudge, judge_groups, make_judge
 
-    jc = JudgeConfig(model="default", ensemble=2, dtype="float32", prefix_caching=prefix_caching)
+    jc = JudgeConfig(model="default", ensemble=2, dtype="float32", prefix_caching=prefix_caching, block_size=block_size)
     engine, _ = make_judge(jc, None, seed=0)
     judge = MeteredJudge(engine)
     try:
         judged = judge_groups(judge, load_constitution("default"), jc.label_settings(0), groups, "all", desc="bench")
         pairs = sum(len(g) for g in judged)
-        return {"prefix_caching": prefix_caching, **{k.removeprefix("judge/"): v for k, v in judge.take(pairs).items()},
-                "pairs": pairs}
+        return {"prefix_caching": prefix_caching, "block_size": block_size or "vLLM's",
+                **{k.removeprefix("judge/"): v for k, v in judge.take(pairs).items()}, "pairs": pairs}
     finally:
         judge.close()
 
@@ -85,10 +86,10 @@ def markdown(result: dict) -> str:
     lines += ["", "`score`: the policy's and the reference's log-probs of the samples (no gradient); `other`:",
               "batching, KL and the dataset commit.", "",
               "Judge prefill per pair, the same questions (GRPO groups, all pairs, 2 principles x 2 orders), fresh engines:", "",
-              "| prefix cache | pairs | requests | prompt tokens | served by the cache | prefill tokens per pair | seconds |",
-              "|---|---|---|---|---|---|---|"]
+              "| prefix cache | block size | pairs | requests | prompt tokens | served by the cache | prefill tokens per pair | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in result["prefix_caching"]:
-        lines.append(f"| {'on' if c['prefix_caching'] else 'off'} | {c['pairs']} | {int(c['requests'])} | {int(c['prompt_tokens'])} "
+        lines.append(f"| {'on' if c['prefix_caching'] else 'off'} | {c['block_size']} | {c['pairs']} | {int(c['requests'])} | {int(c['prompt_tokens'])} "
                      f"| {int(c['cached_tokens'])} | {c['prefill_tokens_per_pair']:.0f} | {c['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -112,7 +113,7 @@ def main() -> None:
         odpo, _ = run_trainer(online_dpo, online_dpo.OnlineDPOConfig, "online-dpo-demo.yaml", engine, tmp, args.iterations)
         g, groups = run_trainer(grpo, grpo.GRPOConfig, "grpo-demo.yaml", engine, tmp, args.iterations)
     engine.close()
-    caching = [judge_cost(groups, True), judge_cost(groups, False)]
+    caching = [judge_cost(groups, False), judge_cost(groups, True), judge_cost(groups, True, 32)]
     result = {"host": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
               "model": path, "steps": {"online DPO": odpo, "GRPO": g}, "prefix_caching": caching,
               "wall_s": time.perf_counter() - t0}

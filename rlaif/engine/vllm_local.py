@@ -40,6 +40,9 @@ class VLLMSettings:
     dtype: str = "auto"
     enable_prefix_caching: bool = True
     """Reuse the KV cache of the shared few-shot prefix across requests."""
+    block_size: int | None = None
+    """KV-cache block size in tokens (None: vLLM's, 128 on CPU hosts). The prefix cache shares whole
+    blocks only, so smaller blocks let requests share more of a common prefix."""
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
     seed: int = 0
@@ -111,6 +114,8 @@ class VLLMEngine:
             log.info("vLLM on this platform has no sleep mode; the engine stays awake")
         if self.can_sleep:
             kwargs["enable_sleep_mode"] = True
+        if s.block_size:
+            kwargs["block_size"] = s.block_size
         if s.kv_cache_gib:
             kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_gib * 2**30)
         if s.max_model_len:

@@ -67,6 +67,8 @@ class JudgeConfig:
     """In-process judge context."""
     prefix_caching: bool = True
     """vLLM judge: reuse the KV cache of prefixes the pairs of a group share (off only to measure it)."""
+    block_size: int | None = None
+    """vLLM judge: KV-cache block size (None: vLLM's, 128 tokens on CPU); the prefix cache shares whole blocks."""
 
     def __post_init__(self):
         if self.backend not in JUDGE_BACKENDS:
@@ -99,7 +101,8 @@ def make_judge(jc: JudgeConfig, policy_engine, seed: int, trust_remote_code: boo
         return create_engine(jc.model, "fake"), True
     from .common import resolve_model_path
 
-    extra: dict[str, Any] = {"enable_prefix_caching": jc.prefix_caching, "seed": seed} if jc.backend == "vllm" else {}
+    extra: dict[str, Any] = {"enable_prefix_caching": jc.prefix_caching, "block_size": jc.block_size, "seed": seed} \
+        if jc.backend == "vllm" else {}
     return create_engine(resolve_model_path(jc.model), jc.backend, show_progress=False, max_model_len=jc.max_model_len,
                          kv_cache_gib=jc.kv_cache_gib, gpu_memory_utilization=jc.gpu_memory_utilization,
                          dtype=jc.dtype, trust_remote_code=trust_remote_code, **extra), True

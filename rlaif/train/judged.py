@@ -116,7 +116,7 @@ def setup(cfg: JudgedConfig, what: str, updates_per_iteration: int, engine=None,
     s.total_steps = online.total_iterations(cfg, len(train_p))
     s.optimizer, s.scheduler = online.build_optimizer([(policy, cfg.lr)], cfg, s.total_steps * updates_per_iteration)
     online.resume_or_start(s, {"step": 0})
-    if cfg.save_pairs:
+    if cfg.save_pairs and need_judge:
         s.pair_log = PairLog(s.run_dir, s.position["step"])
     try:
         if s.engine is None:
