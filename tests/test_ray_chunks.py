@@ -35,9 +35,10 @@ from rlaif.pipeline.generate import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = str(ROOT / "prompts" / "rlaif-prompts.jsonl")
-# a loaded 2-core machine can take longer than Ray's defaults to start its agents
+# a loaded 2-core machine can take longer than Ray's defaults to start its agents; and other jobs'
+# memory must not make Ray's memory monitor kill a replica that a test counts on (0: monitor off)
 SLOW_START = {"RAY_agent_register_timeout_ms": "600000", "RAY_worker_register_timeout_seconds": "600",
-              "RAY_raylet_start_wait_time_s": "600"}
+              "RAY_raylet_start_wait_time_s": "600", "RAY_memory_monitor_refresh_ms": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +284,49 @@ def test_ray_settings_are_checked_and_left_out_of_the_fingerprint(tmp_path):
     prompts = read_prompts(PROMPTS, limit=2)
     # a folder begun on Ray resumes in one process and the other way round
     assert run_settings(one, const, prompts, "m") == run_settings(on_ray, const, prompts, "m")
+
+
+class _Borrowed:
+    """Lends the session's vLLM engine to generate() without letting it close it."""
+
+    def __init__(self, engine):
+        self._engine, self.model = engine, engine.model
+
+    def generate(self, *a, **k):
+        return self._engine.generate(*a, **k)
+
+    def score_options(self, *a, **k):
+        return self._engine.score_options(*a, **k)
+
+    def info(self):
+        return self._engine.info()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.vllm
+def test_vllm_replica_gives_the_rows_of_one_process(cluster, default_model, tmp_path, request):
+    """The default model through in-process vLLM inside a Ray replica (one: two vLLM engines do not
+    fit beside the test suite on the 2-core machine), against the session's vLLM engine in this
+    process; both in float32, so that the texts can be compared exactly."""
+    from rlaif.cli.commands import make_engine_factory
+    from rlaif.engine.base import SamplingConfig
+    from rlaif.pipeline.config import EngineConfig
+
+    short = {s: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=32) for s in ("response", "critique", "revision")}
+
+    def cfg(out, ray_cfg=None):
+        return GenerateConfig(prompts=PROMPTS, out=str(out), limit=4, chunk_size=2, rounds=1, sampling=short,
+                              **({"ray": ray_cfg} if ray_cfg else {}))
+
+    const = load_constitution("default")
+    factory = make_engine_factory(EngineConfig(dtype="float32", max_model_len=4096, kv_cache_gib=0.5), default_model, 0, True)
+    on_ray = generate(cfg(tmp_path / "ray", RayConfig(address="local", replicas=1, cpus_per_replica=2)), const, factory,
+                      default_model, show_progress=False, log=lambda m: None)
+    engine = request.getfixturevalue("vllm_engine")  # started only now: the replica's engine has been closed
+    generate(cfg(tmp_path / "one"), const, lambda: _Borrowed(engine), default_model, show_progress=False, log=lambda m: None)
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "one")
+    replica = on_ray["engine"]["ray"]["replicas"][0]
+    assert replica["state"] == "finished" and replica["chunks"] == 2 and replica["output_tokens"] > 0
+    assert on_ray["engine"]["backend"] == "VLLMEngine"  # the manifest describes the replica's own engine

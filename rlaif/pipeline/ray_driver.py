@@ -100,7 +100,8 @@ class RayDriver:
         self.attempts: Counter[int] = Counter()
         self.errors: Counter[int] = Counter()
         self.counts: Counter[str] = Counter()
-        self.driver_s = 0.0
+        self.driver_s = 0.0  # committing
+        self.loop_s = self.wait_s = 0.0  # the whole loop; blocked in ray.wait
         self.replaced = 0
 
     # ------------------------------------------------------------ set-up
@@ -150,7 +151,7 @@ class RayDriver:
     # ------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
-        ray = self.ray
+        ray, t_loop = self.ray, time.perf_counter()
         while self.queue or self.live:
             for r in self.replicas:
                 if r.state == "ready" and r.busy is None and self.queue:
@@ -161,7 +162,9 @@ class RayDriver:
                                        "run the same command again to continue")
             starting = {r.start_ref: r for r in self.replicas if r.state == "starting"}
             refs = [*starting, *self.leases]
+            t0 = time.perf_counter()
             ready, _ = ray.wait(refs, num_returns=1, timeout=self._timeout())
+            self.wait_s += time.perf_counter() - t0
             if ready:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
@@ -173,6 +176,7 @@ class RayDriver:
             if self.bar is not None:
                 self.bar.set_postfix_str(" ".join(f"{r.name}:{r.chunks}" + ("" if r.state in ("ready", "starting") else "x")
                                                   for r in self.replicas), refresh=True)
+        self.loop_s = time.perf_counter() - t_loop
 
     def _timeout(self) -> float:
         deadlines = [l.deadline for l in self.leases.values() if l.deadline is not None and self.live.get(l.task.index) == l.id]
@@ -204,23 +208,20 @@ class RayDriver:
         r, task = lease.replica, lease.task
         if r.busy is ref:
             r.busy = None
+        errors = self.ray.exceptions
         try:
             lease_id, result, info = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:
+        except errors.RayError as exc:
+            if isinstance(exc, errors.RayTaskError):  # raised by the chunk's own code: see below
+                return self._failed(lease, exc)
+            # anything else is the replica lost: its process or node died, or Ray killed it (memory)
             r.state, r.error = "died", short_error(exc)
             self.log(f"replica {r.name} died holding chunk {task.index + 1} (lease {lease.id}): {r.error}")
             self._release(lease)
             self._replace(r)
             return
-        except Exception as exc:  # noqa: BLE001 - the chunk raised in the replica: lease it again, a few times
-            r.failures += 1
-            self.errors[task.index] += 1
-            self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}): {short_error(exc)}")
-            if self.errors[task.index] >= self.cfg.max_attempts:
-                raise DistributedError(f"chunk {task.index + 1} failed {self.errors[task.index]} times; last error: "
-                                       f"{short_error(exc)}") from None
-            self._release(lease)
-            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
+            return self._failed(lease, exc)
         if self.live.get(task.index) != lease_id:
             r.discarded += 1
             self.counts["late_results_discarded"] += 1
@@ -237,6 +238,17 @@ class RayDriver:
         r.busy_s += info["busy_s"]
         r.prompt_tokens += info["prompt_tokens"]
         r.output_tokens += info["output_tokens"]
+
+    def _failed(self, lease: Lease, exc: BaseException) -> None:
+        """The chunk raised in a healthy replica: lease it again, up to ``max_attempts`` times."""
+        r, task = lease.replica, lease.task
+        r.failures += 1
+        self.errors[task.index] += 1
+        self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}): {short_error(exc)}")
+        if self.errors[task.index] >= self.cfg.max_attempts:
+            raise DistributedError(f"chunk {task.index + 1} failed {self.errors[task.index]} times; last error: "
+                                   f"{short_error(exc)}") from None
+        self._release(lease)
 
     def _release(self, lease: Lease) -> None:
         """Lease the chunk again (first in the queue) unless another lease already holds it."""
@@ -286,6 +298,8 @@ class RayDriver:
             "leases": self.counts["leases"], "leased_again": self.counts["released"], "expired": self.counts["expired"],
             "late_results_discarded": self.counts["late_results_discarded"],
             "driver_commit_s_per_chunk": round(self.driver_s / commits, 5) if commits else None,
+            # everything the driver did that was not waiting for replicas: leasing, receiving, committing, bookkeeping
+            "driver_busy_s_per_chunk": round((self.loop_s - self.wait_s) / commits, 5) if commits else None,
             "replicas": [r.summary() for r in self.replicas],
         }
 
