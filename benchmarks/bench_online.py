@@ -98,7 +98,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--out", help="write the numbers as JSON here (and a .md table next to it)")
+    ap.add_argument("--caching-only", metavar="GROUPS_JSON", help=argparse.SUPPRESS)  # the second part, in its own process
     args = ap.parse_args()
+    if args.caching_only:  # a fresh process: the trainers' memory is gone, one judge engine at a time
+        groups = [tuple(g) for g in json.loads(Path(args.caching_only).read_text())]
+        out = [judge_cost(groups, False), judge_cost(groups, True), judge_cost(groups, True, 32)]
+        Path(args.caching_only).with_suffix(".out.json").write_text(json.dumps(out))
+        return
+
+    import subprocess
+    import sys
 
     import torch
 
@@ -112,8 +121,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-online-") as tmp:
         odpo, _ = run_trainer(online_dpo, online_dpo.OnlineDPOConfig, "online-dpo-demo.yaml", engine, tmp, args.iterations)
         g, groups = run_trainer(grpo, grpo.GRPOConfig, "grpo-demo.yaml", engine, tmp, args.iterations)
-    engine.close()
-    caching = [judge_cost(groups, False), judge_cost(groups, True), judge_cost(groups, True, 32)]
+        engine.close()
+        gfile = Path(tmp) / "groups.json"
+        gfile.write_text(json.dumps(groups))
+        subprocess.run([sys.executable, __file__, "--caching-only", str(gfile)], check=True)
+        caching = json.loads(gfile.with_suffix(".out.json").read_text())
     result = {"host": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
               "model": path, "steps": {"online DPO": odpo, "GRPO": g}, "prefix_caching": caching,
               "wall_s": time.perf_counter() - t0}
