@@ -268,6 +268,39 @@ def test_a_killed_driver_resumes(cluster, tmp_path):
     assert _rows(out) == _rows(tmp_path / "one")
 
 
+def test_replicas_as_clients_of_served_models(cluster, tmp_path):
+    """--backend openai --ray: each replica is a client of the servers (policy and judge on their own
+    loopback servers); every request is made exactly once across the replicas, the rows are those of
+    one process, and each row names the model the judge's server reported."""
+    from fixtures_server import OracleServer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question {i}: something {'odd' if i % 2 else 'even'}."}) + "\n"
+                               for i in range(8)))
+    with OracleServer(("policy-x",)) as policy, OracleServer(("judge-z",), reports={"judge-z": "judge-z@2"}) as judge:
+        base = ["generate", "--prompts", str(prompts), "--rounds", "1", "--chunk-size", "2", "--label", "--ensemble", "2",
+                "--backend", "openai", "--base-url", policy.url, "--feedback-base-url", judge.url, "--quiet"]
+        assert cli([*base, "--out", str(tmp_path / "one")]) == 0
+        one = (len(policy.requests("generate")), len(judge.requests("score")))
+        assert cli([*base, "--out", str(tmp_path / "ray"), "--ray", "--replicas", "2"]) == 0
+        both = (len(policy.requests("generate")), len(judge.requests("score")))
+    assert one == (8 * 3, 8 * 2 * 2) and both == (2 * one[0], 2 * one[1])  # the Ray run made exactly one run's requests
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "one")
+    prefs = [json.loads(line) for line in (tmp_path / "ray" / "preferences.jsonl").read_text().splitlines()]
+    assert len(prefs) == 8 and {r["feedback_model"] for r in prefs} == {"judge-z@2"}
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"]["ray"]["chunks_committed"] == 4
+
+    # rlaif label the same way, its judge a client of the judge's server in each replica
+    pairs = ["label", "--pairs", str(ROOT / "prompts" / "reference-pairs.jsonl"), "--limit", "6", "--chunk-size", "2",
+             "--backend", "openai", "--quiet"]
+    with OracleServer(("judge-z",)) as judge:
+        assert cli([*pairs, "--base-url", judge.url, "--out", str(tmp_path / "l-one")]) == 0
+        assert cli([*pairs, "--base-url", judge.url, "--out", str(tmp_path / "l-ray"), "--ray", "--replicas", "2"]) == 0
+        assert len(judge.requests("score")) == 2 * 6 * 4 * 2  # two runs, 6 pairs, 4 principles, 2 orders
+    for name in ("preferences.jsonl", "labels.jsonl"):
+        assert (tmp_path / "l-ray" / name).read_text() == (tmp_path / "l-one" / name).read_text()
+
+
 def test_ray_settings_are_checked_and_left_out_of_the_fingerprint(tmp_path):
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         RayConfig(address="local", replicas=0)
