@@ -4,13 +4,13 @@ the judge's prefill tokens per pair with and without vLLM's prefix cache.
 1. **Steps.** ``rlaif.train.online_dpo`` and ``rlaif.train.grpo`` with the shipped demo configs
    (``configs/online-dpo-demo.yaml``, ``configs/grpo-demo.yaml``: the default model as policy and,
    in its own engine, as judge), on one rollout engine; ``--iterations`` steps each, the first a
-   warm-up, the last reported.
+   warm-up; the median of each part over the others is reported.
 2. **Prefix caching.** The same judge questions (GRPO groups sampled after the steps, all pairs, both
    orders, an ensemble of 2) scored by fresh judge engines: prefix cache off, on with vLLM's block
    size (128 tokens on CPU), and on with 32-token blocks: prompt tokens, tokens the cache served,
    prefill tokens per pair, seconds.
 
-    python benchmarks/bench_online.py [--iterations 2] [--out benchmarks/results/online.json]
+    python benchmarks/bench_online.py [--iterations 4] [--out benchmarks/results/online.json]
 
 Prints one table and, with ``--out FILE``, saves the numbers as JSON (and a Markdown table next to it).
 """
@@ -45,10 +45,16 @@ def run_trainer(recipe, cls, config: str, engine, runs: str, iterations: int) ->
                       for g in range(len(samples) // k)]
     finally:
         recipe.cleanup(s)
-    it = its[-1]
-    total = it["train/time/iteration_s"]
-    row = {"config": config, "iteration_s": total, **{f"{k}_s": it.get(f"train/time/{k}_s", 0.0) for k in SPLIT}}
-    row["other_s"] = total - sum(row[f"{k}_s"] for k in SPLIT)
+    import statistics
+
+    timed = its[1:] or its  # the first step is a warm-up
+    it = timed[-1]
+    med = lambda key: statistics.median(x.get(key, 0.0) for x in timed)  # noqa: E731  (robust to bursts of other load)
+    total = med("train/time/iteration_s")
+    row = {"config": config, "steps_timed": len(timed), "iteration_s": total,
+           **{f"{k}_s": med(f"train/time/{k}_s") for k in SPLIT}}
+    row["other_s"] = max(0.0, total - sum(row[f"{k}_s"] for k in SPLIT))
+    row["iteration_runs_s"] = [x["train/time/iteration_s"] for x in timed]
     for k in ("requests", "prompt_tokens", "cached_tokens", "prefill_tokens", "prefill_tokens_per_pair", "pairs"):
         row[f"judge_{k}"] = it[f"train/judge/{k}"]
     row["responses"] = cfg.rollouts
@@ -76,7 +82,8 @@ def judge_cost(groups, prefix_caching: bool, block_size: int | None = None) -> d
 def markdown(result: dict) -> str:
     lines = [f"# Online DPO and GRPO steps on this host ({result['host']['cpu']}, {result['host']['threads']} threads)", "",
              "Default model (SmolLM2-135M-Instruct) as policy and, in its own vLLM engine, as judge; the shipped demo",
-             "configs; float32 engines. One step after a warm-up step (`benchmarks/bench_online.py`).", "",
+             "configs; float32 engines. Medians over the steps after a warm-up step (`benchmarks/bench_online.py`);",
+             "other jobs shared the 2 cores, so single steps vary (`iteration_runs_s` in the JSON).", "",
              "| step | responses | judge requests | seconds | sample | judge | reward (RM, fn) | score | update | sync | other |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["steps"].items():
@@ -96,7 +103,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=4, help="steps per trainer; the first is a warm-up")
     ap.add_argument("--out", help="write the numbers as JSON here (and a .md table next to it)")
     ap.add_argument("--caching-only", metavar="GROUPS_JSON", help=argparse.SUPPRESS)  # the second part, in its own process
     args = ap.parse_args()
