@@ -370,3 +370,23 @@ def test_one_step_of_each_on_the_default_model_keeps_sampler_and_trainer_in_sync
             recipe.cleanup(s)
     finally:
         engine.close()
+
+
+@pytest.mark.vllm
+def test_a_served_judge_is_asked_through_the_openai_backend(engine, tiny_chat, prompt_file, tmp_path):
+    """judge.backend: openai: every comparison goes to the named model on the server, both orders and
+    each principle; the oracle server's marker never occurs in the tiny model's words, so every pair is a tie."""
+    from fixtures_server import OracleServer
+
+    from rlaif.train import online_dpo
+
+    with OracleServer(("other", "judge-model")) as srv:  # not the first model: the name must be passed
+        cfg = _cfg("online_dpo", tiny_chat, prompt_file, tmp_path, "served", "max_steps=1", "probe_size=0",
+                   "samples_per_prompt=2", "rollout_batch_size=4", "judge.backend=openai", f"judge.base_url={srv.url}",
+                   "judge.model=judge-model")
+        s = online_dpo.setup(cfg, engine=engine)
+        m = online_dpo.train(s)
+        online_dpo.cleanup(s)
+        score = srv.requests("score")
+    assert len(score) == 4 * 2 * 2 and {b["model"] for b in score} == {"judge-model"}
+    assert m["train/judge/requests"] == 16 and m["train/judge/tie_rate"] == 1.0 and m.get("train/pairs_trained") == 0
