@@ -69,6 +69,9 @@ class OnlineDPOConfig(jd.JudgedConfig):
             raise ValueError(f"loss must be one of {ONLINE_DPO_LOSSES}")
         if self.pairs not in PAIRINGS:
             raise ValueError(f"pairs must be one of {PAIRINGS}")
+        if self.grad_accum != 1:
+            raise ValueError("online DPO takes one optimiser step per iteration over all of that iteration's pairs "
+                             "(batch_size is the micro-batch); grad_accum must stay 1")
         if self.beta is None:
             self.beta = SIMPO_BETA if self.loss == "simpo" else DPO_BETA
         if self.beta <= 0:

@@ -107,6 +107,8 @@ def test_config_validation():
         OnlineDPOConfig(data="x", samples_per_prompt=1)
     with pytest.raises(ValueError, match="loss"):
         OnlineDPOConfig(data="x", loss="rdpo")
+    with pytest.raises(ValueError, match="grad_accum must stay 1"):  # it would be silently ignored
+        OnlineDPOConfig(data="x", grad_accum=2)
     assert OnlineDPOConfig(data="x", loss="simpo").beta == 2.0 and OnlineDPOConfig(data="x", loss="ipo").length_average
     with pytest.raises(ValueError, match="needs a reward"):
         GRPOConfig(data="x", judge_weight=0.0)
