@@ -367,29 +367,6 @@ def good_share(prompts, responses):
     return torch.tensor(out)
 
 
-@pytest.fixture(scope="module")
-def tiny_chat(tmp_path_factory):
-    return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_chat):
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
-
-    e = VLLMEngine(str(tiny_chat), VLLMSettings(max_model_len=256, kv_cache_gib=0.25, dtype="float32"), show_progress=False)
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    rows = [{"id": f"p{i}", "prompt": " ".join(f"w{rng.randrange(120)}" for _ in range(rng.randint(2, 8)))} for i in range(48)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _cfg(model, data, runs, name, *extra):
     from rlaif.train.config import load_config
     from rlaif.train.ppo import PPOConfig
