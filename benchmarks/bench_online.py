@@ -65,9 +65,11 @@ def run_trainer(recipe, cls, config: str, engine, runs: str, iterations: int) ->
 
 def judge_cost(groups, prefix_caching: bool, block_size: int | None = None) -> dict:
     from rlaif.constitution import load_constitution
+    from rlaif.engine.config import EngineConfig
     from rlaif.train.feedback import JudgeConfig, MeteredJudge, judge_groups, make_judge
 
-    jc = JudgeConfig(model="default", ensemble=2, dtype="float32", prefix_caching=prefix_caching, block_size=block_size)
+    jc = JudgeConfig(model="default", ensemble=2, engine=EngineConfig(kv_cache_gib=0.5, max_model_len=2048, dtype="float32",
+                                                                     enable_prefix_caching=prefix_caching, block_size=block_size))
     engine, _ = make_judge(jc, None, seed=0)
     judge = MeteredJudge(engine)
     try:

@@ -86,10 +86,11 @@ def check_keys(keys: Iterable[str], allowed: Iterable[str], where: str) -> None:
         raise SettingsError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(allowed)}")
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Build nested dataclasses and promote ints to floats where a float is declared."""
+def _coerce(tp: Any, value: Any, where: str, default: Any = None) -> Any:
+    """Build nested dataclasses (over ``default``, the field's own default) and promote ints to
+    floats where a float is declared."""
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return build(tp, value, where)
+        return build(tp, value, where, base=default if dataclasses.is_dataclass(default) else None)
     args = typing.get_args(tp)
     if value is not None and type(None) in args and float in args and str not in args:
         tp = float  # an optional number (e.g. "target_kl: 1e-3") is a number when set
@@ -99,18 +100,34 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if typing.get_origin(tp) is tuple and isinstance(value, list):
+        return tuple(value)
     return value
 
 
-def build(cls, d: Mapping[str, Any], where: str = ""):
-    """Dataclass ``cls`` from a plain (nested) mapping; unknown keys are an error naming their path."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def build(cls, d: Mapping[str, Any], where: str = "", base: Any = None):
+    """Dataclass ``cls`` from a plain (nested) mapping; unknown keys are an error naming their path.
+
+    A nested section fills in over the field's default (``judge.engine: {dtype: float32}`` keeps the
+    judge engine's other defaults); ``base``, an instance of ``cls``, supplies the values not given.
+    """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
         at = f" under {where!r}" if where else ""
-        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}{at}; valid keys: {sorted(names)}")
-    return cls(**{k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in d.items()})
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}{at}; valid keys: {sorted(fields)}")
+    values = {k: getattr(base, k) for k in fields} if base is not None else {}
+    for k, v in d.items():
+        default = values.get(k) if base is not None else _default(fields[k])
+        values[k] = _coerce(hints[k], v, f"{where}.{k}" if where else k, default)
+    return cls(**values)
 
 
 def to_yaml(data: Mapping[str, Any]) -> str:

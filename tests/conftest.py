@@ -38,10 +38,11 @@ def default_model() -> str:
 @pytest.fixture(scope="session")
 def vllm_engine(default_model):
     """One real in-process vLLM engine on the default model, shared by the whole run."""
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
 
     # float32: vLLM's CPU kernels are then batch-invariant, so runs can be compared row by row
     # (in bfloat16 a different batch composition can flip a sampled token).
-    engine = VLLMEngine(default_model, VLLMSettings(max_model_len=4096, seed=0, kv_cache_gib=1, dtype="float32"), show_progress=False)
+    engine = VLLMEngine(default_model, EngineConfig(max_model_len=4096, kv_cache_gib=1, dtype="float32"), show_progress=False)
     yield engine
     engine.close()

@@ -300,8 +300,8 @@ def test_in_process_feedback_model_gets_its_own_engine(default_model, tmp_path, 
 
     started = []
 
-    def fake_create(model, kind, **settings):
-        started.append((model, kind, settings.get("share")))
+    def fake_create(model, engine, **settings):
+        started.append((model, engine.backend, settings.get("share")))
         return FakeEngine(model=model)
 
     monkeypatch.setattr(rlaif.engine, "create_engine", fake_create)
@@ -325,7 +325,7 @@ def test_two_vllm_engines_split_the_default_memory_share(monkeypatch):
     import rlaif.engine.vllm_local as vllm_local
     from rlaif.engine import create_engine
 
-    monkeypatch.setattr(vllm_local, "VLLMEngine", lambda model, settings, show_progress: settings)
+    monkeypatch.setattr(vllm_local, "VLLMEngine", lambda model, settings, seed, show_progress: settings)
     default = vllm_local.CPU_KV_SHARE if current_platform.is_cpu() else 0.9
     assert create_engine("m", "vllm", share=0.5).gpu_memory_utilization == pytest.approx(default / 2)
     assert create_engine("m", "vllm").gpu_memory_utilization is None  # one engine: the platform default
@@ -340,7 +340,8 @@ def test_two_vllm_engines_split_the_default_memory_share(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["openai", "transformers", "fake"])
 def test_train_ppo_refuses_other_backends_at_start(tmp_path, capsys, backend):
-    rc = cli("train", "ppo", f"engine.backend={backend}", "model=default", "data=prompts/rlaif-prompts.jsonl",
+    server = ["engine.base_url=http://127.0.0.1:9"] if backend == "openai" else []  # else the missing URL is the complaint
+    rc = cli("train", "ppo", f"engine.backend={backend}", *server, "model=default", "data=prompts/rlaif-prompts.jsonl",
              "reward_fn=test_cli_backends:seed_reward", f"runs_dir={tmp_path}", "name=ppo")
     assert rc == 2
     err = capsys.readouterr().err

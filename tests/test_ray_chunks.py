@@ -345,7 +345,7 @@ def test_vllm_replica_gives_the_rows_of_one_process(cluster, default_model, tmp_
     process; both in float32, so that the texts can be compared exactly."""
     from rlaif.cli.commands import make_engine_factory
     from rlaif.engine.base import SamplingConfig
-    from rlaif.pipeline.config import EngineConfig
+    from rlaif.engine.config import EngineConfig
 
     short = {s: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=32) for s in ("response", "critique", "revision")}
 

@@ -114,3 +114,98 @@ def test_shared_helpers():
     assert build(Outer, {"inner": {"lr": "1e-5"}, "k": 2}) == Outer(Inner(1e-5), 2)
     with pytest.raises(ValueError, match=r"unknown Inner key\(s\) \['rl'\] under 'inner'"):
         build(Outer, {"inner": {"rl": 1}})
+
+
+@dataclass
+class Tuned:
+    """A section whose defaults differ from its dataclass's (like the judge's engine)."""
+
+    inner: Inner = field(default_factory=lambda: Inner(lr=0.5))
+    pair: tuple[float, float] = (0.1, 0.9)
+
+
+def test_a_section_fills_in_over_its_own_default():
+    # judge.engine: {dtype: float32} must keep the judge engine's other defaults, not the
+    # EngineConfig class's: a nested section builds over the field's default instance.
+    assert build(Tuned, {}).inner.lr == 0.5
+    assert build(Tuned, {"inner": {}}).inner.lr == 0.5
+    assert build(Tuned, {"inner": {"lr": 2}}).inner.lr == 2.0
+    assert build(Tuned, {"pair": [0.2, 0.8]}).pair == (0.2, 0.8)  # YAML lists become the declared tuple
+
+
+def test_one_dataclass_per_concept():
+    """Engine settings are EngineConfig everywhere (commands, rollout engine, judge engine); labelling
+    settings are LabelSettings everywhere (rlaif label, generate's label section, the online judge)."""
+    import dataclasses
+
+    from rlaif.engine.config import EngineConfig
+    from rlaif.pipeline.config import GenerateConfig, LabelConfig, resolve
+    from rlaif.pipeline.judge import LabelSettings
+    from rlaif.train.config import load_config
+    from rlaif.train.feedback import JudgeConfig
+    from rlaif.train.grpo import GRPOConfig
+    from rlaif.train.online_dpo import OnlineDPOConfig
+    from rlaif.train.ppo import PPOConfig
+
+    cfg = resolve({"engine": {"block_size": 32}, "label": {"ensemble": 3, "max_response_chars": 100}},
+                  {"prompts": "p", "out": "o", "seed": 5, "label.enabled": True}, {})
+    assert isinstance(cfg.engine, EngineConfig) and cfg.engine.block_size == 32
+    assert isinstance(cfg.label, LabelSettings) and cfg.label.max_response_chars == 100
+    assert cfg.label.seed == 5  # the labeller follows the run's seed ...
+    with pytest.raises(SettingsError, match="label.seed"):  # ... and is not set apart from it
+        resolve({"label": {"seed": 1}}, {"prompts": "p", "out": "o"}, {})
+    assert GenerateConfig(prompts="p", out="o", seed=4, label=LabelConfig(enabled=True)).label.seed == 4
+    ppo = load_config(PPOConfig, None, ["data=x", "engine.dtype=float32", "engine.block_size=16"])
+    assert isinstance(ppo.engine, EngineConfig) and ppo.engine.kv_cache_gib == 1.0 and ppo.engine.sleep_mode  # rollout defaults kept
+    assert ppo.engine.block_size == 16 and ppo.engine.dtype == "float32"
+    for cls in (OnlineDPOConfig, GRPOConfig):
+        c = load_config(cls, None, ["data=x", "judge.ensemble=3", "judge.engine.dtype=float32", "judge.cot=true"])
+        assert isinstance(c.judge, LabelSettings) and isinstance(c.judge.engine, EngineConfig)
+        assert c.judge.engine.kv_cache_gib == 0.5 and c.judge.engine.max_model_len == 2048 and c.judge.engine.dtype == "float32"
+        ls = c.judge.label_settings(9)
+        assert type(ls) is LabelSettings and ls.seed == 9 and ls.ensemble == 3 and ls.cot and ls.max_response_chars == 4000
+        with pytest.raises(ValueError, match="valid keys"):  # the old flat engine keys name the new layout
+            load_config(cls, None, ["data=x", "judge.kv_cache_gib=1"])
+    # every labelling setting and every engine setting is defined once: the composite classes add only their own
+    assert {f.name for f in dataclasses.fields(LabelSettings)} <= {f.name for f in dataclasses.fields(LabelConfig)}
+    assert {f.name for f in dataclasses.fields(JudgeConfig)} - {f.name for f in dataclasses.fields(LabelSettings)} == \
+        {"model", "engine", "constitution", "principles_dir"}
+
+
+# Fingerprints of generate runs computed at commit 22acab2, before engine and labelling settings became one
+# dataclass each: a run folder made then must resume now (its fingerprint must not change).
+OLD_FINGERPRINTS = [
+    ({}, {"prompts": "p.jsonl", "out": "o"}, "2fd0ec30d77b44de9c9b01a987f10467f1d7a974ae133c3b342ad2736b099840"),
+    ({"label": {"enabled": True, "ensemble": 2, "cot": True}}, {"prompts": "p.jsonl", "out": "o", "seed": 3},
+     "69fa1e929ce577d53456a3a68ae1468ea69c4847f2e8cdc63a48e83a4692e38e"),
+    ({"engine": {"backend": "openai", "base_url": "http://127.0.0.1:1"}, "label": {"enabled": True, "tie_band": 0.1}},
+     {"prompts": "p", "out": "o"}, "57b22dad898562cacea0d04025b22dfbf4aa6a419133eea43f45a300ac79a75f"),
+    ({"engine": {"kv_cache_gib": 1, "dtype": "float32"}}, {"prompts": "p", "out": "o", "label.enabled": True, "label.length_control": True},
+     "2dabd7deddc8b0fe866034306f9f55ed64b54e951136f962254ec3f8619713df"),
+]
+
+
+@pytest.mark.parametrize("file_values, flags, expected", OLD_FINGERPRINTS)
+def test_older_run_folders_keep_their_fingerprint(file_values, flags, expected):
+    from rlaif.pipeline.config import fingerprint, resolve
+
+    assert fingerprint(resolve(file_values, flags, {}).to_dict()) == expected
+    changed = resolve({**file_values, "engine": {**file_values.get("engine", {}), "block_size": 16}}, flags, {})
+    assert fingerprint(changed.to_dict()) != expected  # a setting that shapes the rows still changes it
+
+
+@pytest.mark.parametrize("kind", ["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"])
+def test_every_demo_config_loads(kind):
+    """The configs `make demo-train` runs are valid settings of their trainers (a renamed key fails here)."""
+    import importlib
+    from pathlib import Path
+
+    from rlaif.train.config import TrainConfig, load_config
+
+    module = importlib.import_module(f"rlaif.train.{kind.replace('-', '_')}")
+    cls = next(v for v in vars(module).values()
+               if isinstance(v, type) and issubclass(v, TrainConfig) and v.__module__ == module.__name__)
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{kind}-demo.yaml"
+    cfg = load_config(cls, path)
+    assert type(cfg) is cls and cfg.name == f"{kind}-demo"
+    assert kind in Path(__file__).resolve().parents[1].joinpath("Makefile").read_text()

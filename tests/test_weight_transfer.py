@@ -13,7 +13,8 @@ import torch
 vllm = pytest.importorskip("vllm")
 
 from rlaif.engine import vllm_local  # noqa: E402
-from rlaif.engine.vllm_local import VLLMSettings, _OfflineSyncClient, _pick_transfer, _TensorListSource  # noqa: E402
+from rlaif.engine.config import EngineConfig  # noqa: E402
+from rlaif.engine.vllm_local import _OfflineSyncClient, _pick_transfer, _TensorListSource  # noqa: E402
 
 
 class RecordingLLM:
@@ -74,7 +75,7 @@ def test_transfer_choice_per_platform():
     with pytest.raises(ValueError, match="CUDA"):
         _pick_transfer("ipc", Platform(cuda=False))
     with pytest.raises(ValueError, match="weight_transfer"):
-        VLLMSettings(weight_transfer="nccl-magic")
+        EngineConfig(weight_transfer="nccl-magic")
 
 
 def test_tensor_source_metadata_matches_iteration():
@@ -96,7 +97,7 @@ def test_sleep_is_a_no_op_without_sleep_mode():
 
 def test_auto_transfer_falls_back_to_reload_when_ipc_fails(monkeypatch):
     e = object.__new__(vllm_local.VLLMEngine)
-    e.settings, e.transfer, e.asleep = VLLMSettings(), "ipc", False
+    e.settings, e.transfer, e.asleep = EngineConfig(), "ipc", False
     calls = []
 
     def broken_ipc(tensors):
@@ -116,6 +117,6 @@ def test_auto_transfer_falls_back_to_reload_when_ipc_fails(monkeypatch):
     assert seconds >= 0 and e.transfer == "reload"
     assert calls == [("rlaif_reload_weights", ["model.safetensors"]), ("reset_prefix_cache",)]
     # an explicit "ipc" does not hide the failure
-    e.settings, e.transfer = VLLMSettings(weight_transfer="ipc"), "ipc"
+    e.settings, e.transfer = EngineConfig(weight_transfer="ipc"), "ipc"
     with pytest.raises(RuntimeError, match="no CUDA IPC"):
         e.update_weights([("w", torch.ones(2))])

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.commands.UserError`."""
     from rlaif.cli.commands import UserError, connect_server, make_engine_factory, model_name
-    from rlaif.pipeline.config import ConfigError, EngineConfig
+    from rlaif.cli.engine_flags import engine_config
+    from rlaif.settings import SettingsError as ConfigError
     from rlaif.models.model_zoo import ModelError, resolve_model
     from rlaif.data.prompts import PromptError, read_prompts
     from rlaif.data.runs import RunFolderError
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.reward_model) == bool(args.reward_fn):
         raise UserError("give one of --reward-model or --reward-fn")
     try:
-        values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
-        engine_cfg = EngineConfig(**values)
+        engine_cfg = engine_config(args)
         s = BonSettings(args.n, SamplingConfig(args.temperature, args.top_p, args.max_tokens), args.seed,
                         args.keep_truncated, args.min_margin, args.chunk_size)
         prompts = read_prompts(args.prompts, limit=args.limit)

@@ -76,31 +76,13 @@ def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base
     """
 
     def factory():
+        import dataclasses
+
         from rlaif.engine import create_engine
 
-        if e.backend == "fake":
-            return create_engine(model_id, "fake")
-        if e.backend == "openai":
-            import os
-
-            key = os.environ.get(e.api_key_env) if e.api_key_env else None
-            return create_engine(model_id, "openai", base_url=base_url or e.base_url, api_key=key,
-                                 max_concurrency=e.max_concurrency, timeout_s=e.request_timeout_s,
-                                 max_retries=e.max_retries, show_progress=not quiet)
-        return create_engine(
-            model_id,
-            e.backend,
-            max_model_len=e.max_model_len,
-            gpu_memory_utilization=e.gpu_memory_utilization,
-            kv_cache_gib=e.kv_cache_gib,
-            enforce_eager=e.enforce_eager,
-            dtype=e.dtype,
-            trust_remote_code=e.trust_remote_code,
-            seed=seed,
-            show_progress=not quiet,
-            share=share,
-            **({"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 and e.backend == "vllm" else {}),
-        )
+        cfg = dataclasses.replace(e, **({"base_url": base_url} if base_url else {}),
+                                  **({"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 and e.backend == "vllm" else {}))
+        return create_engine(model_id, cfg, seed=seed, show_progress=not quiet, share=share)
 
     return factory
 
@@ -144,11 +126,11 @@ def _same_server(a: str, b: str) -> bool:
 
 
 def _engine_config(args: argparse.Namespace):
-    from rlaif.pipeline.config import ConfigError, EngineConfig
+    from rlaif.cli.engine_flags import engine_config
+    from rlaif.settings import SettingsError as ConfigError
 
-    values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
     try:
-        return EngineConfig(**values)
+        return engine_config(args)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 

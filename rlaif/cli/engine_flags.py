@@ -33,3 +33,11 @@ def add_engine_flags(p) -> None:
     p.add_argument("--dtype", dest="engine.dtype", help="model dtype (default: auto)")
     p.add_argument("--trust-remote-code", dest="engine.trust_remote_code", action="store_true", default=None,
                    help="allow code shipped with the model to run")
+
+
+def engine_config(args: argparse.Namespace):
+    """The :class:`rlaif.engine.config.EngineConfig` the engine flags (and their ``engine.KEY``
+    settings) describe; a bad combination raises :class:`rlaif.settings.SettingsError`."""
+    from rlaif.engine.config import EngineConfig
+
+    return EngineConfig(**{k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None})

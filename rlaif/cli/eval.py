@@ -71,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.engine.base import SamplingConfig
     from rlaif.models.model_zoo import ModelError
-    from rlaif.pipeline.config import ConfigError, EngineConfig
+    from rlaif.cli.engine_flags import engine_config
+    from rlaif.settings import SettingsError as ConfigError
     from rlaif.pipeline.evaluate import SHIPPED_SETS, EvalSettings, read_prompt_sets, run_eval
     from rlaif.pipeline.judge import LabelSettings
 
     sets = args.prompts or list(SHIPPED_SETS)
     clients: list = []
     try:
-        values = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None}
-        engine_cfg = EngineConfig(**values)
+        engine_cfg = engine_config(args)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
         s = EvalSettings(SamplingConfig(args.temperature, args.top_p, args.max_tokens),

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace, console=None, err=None) -> int:
     from rich.console import Console
 
     from rlaif.cli.commands import UserError
-    from rlaif.pipeline.config import ConfigError, EngineConfig
+    from rlaif.cli.engine_flags import engine_config
+    from rlaif.settings import SettingsError as ConfigError
     from rlaif.cli.try_view import safe, show
     from rlaif.data.prompts import PromptError, read_prompts
     from rlaif.engine.warm import stop
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace, console=None, err=None) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UserError("--max-tokens must be >= 1")
     try:
-        engine_cfg = EngineConfig(**{k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("engine.") and v is not None})
+        engine_cfg = engine_config(args)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     t0 = time.monotonic()

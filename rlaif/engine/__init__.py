@@ -6,49 +6,48 @@ from collections import Counter
 from typing import Mapping
 
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
+from rlaif.engine.config import BACKENDS, EngineConfig
 
-__all__ = ["ChatRequest", "Engine", "SamplingConfig", "describe", "create_engine", "answered_by"]
-
-BACKENDS = ("vllm", "transformers", "openai", "fake")
+__all__ = ["ChatRequest", "Engine", "EngineConfig", "SamplingConfig", "describe", "create_engine", "answered_by", "BACKENDS"]
 
 
-def create_engine(model: str | None, backend: str = "vllm", **settings) -> Engine:
-    """Build an engine by backend name; imports vLLM only when asked for it.
+def create_engine(model: str | None, engine: "EngineConfig | str" = "vllm", *, seed: int = 0, show_progress: bool = True,
+                  share: float = 1.0, batch_size: int | None = None, api_key: str | None = None, **fields) -> Engine:
+    """The engine ``engine`` describes (an :class:`EngineConfig`, or a backend name with the
+    config's fields as keywords); imports vLLM only when asked for it. The one factory every
+    command and trainer builds its engines with.
 
-    ``model`` is a model folder or hub id for the in-process backends; for ``"openai"`` it
-    is the model's name on the server (None: the server's first model), and ``base_url``
-    is required. ``share`` (vLLM only, default 1) divides the default memory share when
-    several engines live in one process and neither ``gpu_memory_utilization`` nor
-    ``kv_cache_gib`` is given.
+    ``model`` is a model folder or hub id for the in-process backends; for ``"openai"`` it is the
+    model's name on the server (None: the server's first model). ``seed`` seeds vLLM's sampler.
+    ``share`` (vLLM only, default 1) divides the default memory share when several engines live in
+    one process and neither ``gpu_memory_utilization`` nor ``kv_cache_gib`` is given.
+    ``batch_size``: the transformers backend's generation batch. ``api_key``: the openai backend's
+    key when not read from ``engine.api_key_env``.
     """
-    if backend == "vllm":
-        from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings, shared_memory_utilization
+    import dataclasses
 
-        show_progress = settings.pop("show_progress", True)
-        share = settings.pop("share", 1.0)
-        if share != 1.0 and settings.get("gpu_memory_utilization") is None and not settings.get("kv_cache_gib"):
-            settings["gpu_memory_utilization"] = shared_memory_utilization(share)
-        return VLLMEngine(_need_model(model, backend), VLLMSettings(**settings), show_progress=show_progress)
-    if backend == "transformers":
+    cfg = EngineConfig(backend=engine, **fields) if isinstance(engine, str) else dataclasses.replace(engine, **fields)
+    if cfg.backend == "vllm":
+        from rlaif.engine.vllm_local import VLLMEngine, shared_memory_utilization
+
+        if share != 1.0 and cfg.gpu_memory_utilization is None and not cfg.kv_cache_gib:
+            cfg = dataclasses.replace(cfg, gpu_memory_utilization=shared_memory_utilization(share))
+        return VLLMEngine(_need_model(model, cfg.backend), cfg, seed=seed, show_progress=show_progress)
+    if cfg.backend == "transformers":
         from rlaif.engine.hf_local import HFEngine
 
-        keep = {k: settings[k] for k in ("dtype", "max_model_len", "show_progress", "trust_remote_code", "batch_size") if settings.get(k) is not None}
-        if keep.get("dtype") == "auto":
-            keep.pop("dtype")
-        return HFEngine(_need_model(model, backend), **keep)
-    if backend == "openai":
+        keep = {"max_model_len": cfg.max_model_len, "trust_remote_code": cfg.trust_remote_code, "batch_size": batch_size,
+                "dtype": None if cfg.dtype == "auto" else cfg.dtype}
+        return HFEngine(_need_model(model, cfg.backend), show_progress=show_progress,
+                        **{k: v for k, v in keep.items() if v is not None})
+    if cfg.backend == "openai":
         from rlaif.engine.openai_server import OpenAIServerEngine
 
-        keep = {k: settings[k] for k in ("api_key", "max_concurrency", "timeout_s", "max_retries", "show_progress")
-                if settings.get(k) is not None}
-        if not settings.get("base_url"):
-            raise ValueError("the openai backend needs a base_url (the server's address)")
-        return OpenAIServerEngine(settings["base_url"], model=model, **keep)
-    if backend == "fake":
-        from rlaif.engine.fake import FakeEngine
+        return OpenAIServerEngine(cfg.base_url, model=model, api_key=api_key or cfg.api_key(), max_concurrency=cfg.max_concurrency,
+                                  timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, show_progress=show_progress)
+    from rlaif.engine.fake import FakeEngine
 
-        return FakeEngine(model=model or "fake-model")
-    raise ValueError(f"unknown engine backend {backend!r} (choose one of {', '.join(repr(b) for b in BACKENDS)})")
+    return FakeEngine(model=model or "fake-model")
 
 
 def _need_model(model: str | None, backend: str) -> str:

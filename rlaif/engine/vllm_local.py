@@ -12,65 +12,23 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, response_token_ids
 from rlaif.data.records import Completion
+from rlaif.engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
 CPU_KV_SHARE = 0.35
-WEIGHT_TRANSFERS = ("auto", "reload", "ipc")
-
-
-@dataclass(frozen=True)
-class VLLMSettings:
-    """How the in-process engine is started."""
-
-    max_model_len: int | None = None
-    """Context length; None takes the model's own (capped at 8192)."""
-    gpu_memory_utilization: float | None = None
-    """Share of accelerator memory (of CPU memory on CPU hosts) for weights + KV cache; None = 0.9 on GPU, 0.35 on CPU."""
-    kv_cache_gib: float | None = None
-    """KV-cache size in GiB; overrides gpu_memory_utilization (steadier on CPU hosts, where the share
-    is taken of total memory minus the worker's own)."""
-    enforce_eager: bool | None = None
-    """Skip graph compilation; None = on for CPU hosts (start-up ~30 s instead of ~2 min)."""
-    dtype: str = "auto"
-    enable_prefix_caching: bool = True
-    """Reuse the KV cache of the shared few-shot prefix across requests."""
-    block_size: int | None = None
-    """KV-cache block size in tokens (None: vLLM's, 128 on CPU hosts). The prefix cache shares whole
-    blocks only, so smaller blocks let requests share more of a common prefix."""
-    tensor_parallel_size: int = 1
-    trust_remote_code: bool = False
-    seed: int = 0
-    sleep_mode: bool = False
-    """Build the engine so that it can sleep (weights offloaded, KV cache freed) while a trainer
-    on the same accelerator updates; see :meth:`VLLMEngine.sleep`. vLLM's CPU backend has no
-    sleep mode, so the flag is ignored there (with a log line)."""
-    weight_transfer: str = "auto"
-    """How :meth:`VLLMEngine.update_weights` hands weights over: "reload" (a safetensors file in
-    shared memory, reloaded in place by the workers; works everywhere), "ipc" (vLLM's CUDA-IPC
-    weight-transfer engine: the workers read the trainer's GPU tensors directly; CUDA only) or
-    "auto" (ipc on CUDA hosts whose vLLM has it, reload elsewhere)."""
-
-    def __post_init__(self) -> None:
-        if self.weight_transfer not in WEIGHT_TRANSFERS:
-            raise ValueError(f"weight_transfer must be one of {WEIGHT_TRANSFERS}, got {self.weight_transfer!r}")
-        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError("gpu_memory_utilization must be in (0, 1]")
-        if self.max_model_len is not None and self.max_model_len < 16:
-            raise ValueError("max_model_len must be at least 16")
 
 
 class VLLMEngine:
     """Batched chat generation through ``vllm.LLM``, order-preserving, one call per batch."""
 
-    def __init__(self, model: str, settings: VLLMSettings | None = None, *, show_progress: bool = True):
+    def __init__(self, model: str, settings: EngineConfig | None = None, *, seed: int = 0, show_progress: bool = True):
         self.model = model
-        self.settings = settings or VLLMSettings()
+        self.settings = settings or EngineConfig()
         self.show_progress = show_progress
         if os.path.sep in model or model.startswith("."):
             if not os.path.isdir(model):
@@ -92,7 +50,7 @@ class VLLMEngine:
             enable_prefix_caching=s.enable_prefix_caching,
             tensor_parallel_size=s.tensor_parallel_size,
             trust_remote_code=s.trust_remote_code,
-            seed=s.seed,
+            seed=seed,
             # Log-probabilities after the sampler's processing (allowed-token masks,
             # temperature): option scoring restricts the next token to the options and reads
             # a distribution normalised over them. At temperature 1 without top-p/top-k this

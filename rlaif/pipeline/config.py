@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.base import SamplingConfig
+from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.distributed import RayConfig
-from rlaif.engine.server_pool import parse_base_urls
+from rlaif.pipeline.judge import LabelSettings
 from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
 STAGES = ("response", "critique", "revision")
@@ -28,73 +29,18 @@ BUILTIN_SAMPLING = {
 }
 
 
-class ConfigError(SettingsError):
-    """A settings file or flag that cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the model is served."""
-
-    backend: str = "vllm"
-    """'vllm' (in-process), 'openai' (a server speaking the OpenAI API, e.g. vllm serve),
-    'transformers' (plain generate; slower) or 'fake' (scripted, for tests)."""
-    base_url: str | None = None
-    """openai backend: the server's address, e.g. http://127.0.0.1:8000; several servers of the same
-    model comma-separated (or a YAML list), which share the requests (:mod:`rlaif.engine.server_pool`)."""
-    served_model: str | None = None
-    """openai backend: the model name on the server (None: the server's first model)."""
-    feedback_base_url: str | None = None
-    """openai backend: the feedback model's server, when it is not ``base_url``."""
-    feedback_served_model: str | None = None
-    """openai backend: the feedback model's name on its server (None: ``label.feedback_model`` if set,
-    else the policy's engine on the same server, or the first model of ``feedback_base_url``)."""
-    api_key_env: str | None = None
-    """openai backend: name of the environment variable holding the API key (never stored)."""
-    max_concurrency: int = 32
-    """openai backend: requests in flight at once."""
-    request_timeout_s: float = 120.0
-    max_retries: int = 6
-    """openai backend: retries on connection errors, timeouts, 429 and 5xx (exponential backoff)."""
-    max_model_len: int | None = None
-    """Context length; None = the model's own, capped at 8192."""
-    gpu_memory_utilization: float | None = None
-    """Memory share for the engine (of CPU memory on CPU hosts); None = a safe default per platform."""
-    kv_cache_gib: float | None = None
-    """KV-cache size in GiB (overrides gpu_memory_utilization)."""
-    enforce_eager: bool | None = None
-    """Skip graph compilation; None = on for CPU hosts."""
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    """Run code shipped with a model; off unless you trust the model's source."""
-
-    def __post_init__(self) -> None:
-        for key in ("base_url", "feedback_base_url"):  # checked; a list becomes one comma-separated string
-            value = getattr(self, key)
-            if value is not None:
-                try:
-                    urls = parse_base_urls(value)
-                except ValueError as exc:
-                    raise ConfigError(f"engine.{key}: {exc}") from None
-                if not isinstance(value, str):  # a string stays as given: it is part of run fingerprints
-                    object.__setattr__(self, key, ",".join(urls))
-        if self.backend not in ("vllm", "openai", "transformers", "fake"):
-            raise ConfigError(f"engine.backend must be 'vllm', 'openai', 'transformers' or 'fake', got {self.backend!r}")
-        if self.backend == "openai" and not self.base_url:
-            raise ConfigError("engine.backend 'openai' needs engine.base_url (--base-url)")
-        if self.backend != "openai" and (self.feedback_base_url or self.feedback_served_model):
-            raise ConfigError("engine.feedback_base_url and engine.feedback_served_model (--feedback-base-url, "
-                              "--feedback-served-model) are for --backend openai; in-process backends take --feedback-model")
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.request_timeout_s <= 0:
-            raise ConfigError("max_concurrency must be >= 1, max_retries >= 0 and request_timeout_s > 0")
+ConfigError = SettingsError
+"""A settings file or flag that cannot be used (every command's settings raise the same error)."""
 
 
 PAIR_MODES = ("revision", "samples-all", "samples-random")
 
 
 @dataclass(frozen=True)
-class LabelConfig:
-    """The AI-feedback stage of ``rlaif generate`` (see :mod:`rlaif.pipeline.judge`)."""
+class LabelConfig(LabelSettings):
+    """The AI-feedback stage of ``rlaif generate``: how pairs are judged (every field of
+    :class:`rlaif.pipeline.judge.LabelSettings`, the one labelling dataclass) plus which pairs
+    are made and by which model. ``seed`` is always the run's seed."""
 
     enabled: bool = False
     """Label pairs with the feedback model; otherwise the final revision is 'chosen'."""
@@ -102,38 +48,27 @@ class LabelConfig:
     """'revision': initial response vs final revision; 'samples-all': every pair of a prompt's
     samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them."""
     pairs_per_prompt: int = 1
-    ensemble: int = 4
-    """Principles sampled per pair (see :class:`rlaif.pipeline.judge.LabelSettings`)."""
-    both_orders: bool = True
-    cot: bool = False
-    cot_clamp: tuple[float, float] = (0.4, 0.6)
-    tie_band: float = 0.0
-    keep_ties: bool = False
-    """Keep ties (no chosen side) in the preference dataset, flagged, with chosen_prob 0.5."""
-    length_control: bool = False
-    """Remove the length-explained part of the judge's preference (see :mod:`rlaif.pipeline.length_control`)."""
-    few_shot: bool = False
     feedback_model: str | None = None
     """None: the policy model, served by the same engine."""
 
     def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ConfigError(f"label: {exc}") from None
         if self.pairs not in PAIR_MODES:
             raise ConfigError(f"label.pairs must be one of {list(PAIR_MODES)}, got {self.pairs!r}")
         if self.pairs_per_prompt < 1:
             raise ConfigError("label.pairs_per_prompt must be >= 1")
-        try:
-            self.settings(0)
-        except ValueError as exc:
-            raise ConfigError(f"label: {exc}") from None
 
-    def settings(self, seed: int):
-        from rlaif.pipeline.judge import LabelSettings
 
-        return LabelSettings(
-            ensemble=self.ensemble, both_orders=self.both_orders, cot=self.cot, cot_clamp=tuple(self.cot_clamp),
-            tie_band=self.tie_band, keep_ties=self.keep_ties, few_shot=self.few_shot, seed=seed,
-            length_control=self.length_control,
-        )
+LABEL_FIELDS_ADDED = {"cot_sampling": LabelSettings.cot_sampling, "max_response_chars": LabelSettings.max_response_chars}
+"""Labelling settings run folders did not record before the settings were one dataclass: left out of
+the fingerprint at their defaults, so older run folders still resume."""
+ENGINE_FIELDS_ADDED = {f.name: f.default for f in dataclasses.fields(EngineConfig)
+                       if f.name in ("feedback_base_url", "feedback_served_model", "enable_prefix_caching", "block_size",
+                                     "tensor_parallel_size", "sleep_mode", "weight_transfer")}
+"""Engine settings added after run folders recorded their settings: left out at their defaults (likewise)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +104,8 @@ class GenerateConfig:
     """Run chunks on Ray replicas (``ray.address`` set; see :mod:`rlaif.pipeline.distributed`)."""
 
     def __post_init__(self) -> None:
+        if self.label.seed != self.seed:  # the labeller's principle draws follow the run's seed
+            object.__setattr__(self, "label", dataclasses.replace(self.label, seed=self.seed))
         if self.label.enabled and self.label.pairs != "revision" and self.samples_per_prompt < 2:
             raise ConfigError(f"label.pairs={self.label.pairs!r} needs samples_per_prompt >= 2")
         if self.label.enabled and self.label.pairs == "revision" and self.rounds < 1:
@@ -187,11 +124,13 @@ class GenerateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        # Unset feedback-server settings are left out, so run folders made before they existed
-        # keep their fingerprint (and resume).
-        for key in ("feedback_base_url", "feedback_served_model"):
-            if d["engine"][key] is None:
-                del d["engine"][key]
+        # Settings added since run folders first recorded theirs are left out at their defaults, so
+        # older run folders keep their fingerprint (and resume). The label's seed is the run's.
+        for section, added in (("engine", ENGINE_FIELDS_ADDED), ("label", LABEL_FIELDS_ADDED)):
+            for key, default in added.items():
+                if d[section][key] == (dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default):
+                    del d[section][key]
+        del d["label"]["seed"]
         return d
 
 
@@ -267,6 +206,11 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any], constitution_def
     try:
         if "cot_clamp" in label_raw:
             label_raw["cot_clamp"] = tuple(label_raw["cot_clamp"])
+        if "seed" in label_raw:
+            raise ConfigError("label.seed: the labeller's seed is the run's seed (set seed)")
+        if isinstance(label_raw.get("cot_sampling"), dict):
+            label_raw["cot_sampling"] = _sampling({**dataclasses.asdict(LabelSettings.cot_sampling), **label_raw["cot_sampling"]},
+                                                  "label.cot_sampling")
         try:
             ray = RayConfig(**ray_raw)
         except ValueError as exc:

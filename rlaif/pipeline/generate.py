@@ -109,7 +109,7 @@ def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Co
     """Preference rows from the committed AI labels, with the trajectories' provenance; the
     counts, and the diagnostics and length control of :func:`rlaif.pipeline.label.finalise_labels`."""
     by_id = {t.id: t for t in trajs}
-    settings = cfg.label.settings(cfg.seed)
+    settings = cfg.label
     rows, counts = [], Counter()
     raw = run.read_chunks("labels")
     # Each label row names the model that answered it; rows committed before that was recorded

@@ -71,7 +71,7 @@ class GenerateJob:
             keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
             need = [p for p in pairs if p.id not in keep]
             before = Counter(getattr(feedback, "reported_models", {}))
-            new = dict(zip([p.id for p in need], label_pairs(feedback, self.const, need, cfg.label.settings(cfg.seed), desc=f"{tag} label")))
+            new = dict(zip([p.id for p in need], label_pairs(feedback, self.const, need, cfg.label, desc=f"{tag} label")))
             answered = answered_by(feedback, before)  # what answered (a server's reported name), not what was asked for
             side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id]), "feedback_model": answered}
                               for p in pairs]

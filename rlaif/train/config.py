@@ -171,9 +171,13 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
 
 
 def to_dict(cfg) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    d["adam_betas"] = list(d["adam_betas"])
-    return d
+    """The settings as plain YAML-able data (tuples as lists, as a saved config.yaml reads back)."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def save_config(cfg, run_dir: Path) -> None:

@@ -20,71 +20,57 @@ what an online trainer needs around it:
 """
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 
-JUDGE_BACKENDS = ("vllm", "transformers", "openai", "fake")
+def judge_engine() -> EngineConfig:
+    """A separate judge's engine defaults: 0.5 GiB of KV cache, 2048 tokens of context."""
+    return EngineConfig(kv_cache_gib=0.5, max_model_len=2048)
 
 
-@dataclass
-class JudgeConfig:
-    """The constitution judge of online DPO and GRPO."""
+@dataclass(frozen=True)
+class JudgeConfig(LabelSettings):
+    """The constitution judge of online DPO and GRPO: how pairs are judged (the fields of
+    :class:`rlaif.pipeline.judge.LabelSettings`, the one labelling dataclass, as ``judge.ensemble``
+    etc.), by which model, in which engine (``judge.engine``, an :class:`EngineConfig`)."""
 
     model: str = "default"
     """Feedback model: "policy" (the policy judges its own samples through the rollout engine:
     self-rewarding), "default" or a model folder (a frozen judge in its own engine), or with
-    backend openai the model's name on the server."""
-    backend: str = "vllm"
-    """Engine of a separate judge: "vllm", "transformers", "openai" (a server) or "fake" (tests)."""
-    base_url: str | None = None
-    """openai backend: the server's address."""
-    api_key_env: str | None = None
-    """openai backend: the environment variable holding the API key."""
+    ``engine.backend: openai`` the model's name on the server."""
+    engine: EngineConfig = field(default_factory=judge_engine)
+    """A separate judge's engine: ``backend`` "vllm", "transformers", "openai" (a server at
+    ``base_url``) or "fake" (tests); memory, precision, prefix cache and block size."""
     constitution: str = "default"
     """Whose comparison questions are asked: a constitution name or YAML file."""
     principles_dir: str | None = None
     """Principles folder (default: the constitution's)."""
     ensemble: int = 2
     """Principles sampled per pair (distinct, weighted, seeded by the pair id); the label is their mean."""
-    both_orders: bool = True
-    """Score each pair in both orders and average (cancels position bias). false is for measurement only."""
-    tie_band: float = 0.0
-    """|P - 0.5| <= tie_band is a tie: no side, skipped and counted."""
     max_response_chars: int = 4000
     """Longer responses are cut before the judge reads them (and the pair flagged)."""
-    kv_cache_gib: float | None = 0.5
-    """vLLM judge: KV-cache size in GiB (None: gpu_memory_utilization)."""
-    gpu_memory_utilization: float | None = None
-    """vLLM judge: memory share when kv_cache_gib is unset."""
-    dtype: str = "auto"
-    """In-process judge dtype."""
-    max_model_len: int | None = 2048
-    """In-process judge context."""
-    prefix_caching: bool = True
-    """vLLM judge: reuse the KV cache of prefixes the pairs of a group share (off only to measure it)."""
-    block_size: int | None = None
-    """vLLM judge: KV-cache block size (None: vLLM's, 128 tokens on CPU); the prefix cache shares whole blocks."""
 
     def __post_init__(self):
-        if self.backend not in JUDGE_BACKENDS:
-            raise ValueError(f"judge.backend must be one of {JUDGE_BACKENDS}, got {self.backend!r}")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("judge.backend openai needs judge.base_url (the server's address)")
-        if self.model == "policy" and self.backend != "vllm":
-            raise ValueError("judge.model: policy judges with the rollout engine; leave judge.backend at vllm")
-        if self.ensemble < 1:
-            raise ValueError("judge.ensemble must be >= 1")
-        if not 0 <= self.tie_band < 0.5:
-            raise ValueError("judge.tie_band must lie in [0, 0.5)")
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ValueError(f"judge: {exc}") from None
+        if self.model == "policy" and self.engine.backend != "vllm":
+            raise ValueError("judge.model: policy judges with the rollout engine; leave judge.engine.backend at vllm")
+        if self.seed:
+            raise ValueError("judge.seed: the judge's principle draws follow the run's seed (set seed)")
+        if self.length_control or self.keep_ties:
+            raise ValueError("judge.length_control and judge.keep_ties are for labelled runs (rlaif label, rlaif generate "
+                             "--label); an online judge skips and counts ties, and has no run to fit length control on")
 
     def label_settings(self, seed: int) -> LabelSettings:
-        return LabelSettings(ensemble=self.ensemble, both_orders=self.both_orders, tie_band=self.tie_band,
-                             max_response_chars=self.max_response_chars, seed=seed)
+        """The labelling settings alone, seeded with the run's seed."""
+        return LabelSettings(**{f.name: getattr(self, f.name) for f in fields(LabelSettings) if f.name != "seed"}, seed=seed)
 
 
 def make_judge(jc: JudgeConfig, policy_engine, seed: int, trust_remote_code: bool = False):
@@ -93,19 +79,14 @@ def make_judge(jc: JudgeConfig, policy_engine, seed: int, trust_remote_code: boo
 
     if jc.model == "policy":
         return policy_engine, False
-    if jc.backend == "openai":
-        key = os.environ.get(jc.api_key_env) if jc.api_key_env else None
-        return create_engine(None if jc.model == "default" else jc.model, "openai", base_url=jc.base_url, api_key=key,
-                             show_progress=False), True
-    if jc.backend == "fake":
-        return create_engine(jc.model, "fake"), True
+    e = jc.engine
+    if e.backend in ("openai", "fake"):  # a name on the server (None: its first model), or the scripted fake
+        name = None if e.backend == "openai" and jc.model == "default" else jc.model
+        return create_engine(name, e, show_progress=False), True
     from .common import resolve_model_path
 
-    extra: dict[str, Any] = {"enable_prefix_caching": jc.prefix_caching, "block_size": jc.block_size, "seed": seed} \
-        if jc.backend == "vllm" else {}
-    return create_engine(resolve_model_path(jc.model), jc.backend, show_progress=False, max_model_len=jc.max_model_len,
-                         kv_cache_gib=jc.kv_cache_gib, gpu_memory_utilization=jc.gpu_memory_utilization,
-                         dtype=jc.dtype, trust_remote_code=trust_remote_code, **extra), True
+    return create_engine(resolve_model_path(jc.model), e, seed=seed, show_progress=False,
+                         trust_remote_code=trust_remote_code or e.trust_remote_code), True
 
 
 class MeteredJudge:

@@ -27,43 +27,12 @@ from .common import (
     warn_if_config_changed,
 )
 from .config import TrainConfig, save_config
+from rlaif.engine.config import EngineConfig
 
 
-@dataclass
-class RolloutEngine:
-    """The in-process vLLM engine that samples rollouts."""
-
-    backend: str = "vllm"
-    """Only "vllm": the engine's weights are replaced in place after every update, which only the
-    in-process vLLM engine supports (a server, plain transformers or the fake engine cannot)."""
-    kv_cache_gib: float | None = 1.0
-    """KV-cache size in GiB (overrides gpu_memory_utilization; None = use the share)."""
-    gpu_memory_utilization: float | None = None
-    """Share of accelerator memory (of CPU memory on CPU hosts) for the engine, when kv_cache_gib is unset."""
-    dtype: str = "auto"
-    """Engine dtype; "float32" on CPU makes its log-probs match the float32 trainer's to ~1e-5."""
-    max_model_len: int | None = None
-    """Engine context (None = max_length)."""
-    enforce_eager: bool | None = None
-    """Skip graph capture (None = on for CPU hosts)."""
-    sleep: bool = True
-    """Put the engine to sleep (weights offloaded, KV cache freed) during the update, where vLLM
-    supports it (GPU hosts: the engine is then built with sleep mode). vLLM's CPU backend has none."""
-    weight_transfer: str = "auto"
-    """Weight hand-over after each update: "reload" (safetensors in shared memory, reloaded in
-    place), "ipc" (vLLM's CUDA-IPC weight-transfer engine) or "auto" (ipc on CUDA hosts)."""
-
-    def __post_init__(self):
-        if self.backend != "vllm":
-            raise ValueError(f"engine.backend={self.backend!r}: the online trainers (ppo, online-dpo, grpo) sample with "
-                             "the in-process vLLM engine only (its weights are replaced after every update); "
-                             "use engine.backend=vllm")
-        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
-            raise ValueError("engine.kv_cache_gib must be > 0 (or null)")
-        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError("engine.gpu_memory_utilization must lie in (0, 1]")
-        if self.weight_transfer not in ("auto", "reload", "ipc"):
-            raise ValueError(f"engine.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}")
+def rollout_engine() -> EngineConfig:
+    """The online trainers' engine defaults: 1 GiB of KV cache, sleep mode during updates (GPU hosts)."""
+    return EngineConfig(kv_cache_gib=1.0, sleep_mode=True)
 
 
 @dataclass
@@ -83,11 +52,18 @@ class OnlineConfig(TrainConfig):
     """Most tokens per response (and at most max_length minus the prompt)."""
     temperature: float = 1.0
     """Sampling temperature; the trainer divides its logits by it too, so the ratios stay exact."""
-    engine: RolloutEngine = field(default_factory=RolloutEngine)
-    """Rollout engine settings."""
+    engine: EngineConfig = field(default_factory=rollout_engine)
+    """The rollout engine (:class:`rlaif.engine.config.EngineConfig`; here by default 1 GiB of KV cache,
+    ``sleep_mode`` on, ``max_model_len`` = ``max_length``). Only the in-process vLLM backend: its
+    weights are replaced in place after every update, which a server, plain transformers or the fake
+    engine cannot do."""
 
     def __post_init__(self):
         super().__post_init__()
+        if self.engine.backend != "vllm":
+            raise ValueError(f"engine.backend={self.engine.backend!r}: the online trainers (ppo, online-dpo, grpo) sample "
+                             "with the in-process vLLM engine only (its weights are replaced after every update); "
+                             "use engine.backend=vllm")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
         if min(self.rollout_batch_size, self.samples_per_prompt, self.max_new_tokens) < 1:
@@ -192,12 +168,8 @@ def make_engine(cfg: OnlineConfig, path: str):
     from rlaif.engine import create_engine
 
     e = cfg.engine
-    return create_engine(
-        path, e.backend, show_progress=False,
-        max_model_len=e.max_model_len or cfg.max_length, gpu_memory_utilization=e.gpu_memory_utilization,
-        kv_cache_gib=e.kv_cache_gib, enforce_eager=e.enforce_eager, dtype=e.dtype,
-        trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, sleep_mode=e.sleep, weight_transfer=e.weight_transfer,
-    )
+    return create_engine(path, e, seed=cfg.seed, show_progress=False, max_model_len=e.max_model_len or cfg.max_length,
+                         trust_remote_code=cfg.trust_remote_code or e.trust_remote_code)
 
 
 def resume_or_start(s, position: dict[str, Any]) -> None:
@@ -288,7 +260,7 @@ def sync_weights(s) -> float:
 
 def sleep_engine(s) -> bool:
     """Put the engine to sleep for the update where vLLM supports it; returns whether it slept."""
-    return bool(s.cfg.engine.sleep and hasattr(s.engine, "sleep") and s.engine.sleep())
+    return bool(s.cfg.engine.sleep_mode and hasattr(s.engine, "sleep") and s.engine.sleep())
 
 
 def mean(x: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ from .common import (
 )
 from .config import load_config
 from .online import (  # noqa: F401  (encode_prompts, load_prompts, prompt_indices, make_engine: PPO's names too)
-    OnlineConfig, RolloutEngine, encode_prompts, load_prompts, make_engine, prompt_indices, total_iterations,
+    OnlineConfig, encode_prompts, load_prompts, make_engine, prompt_indices, total_iterations,
 )
 from .rl_losses import (
     KL_ESTIMATORS, adaptive_kl_coef, gae, kl_estimate, length_limit_penalty, masked_mean, masked_whiten, policy_loss,

@@ -113,9 +113,10 @@ def tiny_chat(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny_chat):
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
 
-    e = VLLMEngine(str(tiny_chat), VLLMSettings(max_model_len=256, kv_cache_gib=0.25, dtype="float32"), show_progress=False)
+    e = VLLMEngine(str(tiny_chat), EngineConfig(max_model_len=256, kv_cache_gib=0.25, dtype="float32"), show_progress=False)
     yield e
     e.close()
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from oracles import content_oracle, position_oracle
+from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.judge import PairLabel, Pair
 from rlaif.train import feedback
 from rlaif.train import rl_losses as L
@@ -114,12 +115,14 @@ def test_config_validation():
         GRPOConfig(data="x", judge_weight=0.0)
     with pytest.raises(ValueError, match="multiple"):
         GRPOConfig(data="x", rollout_batch_size=3, samples_per_prompt=3, batch_size=4)
-    with pytest.raises(ValueError, match="judge.backend"):
-        OnlineDPOConfig(data="x", judge=feedback.JudgeConfig(backend="nope"))
+    with pytest.raises(ValueError, match="engine.backend"):
+        OnlineDPOConfig(data="x", judge=feedback.JudgeConfig(engine=EngineConfig(backend="nope")))
+    with pytest.raises(ValueError, match="judge.engine.backend at vllm"):
+        feedback.JudgeConfig(model="policy", engine=EngineConfig(backend="fake"))
+    with pytest.raises(ValueError, match="judge.seed"):  # the run's seed seeds the judge
+        feedback.JudgeConfig(seed=3)
     with pytest.raises(ValueError, match="in-process vLLM"):
-        from rlaif.train.online import RolloutEngine
-
-        RolloutEngine(backend="fake")
+        OnlineDPOConfig(data="x", engine=EngineConfig(backend="fake"))
 
 
 def test_train_command_refuses_other_rollout_backends(tmp_path, capsys):
@@ -329,11 +332,12 @@ def test_one_step_of_each_on_the_default_model_keeps_sampler_and_trainer_in_sync
     """The default model through vLLM, judging its own samples (judge.model: policy): one step of each
     trainer; the engine's log-probs of what it sampled, and after the sync of a given answer, match
     the trainer's within 1e-3."""
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.models.model_zoo import resolve_model
 
     path = str(getattr(resolve_model("default"), "path", resolve_model("default")))
-    engine = VLLMEngine(path, VLLMSettings(max_model_len=1024, kv_cache_gib=0.5, dtype="float32"), show_progress=False)
+    engine = VLLMEngine(path, EngineConfig(max_model_len=1024, kv_cache_gib=0.5, dtype="float32"), show_progress=False)
     try:
         for kind, extra in (("online_dpo", ("samples_per_prompt=2",)), ("grpo", ("samples_per_prompt=2", "batch_size=4"))):
             recipe = _recipe(kind)
@@ -351,7 +355,7 @@ def test_one_step_of_each_on_the_default_model_keeps_sampler_and_trainer_in_sync
 
 @pytest.mark.vllm
 def test_a_served_judge_is_asked_through_the_openai_backend(engine, tiny_chat, prompt_file, tmp_path):
-    """judge.backend: openai: every comparison goes to the named model on the server, both orders and
+    """judge.engine.backend: openai: every comparison goes to the named model on the server, both orders and
     each principle; the oracle server's marker never occurs in the tiny model's words, so every pair is a tie."""
     from fixtures_server import OracleServer
 
@@ -359,7 +363,7 @@ def test_a_served_judge_is_asked_through_the_openai_backend(engine, tiny_chat, p
 
     with OracleServer(("other", "judge-model")) as srv:  # not the first model: the name must be passed
         cfg = _cfg("online_dpo", tiny_chat, prompt_file, tmp_path, "served", "max_steps=1", "probe_size=0",
-                   "samples_per_prompt=2", "rollout_batch_size=4", "judge.backend=openai", f"judge.base_url={srv.url}",
+                   "samples_per_prompt=2", "rollout_batch_size=4", "judge.engine.backend=openai", f"judge.engine.base_url={srv.url}",
                    "judge.model=judge-model")
         s = online_dpo.setup(cfg, engine=engine)
         m = online_dpo.train(s)
