@@ -259,6 +259,70 @@ def test_a_crash_keeps_committed_stages(tmp_path):
     assert (tmp_path / "fresh" / "answers.jsonl").read_text() == (tmp_path / "run" / "answers.jsonl").read_text()
 
 
+@dataclass
+class GivesUpOn(FakeEngine):
+    """A fake engine whose server gives up (a transient, retryable failure) on every request that
+    mentions one of ``texts`` while ``down`` is set."""
+
+    texts: tuple = ()
+    down: bool = True
+
+    def _hit(self, messages) -> bool:
+        return self.down and any(t in m["content"] for m in messages for t in self.texts)
+
+    def generate(self, requests, sampling, desc=""):
+        from rlaif.data.records import Completion
+
+        outs = super().generate(requests, sampling, desc)
+        return [Completion("", "error", 0, 0, error="server gave up after 6 retries", retryable=True) if self._hit(r.messages) else o
+                for r, o in zip(requests, outs)]
+
+    def score_options(self, requests, options, desc=""):
+        from rlaif.engine.base import OptionScores
+
+        outs = super().score_options(requests, options, desc)
+        return [OptionScores((), 0, error="server gave up after 6 retries", retryable=True) if self._hit(r.messages) else o
+                for r, o in zip(requests, outs)]
+
+
+def test_answers_and_judgements_a_server_gave_up_on_are_retried_on_rerun(tmp_path):
+    """Rows that failed for a transient reason are tried again by the next run (and the stages after
+    them redo those prompts); the result equals a run that never failed, and nothing else is redone."""
+    prompts = read_prompt_sets(["helpful"], limit=6)
+    texts = [p.messages[-1]["content"] for p in prompts]
+    models = {"policy": "pol", "baseline": "base", "judge": "judge"}
+    s = EvalSettings(chunk_size=2, label=LabelSettings(ensemble=1))
+    pol = GivesUpOn(model="pol", texts=(texts[1],))            # the policy's server fails one prompt
+    base = GivesUpOn(model="base", texts=())
+    judge = GivesUpOn(model="judge", texts=(texts[4],))        # the judge's server fails another
+    engines = {"policy": lambda: pol, "baseline": lambda: base, "judge": lambda: judge}
+    first = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s, engines, models,
+                     show_progress=False, log=lambda s: None)
+    assert first["counts"]["policy_failed"] == 1 and first["counts"]["judged"] < 6
+    for e in (pol, judge):
+        e.down = False
+    n_calls = {name: len(e.calls) for name, e in (("pol", pol), ("base", base), ("judge", judge))}
+    messages = []
+    again = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s, engines, models,
+                     show_progress=False, log=messages.append)
+    assert "retry" in messages[0]
+    # the policy answers one prompt again, the baseline re-scores that prompt's policy answer, the judge redoes two prompts
+    assert pol.calls[n_calls["pol"]:][0] == ("policy answers", 1)
+    assert ("baseline answers", 1) in base.calls[n_calls["base"]:]
+    per_prompt = [2 * 2 * (2 + bool(p.meta.get("reference"))) for p in (prompts[1], prompts[4])]  # roles x phrasings x checks
+    assert [c for c in judge.calls[n_calls["judge"]:] if c[0] == "checks"] == [("checks", n) for n in per_prompt]
+    fresh_engines = {r: (lambda m=m: FakeEngine(model=m)) for r, m in models.items()}
+    fresh = run_eval(prompts, str(tmp_path / "fresh"), load_constitution("default"), s, fresh_engines, models,
+                     show_progress=False, log=lambda s: None)
+    assert again["counts"] == fresh["counts"] and again["counts"]["policy_failed"] == 0
+    assert again["results"] == fresh["results"]
+    assert (tmp_path / "fresh" / "answers.jsonl").read_text() == (tmp_path / "run" / "answers.jsonl").read_text()
+    # a third run has nothing left to retry
+    done = []
+    run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), s, engines, models, show_progress=False, log=done.append)
+    assert "already complete" in done[0]
+
+
 # ------------------------------------------------------------------ the command
 
 

@@ -21,6 +21,7 @@ The results (:mod:`rlaif.pipeline.eval_results`) are built from the committed ch
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -133,7 +134,7 @@ def answer_stage(engine: Engine, prompts: Sequence[PromptRecord], role: str, s: 
     reqs = [ChatRequest(p.messages, derive_seed(s.seed, p.id, "eval", role)) for p in prompts]
     outs = engine.generate(reqs, s.sampling, desc=f"{role} answers")
     rows = [{"id": p.id, "text": o.text, "finish_reason": o.finish_reason, "tokens": o.completion_tokens,
-             "error": o.error} for p, o in zip(prompts, outs)]
+             "error": o.error, "retryable": o.retryable} for p, o in zip(prompts, outs)]
     scored = rows if score_texts is None else [score_texts[p.id] for p in prompts]
     todo = [i for i, r in enumerate(scored) if r.get("error") is None]
     lps, why = _logprobs(engine, [prompts[i].messages for i in todo], [scored[i]["text"] for i in todo],
@@ -177,6 +178,33 @@ def reward_stage(reward_fn, prompts: Sequence[PromptRecord], policy, baseline) -
     return list(out.values())
 
 
+def _failed_for_now(x: Any) -> bool:
+    return isinstance(x, dict) and bool(x.get("error")) and bool(x.get("retryable"))
+
+
+def transient_failures(stage: str, d: RunDir) -> dict[int, set[str]]:
+    """Ids per committed chunk of ``stage`` whose answer or judgement failed for a transient reason (a
+    server that gave up after its retries): a rerun of the eval tries them again."""
+    out: dict[int, set[str]] = {}
+    for i in sorted(d.committed()):
+        ids = set()
+        for row in d.read_chunk(i):
+            checks = [c for by_check in (row.get("checks") or {}).values() for c in by_check.values()]
+            if _failed_for_now(row) or _failed_for_now(row.get("label")) or any(_failed_for_now(c) for c in checks):
+                ids.add(row["id"])
+        if ids:
+            out[i] = ids
+    return out
+
+
+def _chunk_stats(d: RunDir, i: int) -> dict[str, Any]:
+    path = d.chunks / f"{i:05d}.stats.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: EvalSettings,
              factories: dict[str, Callable[[], Engine]], models: dict[str, str], reward: tuple[str, Callable[[], Any]] | None = None,
              sources: Sequence[str] = (), overwrite: bool = False, show_progress: bool = True,
@@ -199,41 +227,61 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
     fp = fingerprint(settings)
     run = RunDir(out)
     state = run.open(settings, fp, overwrite=overwrite)
-    if state == "done":
-        log(f"{run.path} is already complete: nothing to do.")
-        return run.read_manifest()
     chunks = chunked(prompts, s.chunk_size)
     stages = [st for st in STAGES if st != "reward" or reward]
     dirs = {st: RunDir(out, chunks=f"chunks/{st}") for st in stages}
+    if state == "done" and not any(transient_failures(st, dirs[st]) for st in stages if dirs[st].chunks.is_dir()):
+        log(f"{run.path} is already complete: nothing to do.")
+        return run.read_manifest()
     for d in dirs.values():
         d.chunks.mkdir(parents=True, exist_ok=True)
         for tmp in d.chunks.glob(".*.tmp"):  # half-written files of a process that died mid-write
             tmp.unlink(missing_ok=True)
     todo = {st: [i for i in range(len(chunks)) if i not in dirs[st].committed()] for st in stages}
-    if state == "resume":
+    if state != "new":
         done = {st: len(chunks) - len(todo[st]) for st in stages}
-        log(f"resuming {run.path}: chunks committed per stage {done} of {len(chunks)}")
+        failed = {st: sum(len(v) for v in transient_failures(st, dirs[st]).values()) for st in stages}
+        log(f"resuming {run.path}: chunks committed per stage {done} of {len(chunks)}"
+            + (f"; answers or judgements to retry (a server gave up on them) {failed}" if any(failed.values()) else ""))
     engines = _Engines(factories, models)
     needs_after = {"policy": ["baseline", "judge"], "baseline": ["judge"], "judge": [], "reward": []}
+    # Rows redone in this invocation; a later stage redoes the same prompts (their inputs changed).
+    redone: dict[str, set[str]] = {st: set() for st in stages}
+    upstream = {"policy": (), "baseline": ("policy",), "judge": ("policy", "baseline"), "reward": ("policy", "baseline")}
     from tqdm.auto import tqdm
 
     try:
         for st in stages:
-            if not todo[st]:
+            retry = transient_failures(st, dirs[st])
+            changed = set().union(*(redone[u] for u in upstream[st]))
+            for i in dirs[st].committed():
+                ids = retry.get(i, set()) | {p.id for p in chunks[i] if p.id in changed}
+                if ids:
+                    retry[i] = ids
+            work = sorted([*todo[st], *(i for i in retry if i not in todo[st])])
+            if not work:
                 continue
             previous = {name: {r["id"]: r for r in dirs[name].read_chunks()} for name in ("policy", "baseline") if name != st and name in dirs}
             reward_fn = reward[1]() if st == "reward" else None
-            for i in tqdm(todo[st], desc=f"{st} chunks", unit="chunk", disable=not show_progress):
+            for i in tqdm(work, desc=f"{st} chunks", unit="chunk", disable=not show_progress):
                 t0 = time.time()
+                subset = [p for p in chunks[i] if p.id in retry[i]] if i in retry else chunks[i]
                 if st == "policy":
-                    rows = answer_stage(engines.get("policy"), chunks[i], "policy", s)
+                    rows = answer_stage(engines.get("policy"), subset, "policy", s)
                 elif st == "baseline":
-                    rows = answer_stage(engines.get("baseline"), chunks[i], "baseline", s, previous["policy"])
+                    rows = answer_stage(engines.get("baseline"), subset, "baseline", s, previous["policy"])
                 elif st == "judge":
-                    rows = judge_stage(engines.get("judge"), const, chunks[i], previous["policy"], previous["baseline"], s)
+                    rows = judge_stage(engines.get("judge"), const, subset, previous["policy"], previous["baseline"], s)
                 else:
-                    rows = reward_stage(reward_fn, chunks[i], previous["policy"], previous["baseline"])
-                dirs[st].commit_chunk(i, rows, {"chunk": i, "stage": st, "wall_s": time.time() - t0})
+                    rows = reward_stage(reward_fn, subset, previous["policy"], previous["baseline"])
+                stats = {"chunk": i, "stage": st, "wall_s": time.time() - t0}
+                if i in retry:  # merge the redone rows into the committed chunk, in the chunk's order
+                    by_id = {r["id"]: r for r in dirs[st].read_chunk(i)} | {r["id"]: r for r in rows}
+                    rows = [by_id[p.id] for p in chunks[i]]
+                    before = _chunk_stats(dirs[st], i)
+                    stats = {**stats, "wall_s": before.get("wall_s", 0.0) + stats["wall_s"], "retried": len(subset)}
+                    redone[st].update(retry[i])
+                dirs[st].commit_chunk(i, rows, stats)
             engines.keep_only(needs_after[st])
     finally:
         engines.close()
