@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,43 +27,15 @@ if os.environ.get("CI") != "true":  # under CI a missing package is a failure, n
     pytest.importorskip("jinja2")
     pytest.importorskip("matplotlib")
 
+from browser import start_chromium  # noqa: E402
 from rlaif.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _browser_missing() -> str | None:
-    if not CHROMIUM or not CHROMEDRIVER:
-        return "chromium and chromedriver are not installed (run scripts/setup_browser.sh)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "the selenium package is not installed (pip install selenium, or scripts/setup_browser.sh)"
-    return None
 
 
 @pytest.fixture(scope="module")
 def driver():
-    why = _browser_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; under CI the browser tests must run, not skip")
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1000",
-                "--no-first-run", "--disable-extensions", "--disable-background-networking", "--disable-sync",
-                "--disable-component-update", "--disable-default-apps", "--no-default-browser-check"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    d.set_page_load_timeout(60)
+    d = start_chromium(width=1500, quiet=True, log_network=True, page_timeout_s=60)
     yield d
     d.quit()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,41 +19,14 @@ import pytest
 if os.environ.get("CI") != "true":  # under CI a missing package is a failure, not a skip
     pytest.importorskip("starlette")
 
+from browser import start_chromium  # noqa: E402
 from rlaif.review.app import create_app  # noqa: E402
 from rlaif.review.server import BackgroundServer  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _browser_missing() -> str | None:
-    if not CHROMIUM or not CHROMEDRIVER:
-        return "chromium and chromedriver are not installed (run scripts/setup_browser.sh)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "the selenium package is not installed (pip install selenium, or scripts/setup_browser.sh)"
-    return None
 
 
 @pytest.fixture(scope="module")
 def driver():
-    why = _browser_missing()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; under CI the browser tests must run, not skip")
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-                "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    d.set_page_load_timeout(30)
+    d = start_chromium(width=1400)
     yield d
     d.quit()
 
