@@ -128,6 +128,25 @@ def normalise_logprobs(raw: Sequence[float]) -> tuple[float, ...]:
     return tuple(x - z for x in raw)
 
 
+def option_token_ids(tokenizer, prompt_ids: Sequence[int], options: Sequence[str]) -> list[int] | str:
+    """First token of each option as it would follow ``prompt_ids`` (or an error message).
+
+    The options are tokenized after the decoded end of the prompt, so an option that would merge
+    with the text before it is refused (every in-process backend asks this same function).
+    """
+    text = tokenizer.decode(list(prompt_ids[-8:]))
+    base = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = []
+    for opt in options:
+        full = tokenizer(text + opt, add_special_tokens=False)["input_ids"]
+        if full[: len(base)] != base or len(full) == len(base):
+            return f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
+        ids.append(full[len(base)])
+    if len(set(ids)) != len(ids):
+        return f"options {list(options)} share a first token"
+    return ids
+
+
 def response_token_ids(tokenizer, text: str, ended: bool) -> list[int]:
     """The tokens of an assistant answer as its log-probability is scored after the prompt
     (``encode_chat``, which ends with the generation prompt, so the answer starts a token):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, response_token_ids
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, option_token_ids, response_token_ids
 from rlaif.data.records import Completion
 
 
@@ -105,22 +105,8 @@ class HFEngine:
         return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
 
     def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
-        """First token of each option as it would follow ``prompt_ids`` (or an error message).
-
-        The options are tokenized after the decoded end of the prompt, as the vLLM engine does,
-        so an option that would merge with the text before it is refused the same way.
-        """
-        text = self.tokenizer.decode(prompt_ids[-8:])
-        base = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = []
-        for opt in options:
-            full = self.tokenizer(text + opt, add_special_tokens=False)["input_ids"]
-            if full[: len(base)] != base or len(full) == len(base):
-                return f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
-            ids.append(full[len(base)])
-        if len(set(ids)) != len(ids):
-            return f"options {list(options)} share a first token"
-        return ids
+        """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
+        return option_token_ids(self.tokenizer, prompt_ids, options)
 
     def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
         """log P(option_i) at the answer position, normalised over the options (see the module docstring).

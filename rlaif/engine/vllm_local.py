@@ -14,7 +14,10 @@ import os
 import time
 from typing import Any, Iterable, Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, response_token_ids
+from rlaif.engine.base import (
+    ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, option_token_ids,
+    response_token_ids,
+)
 from rlaif.data.records import Completion
 from rlaif.engine.config import EngineConfig
 
@@ -158,17 +161,7 @@ class VLLMEngine:
 
     def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
         """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
-        text = self.tokenizer.decode(prompt_ids[-8:])
-        base = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = []
-        for opt in options:
-            full = self.tokenizer(text + opt, add_special_tokens=False)["input_ids"]
-            if full[: len(base)] != base or len(full) == len(base):
-                return f"option {opt!r} merges with the text before it; end the prompt so the option starts a token"
-            ids.append(full[len(base)])
-        if len(set(ids)) != len(ids):
-            return f"options {list(options)} share a first token"
-        return ids
+        return option_token_ids(self.tokenizer, prompt_ids, options)
 
     def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
         results: list[OptionScores | None] = [None] * len(requests)
