@@ -483,6 +483,29 @@ def preference_data_report(s: Session) -> dict[str, float]:
     return out
 
 
+def fit_preferences(s: Session, spec: LoopSpec) -> dict[str, float]:
+    """The training loop of the pairwise recipes (reward model, DPO family), after the report of
+    chosen vs rejected lengths; the metrics of both."""
+    return {**preference_data_report(s), **fit(s, spec)}
+
+
+def recipe_main(cfg: TrainConfig, setup, train, save, what: str) -> int:
+    """The ``main`` of an offline recipe (SFT, RM, DPO): set up, train, save the final model, clean
+    up, and say (rank 0) where ``what`` went, the last metrics and, for pairs, their lengths."""
+    from .data import describe_lengths
+
+    s, spec = setup(cfg)
+    metrics = train(s, spec)
+    out = save(s)
+    cleanup(s)
+    if s.dist.rank == 0:
+        print(f"[rlaif.train] {what} saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        data = {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")}
+        if data:
+            print(f"[rlaif.train] training pairs: {describe_lengths(data)}")
+    return 0
+
+
 def cleanup(s: Session) -> None:
     """Close the metric log and, under torchrun, the process group."""
     if s.log is not None:

@@ -17,11 +17,11 @@ import torch
 
 from . import reference
 from .common import (
-    LoopSpec, cleanup, load_pretrained, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
-    preference_data_report, prepare_model, resolve_model_path, save_final, seed_everything, setup_device, unwrap,
+    apply_lora, autocast_dtype, fit_preferences, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
+    prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device, unwrap,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, collate_pairs_shared_prompt, describe_lengths, pair_length, pair_length_metrics
+from .data import collate_pairs, collate_pairs_shared_prompt, pair_length, pair_length_metrics
 from .losses import DPO_LOSS_TYPES, PAIR_LOSSES, rdpo_loss, simpo_loss, soft_label_noise
 
 
@@ -208,9 +208,7 @@ def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
     return init_session(s, spec), spec
 
 
-def train(s: Session, spec: LoopSpec) -> dict[str, float]:
-    data = preference_data_report(s)
-    return {**data, **fit(s, spec)}
+train = fit_preferences  # the length report of the pairs, then the shared loop
 
 
 def save(s: Session):
@@ -218,13 +216,4 @@ def save(s: Session):
 
 
 def main(config_path: str | None, overrides: list[str] | None = None) -> int:
-    cfg = load_config(DPOConfig, config_path, overrides)
-    s, spec = setup(cfg)
-    metrics = train(s, spec)
-    out = save(s)
-    cleanup(s)
-    if s.dist.rank == 0:
-        print(f"[rlaif.train] policy saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        data = {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")}
-        print(f"[rlaif.train] training pairs: {describe_lengths(data)}")
-    return 0
+    return recipe_main(load_config(DPOConfig, config_path, overrides), setup, train, save, "policy")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from .common import (
-    LoopSpec, cleanup, load_pretrained, Session, apply_lora, fit, init_session, load_splits, load_tokenizer, prepare_model,
-    preference_data_report, resolve_model_path, save_final, seed_everything, setup_device, autocast_dtype,
+    apply_lora, autocast_dtype, fit_preferences, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
+    prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device,
 )
 from .config import TrainConfig, load_config
-from .data import collate_pairs, collate_pairs_shared_prompt, describe_lengths, pair_length, pair_length_metrics
+from .data import collate_pairs, collate_pairs_shared_prompt, pair_length, pair_length_metrics
 from .losses import bradley_terry_loss
 from .reference import can_share_prompt, shared_prompt_forward
 
@@ -98,9 +98,7 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
     return init_session(s, spec), spec
 
 
-def train(s: Session, spec: LoopSpec) -> dict[str, float]:
-    data = preference_data_report(s)
-    return {**data, **fit(s, spec)}
+train = fit_preferences  # the length report of the pairs, then the shared loop
 
 
 def save(s: Session):
@@ -108,13 +106,4 @@ def save(s: Session):
 
 
 def main(config_path: str | None, overrides: list[str] | None = None) -> int:
-    cfg = load_config(RMConfig, config_path, overrides)
-    s, spec = setup(cfg)
-    metrics = train(s, spec)
-    out = save(s)
-    cleanup(s)
-    if s.dist.rank == 0:
-        print(f"[rlaif.train] reward model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        data = {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/")}
-        print(f"[rlaif.train] training pairs: {describe_lengths(data)}")
-    return 0
+    return recipe_main(load_config(RMConfig, config_path, overrides), setup, train, save, "reward model")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 
 from .common import (
-    LoopSpec, cleanup, load_pretrained, Session, apply_lora, autocast_dtype, fit, init_session, load_splits, load_tokenizer,
-    prepare_model, resolve_model_path, save_final, seed_everything, setup_device,
+    apply_lora, autocast_dtype, fit, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
+    prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device,
 )
 from .config import TrainConfig, load_config
 from .data import collate_sft
@@ -65,11 +65,4 @@ def save(s: Session):
 
 
 def main(config_path: str | None, overrides: list[str] | None = None) -> int:
-    cfg = load_config(SFTConfig, config_path, overrides)
-    s, spec = setup(cfg)
-    metrics = train(s, spec)
-    out = save(s)
-    cleanup(s)
-    if s.dist.rank == 0:
-        print(f"[rlaif.train] model saved to {out}; " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return 0
+    return recipe_main(load_config(SFTConfig, config_path, overrides), setup, train, save, "model")
