@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from rlaif.data.records import Completion, Message
 
@@ -145,6 +145,27 @@ def option_token_ids(tokenizer, prompt_ids: Sequence[int], options: Sequence[str
     if len(set(ids)) != len(ids):
         return f"options {list(options)} share a first token"
     return ids
+
+
+class ChatTokens:
+    """Chat-template tokenization of the in-process backends (vLLM and transformers), which both hold
+    the model's own ``tokenizer`` and must turn a conversation into the very same token ids."""
+
+    tokenizer: Any
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of a conversation followed by the assistant generation prompt."""
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_scoring_prompt(self, req: "ScoreRequest") -> list[int]:
+        """Token ids of a scoring request: the conversation, the generation prompt, the assistant prefix."""
+        text = self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
+
+    def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
+        """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
+        return option_token_ids(self.tokenizer, prompt_ids, options)
 
 
 def response_token_ids(tokenizer, text: str, ended: bool) -> list[int]:

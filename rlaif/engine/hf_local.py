@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, option_token_ids, response_token_ids
+from rlaif.engine.base import ChatRequest, ChatTokens, OptionScores, SamplingConfig, ScoreRequest, response_token_ids
 from rlaif.data.records import Completion
 
 
-class HFEngine:
+class HFEngine(ChatTokens):
     def __init__(self, model: str, batch_size: int = 16, dtype: str = "bfloat16", max_model_len: int = 4096,
                  show_progress: bool = True, trust_remote_code: bool = False):
         import torch
@@ -47,10 +47,6 @@ class HFEngine:
 
     def info(self) -> dict[str, object]:
         return {"batch_size": self.batch_size, "max_model_len": self.max_model_len, "startup_s": round(self.startup_s, 2)}
-
-    def encode_chat(self, messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, requests: Sequence[ChatRequest], sampling: SamplingConfig, desc: str = "") -> list[Completion]:
         torch = self.torch
@@ -99,14 +95,6 @@ class HFEngine:
         return [r for r in results if r is not None]
 
     # ---------------------------------------------------------------- option scoring
-
-    def encode_scoring_prompt(self, req: ScoreRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
-
-    def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
-        """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
-        return option_token_ids(self.tokenizer, prompt_ids, options)
 
     def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
         """log P(option_i) at the answer position, normalised over the options (see the module docstring).

@@ -15,8 +15,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from rlaif.engine.base import (
-    ChatRequest, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, option_token_ids,
-    response_token_ids,
+    ChatRequest, ChatTokens, OptionScores, SamplingConfig, ScoreRequest, TokenSample, normalise_logprobs, response_token_ids,
 )
 from rlaif.data.records import Completion
 from rlaif.engine.config import EngineConfig
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 CPU_KV_SHARE = 0.35
 
 
-class VLLMEngine:
+class VLLMEngine(ChatTokens):
     """Batched chat generation through ``vllm.LLM``, order-preserving, one call per batch."""
 
     def __init__(self, model: str, settings: EngineConfig | None = None, *, seed: int = 0, show_progress: bool = True):
@@ -99,12 +98,7 @@ class VLLMEngine:
         self.asleep = False
         log.info("vLLM %s started in %.1fs (eager=%s, kv share=%s)", self.version, self.startup_s, eager, util)
 
-    # ---------------------------------------------------------------- chat template
-
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of a conversation followed by the assistant generation prompt."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    # ---------------------------------------------------------------- info (chat tokenization: base.ChatTokens)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -154,14 +148,6 @@ class VLLMEngine:
         return [r for r in results if r is not None]
 
     # ---------------------------------------------------------------- option scoring
-
-    def encode_scoring_prompt(self, req: ScoreRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"])
-
-    def option_token_ids(self, prompt_ids: list[int], options: Sequence[str]) -> list[int] | str:
-        """First token of each option as it would follow ``prompt_ids`` (or an error message)."""
-        return option_token_ids(self.tokenizer, prompt_ids, options)
 
     def score_options(self, requests: Sequence[ScoreRequest], options: Sequence[str], desc: str = "") -> list[OptionScores]:
         results: list[OptionScores | None] = [None] * len(requests)
