@@ -36,7 +36,7 @@ from .common import resolve_model_path
 from .config import load_config
 from .feedback import pairings, win_rates
 from .rl_losses import (
-    GROUP_BASELINES, group_advantages, kl_estimate, kl_penalty_loss, length_limit_penalty, masked_mean, policy_loss,
+    GROUP_BASELINES, group_advantages, kl_estimate, kl_penalty_loss, length_limit_penalty, policy_loss,
 )
 
 
@@ -191,25 +191,18 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
     tok = online.score_tokens(s, batch, cfg.temperature)
     t_score = time.perf_counter()
-    asleep = online.sleep_engine(s)
-    m.update(update(s, batch, tok["old_logp"], tok["ref_logp"], adv, it))
-    t_update = time.perf_counter()
-    if asleep:
-        s.engine.wake_up()
-    sync_s = online.sync_weights(s)
+    up, update_s, sync_s = online.update_and_sync(s, lambda: update(s, batch, tok["old_logp"], tok["ref_logp"], adv, it))
+    m.update(up)
     t_end = time.perf_counter()
     jd.commit_pairs(s, it, judged, set(), recs)
-    mask = batch["response_mask"]
-    kl = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * mask
+    kl = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * batch["response_mask"]
     grouped = reward.view(-1, G)
     judge_s = m.pop("time/judge_s", 0.0)
     m.update({
         "reward": online.mean(reward), "reward_std": online.mean(grouped.std(-1)),
-        "advantage_abs": online.mean(adv.abs()), "kl": online.mean(kl.sum(-1)),
-        "entropy": float(masked_mean(tok["entropy"], mask)), "response_length": online.mean(batch["length"]),
-        "truncated": online.mean((~batch["ended"]).float()), **online.logprob_gap(batch, tok["old_logp"]),
+        "advantage_abs": online.mean(adv.abs()), "kl": online.mean(kl.sum(-1)), **online.sample_metrics(batch, tok),
         "time/sample_s": t_sample - t0, "time/judge_s": judge_s, "time/reward_s": t_reward - t_sample - judge_s,
-        "time/score_s": t_score - t_reward, "time/update_s": t_update - t_score, "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
+        "time/score_s": t_score - t_reward, "time/update_s": update_s, "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
         "judge/time_share": judge_s / (t_end - t0),
     })
     return {f"train/{k}": v for k, v in m.items()}

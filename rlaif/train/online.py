@@ -263,6 +263,29 @@ def sleep_engine(s) -> bool:
     return bool(s.cfg.engine.sleep_mode and hasattr(s.engine, "sleep") and s.engine.sleep())
 
 
+def update_and_sync(s, update: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float, float]:
+    """Run ``update`` with the engine asleep where vLLM supports it (weights offloaded, KV cache freed),
+    wake it and load the new weights into it; (the update's metrics, its seconds, the sync's seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    asleep = sleep_engine(s)
+    m = update()
+    update_s = time.perf_counter() - t0
+    if asleep:
+        s.engine.wake_up()
+    return m, update_s, sync_weights(s)
+
+
+def sample_metrics(batch: dict[str, torch.Tensor], tok: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What every online trainer logs of its samples: entropy, length, truncation, the sampler-trainer gap."""
+    from .rl_losses import masked_mean
+
+    mask = batch["response_mask"]
+    return {"entropy": float(masked_mean(tok["entropy"], mask)), "response_length": mean(batch["length"]),
+            "truncated": mean((~batch["ended"]).float()), **logprob_gap(batch, tok["old_logp"])}
+
+
 def mean(x: torch.Tensor) -> float:
     return float(x.float().mean()) if x.numel() else 0.0
 

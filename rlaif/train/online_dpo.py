@@ -33,7 +33,7 @@ from .config import load_config
 from .dpo import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from .feedback import Judged, win_rates
 from .losses import PAIR_LOSSES, simpo_loss, soft_label_noise
-from .rl_losses import kl_estimate, masked_mean
+from .rl_losses import kl_estimate
 
 ONLINE_DPO_LOSSES = (*PAIR_LOSSES, "simpo")
 PAIRINGS = ("best-worst", "all")
@@ -174,22 +174,15 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
     tok = online.score_tokens(s, batch, cfg.temperature)
     ref1 = tok["ref_logp"] if cfg.temperature == 1.0 else online.score_tokens(s, batch, 1.0)["ref_logp"]
     t_score = time.perf_counter()
-    asleep = online.sleep_engine(s)
-    m.update(update(s, batch, ref1, pairs))
-    t_update = time.perf_counter()
-    if asleep:
-        s.engine.wake_up()
-    sync_s = online.sync_weights(s)
+    up, update_s, sync_s = online.update_and_sync(s, lambda: update(s, batch, ref1, pairs))
+    m.update(up)
     t_end = time.perf_counter()
     jd.commit_pairs(s, it, judged, trained, recs)
-    mask = batch["response_mask"]
-    kl = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * mask
+    kl = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * batch["response_mask"]
     m.update({
-        "kl": online.mean(kl.sum(-1)), "entropy": float(masked_mean(tok["entropy"], mask)),
-        "response_length": online.mean(batch["length"]), "truncated": online.mean((~batch["ended"]).float()),
-        **online.logprob_gap(batch, tok["old_logp"]),
+        "kl": online.mean(kl.sum(-1)), **online.sample_metrics(batch, tok),
         "time/sample_s": t_sample - t0, "time/judge_s": t_judge - t_sample, "time/score_s": t_score - t_judge,
-        "time/update_s": t_update - t_score,
+        "time/update_s": update_s,
         "time/sync_s": sync_s, "time/iteration_s": t_end - t0, "judge/time_share": (t_judge - t_sample) / (t_end - t0),
     })
     return {f"train/{key}": v for key, v in m.items()}

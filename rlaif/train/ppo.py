@@ -313,17 +313,11 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     if cfg.whiten_advantages:
         adv = masked_whiten(adv, mask)
     # -- update (the engine sleeps through it where vLLM supports that: weights offloaded, KV cache freed)
-    asleep = online.sleep_engine(s)
-    m = update(s, batch, tok["old_logp"], tok["values"], adv, returns, it)
-    t_update = time.perf_counter()
+    m, update_s, sync_s = online.update_and_sync(s, lambda: update(s, batch, tok["old_logp"], tok["values"], adv, returns, it))
+    t_end = time.perf_counter()
     seq_kl = kl.sum(-1)
     if cfg.adaptive_kl:
         s.position["kl_coef"] = adaptive_kl_coef(beta, float(seq_kl.mean()), cfg.kl_target, cfg.kl_horizon, len(samples))
-    # -- sync
-    if asleep:
-        s.engine.wake_up()
-    sync_s = online.sync_weights(s)
-    t_end = time.perf_counter()
     n_tokens = int(batch["length"].sum())
     k1 = kl_estimate(tok["old_logp"], tok["ref_logp"], "k1") * mask
     k3 = kl_estimate(tok["old_logp"], tok["ref_logp"], "k3") * mask
@@ -331,12 +325,10 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
         "score": online.mean(raw), "score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
         "reward": online.mean((rewards * mask).sum(-1)), "kl": online.mean(seq_kl), "kl_k1": online.mean(k1.sum(-1)),
         "kl_k3": online.mean(k3.sum(-1)), "kl_coef": beta, "non_score_reward": -beta * online.mean(seq_kl),
-        "entropy": float(masked_mean(tok["entropy"], mask)), "response_length": online.mean(batch["length"]),
-        "truncated": online.mean((~batch["ended"]).float()), "values": float(masked_mean(tok["values"], mask)),
+        **online.sample_metrics(batch, tok), "values": float(masked_mean(tok["values"], mask)),
         "returns": float(masked_mean(returns, mask)),
-        **online.logprob_gap(batch, tok["old_logp"]),
         "rollout/tokens_per_s": n_tokens / max(t_roll - t0, 1e-9),
-        "time/rollout_s": t_roll - t0, "time/score_s": t_score - t_roll, "time/update_s": t_update - t_score,
+        "time/rollout_s": t_roll - t0, "time/score_s": t_score - t_roll, "time/update_s": update_s,
         "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
     })
     return {f"train/{k}": v for k, v in m.items()}
