@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # vLLM's CPU backend turns on flush-to-zero in this process; numpy then warns, once per float type,
+    # that the smallest subnormal is zero whenever something asks for finfo (saving a dataset does).
+    # It changes nothing rlaif computes, so the four lines of noise are left out.
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command in SETTINGS_COMMANDS:
