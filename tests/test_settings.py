@@ -209,3 +209,21 @@ def test_every_demo_config_loads(kind):
     cfg = load_config(cls, path)
     assert type(cfg) is cls and cfg.name == f"{kind}-demo"
     assert kind in Path(__file__).resolve().parents[1].joinpath("Makefile").read_text()
+
+
+def test_a_moved_run_folder_names_its_new_place(tmp_path, capsys, monkeypatch):
+    """A finished run folder copied elsewhere and run again is complete, and what it prints (run folder,
+    datasets, the refreshed report) is the new place, not where it was first written."""
+    import shutil
+
+    monkeypatch.setenv("RLAIF_REPORT", "1")
+    prompts = write_prompts(tmp_path, 2)
+    assert cli(*generate_args(prompts, tmp_path / "first", "--backend", "fake", "--label", "--ensemble", 1)) == 0
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "first")
+    capsys.readouterr()
+    assert cli(*generate_args(prompts, tmp_path / "moved", "--backend", "fake", "--label", "--ensemble", 1)) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and str(tmp_path / "first") not in out
+    assert f"datasets: {tmp_path / 'moved' / 'sft'}" in out
+    assert not (tmp_path / "first").exists()  # nothing written where the folder used to be

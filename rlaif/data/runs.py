@@ -201,7 +201,14 @@ class RunDir:
         atomic_write_text(self.manifest_file, textio.dumps(manifest, indent=2, default=str))
 
     def read_manifest(self) -> dict[str, Any]:
-        return textio.read_json(self.manifest_file, RunFolderError)
+        """The finished run's manifest, its output paths pointing into this folder (a run folder that
+        was moved or copied names where its files are now, not where they were written)."""
+        manifest = textio.read_json(self.manifest_file, RunFolderError)
+        outputs = manifest.get("outputs")
+        if isinstance(outputs, dict):
+            manifest["outputs"] = {k: str(self.path / Path(v).name) if isinstance(v, str) and Path(v).parent != self.path else v
+                                   for k, v in outputs.items()}
+        return manifest
 
     def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace ``name`` (e.g. ``failed.jsonl``) atomically with these rows."""
