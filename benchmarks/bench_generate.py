@@ -30,14 +30,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def layout() -> dict:
+    """The functions the workers use, from whichever layout is imported. Run with PYTHONPATH set to a checkout
+    of an older commit (the flat layout before rlaif/pipeline, rlaif/data, rlaif/models, e.g. 6d784ac) and the
+    same script measures that code: the loop, the engine and their signatures are the same, only the modules moved."""
+    import importlib
+
+    def first(*names):
+        for name in names:
+            module, _, attr = name.rpartition(".")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                continue
+        raise ImportError(f"none of {names}")
+
+    return {
+        "STAGES": first("rlaif.pipeline.config.STAGES", "rlaif.config.STAGES"),
+        "LoopSettings": first("rlaif.pipeline.critique.LoopSettings", "rlaif.critique.LoopSettings"),
+        "run_chunk": first("rlaif.pipeline.critique.run_chunk", "rlaif.critique.run_chunk"),
+        "resolve_model": first("rlaif.models.model_zoo.resolve_model", "rlaif.model_zoo.resolve_model"),
+        "read_prompts": first("rlaif.data.prompts.read_prompts", "rlaif.prompts.read_prompts"),
+    }
+
+
 def worker(args: argparse.Namespace) -> None:
-    from rlaif.pipeline.config import STAGES
     from rlaif.constitution import load_constitution
-    from rlaif.pipeline.critique import LoopSettings, run_chunk
     from rlaif.engine import create_engine
     from rlaif.engine.base import SamplingConfig
-    from rlaif.models.model_zoo import resolve_model
-    from rlaif.data.prompts import read_prompts
+
+    names = layout()
+    STAGES, LoopSettings, run_chunk = names["STAGES"], names["LoopSettings"], names["run_chunk"]
+    resolve_model, read_prompts = names["resolve_model"], names["read_prompts"]
 
     model = resolve_model(args.model)
     const = load_constitution(args.constitution)
@@ -69,10 +93,11 @@ def raw_worker(args: argparse.Namespace, model: str, const, prompts) -> None:
     """rlaif's loop vs the very same LLM.generate calls replayed without rlaif, on one warm engine."""
     import statistics
 
-    from rlaif.pipeline.config import STAGES
-    from rlaif.pipeline.critique import LoopSettings, run_chunk
     from rlaif.engine import create_engine
     from rlaif.engine.base import SamplingConfig
+
+    names = layout()
+    STAGES, LoopSettings, run_chunk = names["STAGES"], names["LoopSettings"], names["run_chunk"]
 
     t0 = time.perf_counter()
     engine = create_engine(model, "vllm", max_model_len=4096, show_progress=False, dtype=args.dtype,

@@ -120,3 +120,23 @@ def test_auto_transfer_falls_back_to_reload_when_ipc_fails(monkeypatch):
     e.settings, e.transfer = EngineConfig(weight_transfer="ipc"), "ipc"
     with pytest.raises(RuntimeError, match="no CUDA IPC"):
         e.update_weights([("w", torch.ones(2))])
+
+
+def test_only_the_expected_reload_warnings_are_dropped():
+    """On every sync vLLM says "Failed to load weights" for the rotary embedding (a computed cache) and a
+    head tied to the embeddings (repacked by rlaif); those lines are dropped, any other layer's stays."""
+    import logging
+
+    from rlaif.engine.vllm_worker import _DropExpected
+
+    def record(layer):
+        return logging.LogRecord("vllm.model_executor.model_loader.reload.layerwise", logging.WARNING, __file__, 1,
+                                 "%s: Failed to load weights", (layer,), None)
+
+    tied = _DropExpected({"RotaryEmbedding", "ParallelLMHead"})
+    untied = _DropExpected({"RotaryEmbedding"})
+    assert not tied.filter(record("RotaryEmbedding")) and not tied.filter(record("ParallelLMHead"))
+    assert untied.filter(record("ParallelLMHead"))  # an untied head that failed to load is worth a warning
+    assert tied.filter(record("QKVParallelLinear")) and tied.filter(record("RowParallelLinear"))
+    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "%s: Delayed processing", ("RotaryEmbedding",), None)
+    assert tied.filter(other)

@@ -17,12 +17,36 @@ class WeightSyncExtension:
         tied to the input embeddings loads nothing of its own, so its packed copy would keep
         the old weights: repack it here. (On GPU the repack is a no-op.)
         """
-        self.reload_weights(weights_path=weights_path)
+        import logging
+
         model = self.model_runner.get_model()
         head = getattr(model, "lm_head", None)
         embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-        if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
+        tied = head is not None and embed is not None and getattr(head, "weight", None) is getattr(embed, "weight", None)
+        # vLLM warns "<layer>: Failed to load weights" for every layer the checkpoint has nothing for: the
+        # rotary embedding (its cos/sin cache is computed, never stored) and a head tied to the embeddings
+        # (repacked below). Those two are expected on every sync; any other layer still warns.
+        expected = {"RotaryEmbedding", *(("ParallelLMHead",) if tied else ())}
+        quiet = _DropExpected(expected)
+        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        layerwise.addFilter(quiet)
+        try:
+            self.reload_weights(weights_path=weights_path)
+        finally:
+            layerwise.removeFilter(quiet)
+        if not tied:
             return
         method = getattr(head, "quant_method", None)
         if method is not None and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(head)
+
+
+class _DropExpected:
+    """A logging filter that drops vLLM's "Failed to load weights" line for the named layer classes."""
+
+    def __init__(self, layers) -> None:
+        self.layers = set(layers)
+
+    def filter(self, record) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "%s: Failed to load weights" and args[:1] and args[0] in self.layers)
