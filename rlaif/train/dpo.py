@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import reference
+from . import common
 from .common import (
     apply_lora, autocast_dtype, fit_preferences, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
     prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device, unwrap,
@@ -209,6 +210,9 @@ def setup(cfg: DPOConfig) -> tuple[Session, LoopSpec]:
 
 
 train = fit_preferences  # the length report of the pairs, then the shared loop
+
+
+cleanup = common.cleanup  # every recipe module offers setup, train, save, cleanup and main
 
 
 def save(s: Session):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import common
 from .common import (
     apply_lora, autocast_dtype, fit_preferences, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
     prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device,
@@ -99,6 +100,9 @@ def setup(cfg: RMConfig) -> tuple[Session, LoopSpec]:
 
 
 train = fit_preferences  # the length report of the pairs, then the shared loop
+
+
+cleanup = common.cleanup  # every recipe module offers setup, train, save, cleanup and main
 
 
 def save(s: Session):

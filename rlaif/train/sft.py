@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+from . import common
 from .common import (
     apply_lora, autocast_dtype, fit, init_session, load_pretrained, load_splits, load_tokenizer, LoopSpec,
     prepare_model, recipe_main, resolve_model_path, save_final, seed_everything, Session, setup_device,
@@ -58,6 +59,9 @@ def setup(cfg: SFTConfig) -> tuple[Session, LoopSpec]:
 
 def train(s: Session, spec: LoopSpec) -> dict[str, float]:
     return fit(s, spec)
+
+
+cleanup = common.cleanup  # every recipe module offers setup, train, save, cleanup and main
 
 
 def save(s: Session):
