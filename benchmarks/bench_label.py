@@ -38,14 +38,15 @@ def main() -> None:
 
     from rlaif.constitution import load_constitution
     from rlaif.engine.base import ChatRequest, SamplingConfig
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.pipeline.judge import LabelSettings, label_pairs, question, render_conversation, sample_label_principles, sanitise
     from rlaif.models.model_zoo import resolve_model
     from rlaif.data.prompts import read_pairs
 
     pairs = read_pairs(args.pairs, limit=args.limit)
     const = load_constitution("default")
-    engine = VLLMEngine(resolve_model(args.model), VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=False)
+    engine = VLLMEngine(resolve_model(args.model), EngineConfig(max_model_len=4096, kv_cache_gib=1), show_progress=False)
     settings = LabelSettings(ensemble=1, few_shot=False)
 
     # warm-up so neither path pays first-call costs

@@ -120,12 +120,13 @@ def main() -> None:
 
     import torch
 
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.models.model_zoo import resolve_model
     from rlaif.train import grpo, online_dpo
 
     path = str(getattr(resolve_model("default"), "path", resolve_model("default")))
-    engine = VLLMEngine(path, VLLMSettings(max_model_len=512, kv_cache_gib=0.5, dtype="float32"), show_progress=False)
+    engine = VLLMEngine(path, EngineConfig(max_model_len=512, kv_cache_gib=0.5, dtype="float32"), show_progress=False)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-online-") as tmp:
         odpo, _ = run_trainer(online_dpo, online_dpo.OnlineDPOConfig, "online-dpo-demo.yaml", engine, tmp, args.iterations)

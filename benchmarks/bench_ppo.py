@@ -92,7 +92,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.models.model_zoo import resolve_model
     from rlaif.train import ppo, rollout
     from rlaif.train.config import load_config
@@ -100,7 +101,7 @@ def main() -> None:
     path = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     prompts = _prompt_ids(tok, args.prompts)
-    engine = VLLMEngine(path, VLLMSettings(max_model_len=1024, kv_cache_gib=args.kv_cache_gib, dtype=args.dtype),
+    engine = VLLMEngine(path, EngineConfig(max_model_len=1024, kv_cache_gib=args.kv_cache_gib, dtype=args.dtype),
                         show_progress=False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 

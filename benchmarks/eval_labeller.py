@@ -93,7 +93,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from rlaif.constitution import load_constitution
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.pipeline.judge import label_pairs
     from rlaif.pipeline.label import FINALISE_ONLY, agreement_report, finalise_labels
     from rlaif.models.model_zoo import resolve_model
@@ -104,7 +105,7 @@ def main() -> None:
     model = resolve_model(args.model)
     chosen = {n: s for n, s in variants(args.ensemble, not args.skip_cot).items()
               if not args.only or any(o in n for o in args.only)}
-    engine = VLLMEngine(model, VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=False)
+    engine = VLLMEngine(model, EngineConfig(max_model_len=4096, kv_cache_gib=1), show_progress=False)
     scored: dict[str, tuple[list, float]] = {}  # judge labels by the settings that shape scoring
     rows = {}
     for name, settings in chosen.items():

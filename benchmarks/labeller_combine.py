@@ -28,14 +28,15 @@ SETS = {"tuning": ROOT / "prompts" / "reference-pairs.jsonl", "held-out": ROOT /
 def score(model: str, constitution: str, out: Path) -> None:
     from rlaif.constitution import load_constitution
     from rlaif.engine.base import ScoreRequest
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.pipeline.judge import OPTIONS, question, render_conversation, sanitise
     from rlaif.models.model_zoo import resolve_model
     from rlaif.data.prompts import read_pairs
 
     const = load_constitution(constitution)
     questions = {"generic": GENERIC, **{p.id: p.comparison for p in const.principles}}
-    engine = VLLMEngine(resolve_model(model), VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=True)
+    engine = VLLMEngine(resolve_model(model), EngineConfig(max_model_len=4096, kv_cache_gib=1), show_progress=True)
     result = {"model": model, "constitution": constitution, "questions": questions, "sets": {}}
     for name, path in SETS.items():
         if not path.exists():

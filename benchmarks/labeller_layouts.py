@@ -6,7 +6,8 @@ prints agreement with both orders, with one order, and the mean P(first option).
     python benchmarks/labeller_layouts.py
 """
 import math
-from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+from rlaif.engine.config import EngineConfig
+from rlaif.engine.vllm_local import VLLMEngine
 from rlaif.engine.base import ScoreRequest
 from rlaif.models.model_zoo import prepare_default_model
 from rlaif.data.prompts import read_pairs
@@ -28,7 +29,7 @@ def variants(conv, q, a, b):
 if __name__ == "__main__":
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    e = VLLMEngine(str(prepare_default_model()), VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=False)
+    e = VLLMEngine(str(prepare_default_model()), EngineConfig(max_model_len=4096, kv_cache_gib=1), show_progress=False)
     pairs = read_pairs(root / "prompts" / "reference-pairs.jsonl")
     q = "Which response is more helpful, honest and harmless?"
     names = [v[0] for v in variants("", q, "", "")]

@@ -34,12 +34,13 @@ def logit(p: float) -> float:
 
 def main() -> None:
     from rlaif.engine.base import ScoreRequest
-    from rlaif.engine.vllm_local import VLLMEngine, VLLMSettings
+    from rlaif.engine.config import EngineConfig
+    from rlaif.engine.vllm_local import VLLMEngine
     from rlaif.pipeline.judge import render_conversation, sanitise
     from rlaif.models.model_zoo import resolve_model
     from rlaif.data.prompts import read_pairs
 
-    engine = VLLMEngine(resolve_model("default"), VLLMSettings(max_model_len=4096, kv_cache_gib=1), show_progress=True)
+    engine = VLLMEngine(resolve_model("default"), EngineConfig(max_model_len=4096, kv_cache_gib=1), show_progress=True)
     raw = {}
     for name, path in SETS.items():
         pairs = read_pairs(path)

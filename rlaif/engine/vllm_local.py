@@ -358,7 +358,7 @@ def shared_memory_utilization(share: float) -> float:
 
 
 def _pick_transfer(wanted: str, platform: Any) -> str:
-    """The weight hand-over this host supports (see ``VLLMSettings.weight_transfer``)."""
+    """The weight hand-over this host supports (see ``EngineConfig.weight_transfer``)."""
     has_ipc = False
     if platform.is_cuda():
         try:
