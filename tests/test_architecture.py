@@ -155,3 +155,28 @@ def test_only_the_vllm_backends_import_vllm():
             direct.add(m)
     assert not found, f"vllm imported outside engine/vllm_*.py: {sorted(found)}"
     assert not direct, f"the vLLM backend imported past rlaif.engine.create_engine: {sorted(direct)}"
+
+
+def test_benchmark_and_script_imports_of_rlaif_resolve():
+    """Benchmarks and scripts are not run by the suite, so a renamed or moved rlaif name would break them
+    silently: every ``from rlaif... import name`` in them (at any depth) must name something that exists."""
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for path in sorted([*(root / "benchmarks").glob("*.py"), *(root / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "rlaif"):
+                continue
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as exc:
+                missing.append(f"{path.name}:{node.lineno}: {node.module} ({exc})")
+                continue
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{path.name}:{node.lineno}: {node.module}.{alias.name}")
+    assert not missing, "\n".join(missing)
