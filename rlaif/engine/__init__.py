@@ -12,7 +12,7 @@ __all__ = ["ChatRequest", "Engine", "EngineConfig", "SamplingConfig", "describe"
 
 
 def create_engine(model: str | None, engine: "EngineConfig | str" = "vllm", *, seed: int = 0, show_progress: bool = True,
-                  share: float = 1.0, batch_size: int | None = None, api_key: str | None = None, **fields) -> Engine:
+                  share: float = 1.0, batch_size: int | None = None, **fields) -> Engine:
     """The engine ``engine`` describes (an :class:`EngineConfig`, or a backend name with the
     config's fields as keywords); imports vLLM only when asked for it. The one factory every
     command and trainer builds its engines with.
@@ -21,8 +21,8 @@ def create_engine(model: str | None, engine: "EngineConfig | str" = "vllm", *, s
     model's name on the server (None: the server's first model). ``seed`` seeds vLLM's sampler.
     ``share`` (vLLM only, default 1) divides the default memory share when several engines live in
     one process and neither ``gpu_memory_utilization`` nor ``kv_cache_gib`` is given.
-    ``batch_size``: the transformers backend's generation batch. ``api_key``: the openai backend's
-    key when not read from ``engine.api_key_env``.
+    ``batch_size``: the transformers backend's generation batch. The openai backend reads its key
+    from the environment variable ``engine.api_key_env`` names.
     """
     import dataclasses
 
@@ -43,7 +43,7 @@ def create_engine(model: str | None, engine: "EngineConfig | str" = "vllm", *, s
     if cfg.backend == "openai":
         from rlaif.engine.openai_server import OpenAIServerEngine
 
-        return OpenAIServerEngine(cfg.base_url, model=model, api_key=api_key or cfg.api_key(), max_concurrency=cfg.max_concurrency,
+        return OpenAIServerEngine(cfg.base_url, model=model, api_key=cfg.api_key(), max_concurrency=cfg.max_concurrency,
                                   timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, show_progress=show_progress)
     from rlaif.engine.fake import FakeEngine
 

@@ -168,11 +168,10 @@ def update(s: jd.JudgedSession, batch, old_logp, ref_logp, advantages, it: int) 
                 sums["loss"] += float(loss.detach())
                 for k, val in {**pm, **km}.items():
                     sums[f"policy/{k}"] += float(val) * n
-            if cfg.max_grad_norm > 0:
-                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(s.policy.parameters(), cfg.max_grad_norm))
-            s.optimizer.step()
+            norm = online.step_policy(s)
+            if norm is not None:
+                sums["grad_norm"] += norm
             s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
             steps += 1
     out = {k: v / steps if k in ("loss", "grad_norm") else v / max(tokens, 1.0) for k, v in sums.items()}
     out["lr"] = s.optimizer.param_groups[0]["lr"]

@@ -277,6 +277,17 @@ def update_and_sync(s, update: Callable[[], dict[str, float]]) -> tuple[dict[str
     return m, update_s, sync_weights(s)
 
 
+def step_policy(s) -> float | None:
+    """Clip the policy's gradient norm (when ``max_grad_norm`` > 0), take the optimiser step and clear the
+    gradients; the norm before clipping, or None without clipping."""
+    norm = None
+    if s.cfg.max_grad_norm > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(s.policy.parameters(), s.cfg.max_grad_norm))
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
 def sample_metrics(batch: dict[str, torch.Tensor], tok: dict[str, torch.Tensor]) -> dict[str, float]:
     """What every online trainer logs of its samples: entropy, length, truncation, the sampler-trainer gap."""
     from .rl_losses import masked_mean

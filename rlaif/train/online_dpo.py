@@ -146,12 +146,11 @@ def update(s: jd.JudgedSession, batch, ref_logp: torch.Tensor, pairs: list) -> d
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in lm.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b / n
-        if cfg.max_grad_norm > 0:
-            out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(s.policy.parameters(), cfg.max_grad_norm))
+        norm = online.step_policy(s)
+        if norm is not None:
+            out["grad_norm"] = norm
         out.update(sums)
         out["chosen_prob"] = sum(q for _, _, q in pairs) / n
-        s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=True)
     out["lr"] = s.optimizer.param_groups[0]["lr"]
     s.scheduler.step()  # every iteration, with or without pairs: the schedule is a function of the iteration
     return out

@@ -131,3 +131,19 @@ def prompt_file(tmp_path_factory):
     rows = [{"id": f"p{i}", "prompt": " ".join(f"w{rng.randrange(120)}" for _ in range(rng.randint(2, 8)))} for i in range(48)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def engine_logps(engine, seq, start):
+    """The engine's log-probs of ``seq[start:]`` given what comes before (vLLM's prompt log-probs)."""
+    import torch
+
+    return torch.tensor(engine.sequence_logprobs([seq], [start])[0])
+
+
+def trainer_logps(model, seq, start):
+    """The trainer model's log-probs of ``seq[start:]`` given what comes before, in float32."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([seq])).logits[0, start - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(seq[start:])[:, None])[:, 0]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import engine_logps, trainer_logps
 from oracles import content_oracle, position_oracle
 from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.judge import PairLabel, Pair
@@ -174,10 +175,8 @@ def _trainer_matches_engine(s, engine):
     prompt = engine.encode_chat([{"role": "user", "content": "w1 w2"}])
     seq = prompt + engine.tokenizer.encode("w3 good w4", add_special_tokens=False)
     s.policy.eval()
-    with torch.no_grad():
-        out = s.policy(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
-    trainer = torch.stack([out[t - 1, seq[t]] for t in range(len(prompt), len(seq))])
-    got = torch.tensor(engine.sequence_logprobs([seq], [len(prompt)])[0])
+    trainer = trainer_logps(s.policy, seq, len(prompt))
+    got = engine_logps(engine, seq, len(prompt))
     assert float((got - trainer).abs().max()) < 1e-3
 
 

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import engine_logps, trainer_logps
 from rlaif.engine.base import TokenSample
 from rlaif.train import rl_losses as L
 from rlaif.train import rollout
@@ -378,16 +379,6 @@ def _cfg(model, data, runs, name, *extra):
     ])
 
 
-def _engine_logps(engine, seq, start):
-    return torch.tensor(engine.sequence_logprobs([seq], [start])[0])
-
-
-def _trainer_logps(model, seq, start):
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([seq])).logits[0, start - 1 : -1]
-    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(seq[start:])[:, None])[:, 0]
-
-
 @pytest.mark.vllm
 def test_weight_sync_moves_engine_to_trainer_weights(engine, tiny_chat):
     from transformers import AutoModelForCausalLM
@@ -396,14 +387,14 @@ def test_weight_sync_moves_engine_to_trainer_weights(engine, tiny_chat):
     rollout.sync_weights(engine, model)  # earlier tests may have left other weights in the shared engine
     prompt = engine.encode_chat([{"role": "user", "content": "w1 w2 w3"}])
     seq = prompt + engine.tokenizer.encode("w4 good w5 w6 bad", add_special_tokens=False) + [engine.tokenizer.eos_token_id]
-    before = _engine_logps(engine, seq, len(prompt))
-    torch.testing.assert_close(before, _trainer_logps(model, seq, len(prompt)), rtol=1e-4, atol=1e-4)
+    before = engine_logps(engine, seq, len(prompt))
+    torch.testing.assert_close(before, trainer_logps(model, seq, len(prompt)), rtol=1e-4, atol=1e-4)
     with torch.no_grad():  # every weight moves, the tied embedding / LM head included
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     seconds = rollout.sync_weights(engine, model)
-    after = _engine_logps(engine, seq, len(prompt))
-    torch.testing.assert_close(after, _trainer_logps(model, seq, len(prompt)), rtol=1e-4, atol=1e-4)
+    after = engine_logps(engine, seq, len(prompt))
+    torch.testing.assert_close(after, trainer_logps(model, seq, len(prompt)), rtol=1e-4, atol=1e-4)
     assert float((after - before).abs().max()) > 0.05
     assert seconds < 30
 
@@ -459,8 +450,8 @@ def test_one_ppo_iteration_end_to_end(engine, tiny_chat, prompt_file, tmp_path):
     # after the sync the engine serves the updated policy
     prompt = engine.encode_chat([{"role": "user", "content": "w1"}])
     seq = prompt + engine.tokenizer.encode("w2 good", add_special_tokens=False)
-    torch.testing.assert_close(_engine_logps(engine, seq, len(prompt)),
-                               _trainer_logps(s.policy.float(), seq, len(prompt)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(engine_logps(engine, seq, len(prompt)),
+                               trainer_logps(s.policy.float(), seq, len(prompt)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.vllm
@@ -551,10 +542,8 @@ def test_lora_ppo_syncs_merged_weights_and_keeps_the_base(engine, tiny_chat, pro
     prompt = engine.encode_chat([{"role": "user", "content": "w1"}])
     seq = prompt + engine.tokenizer.encode("w2 good", add_special_tokens=False)
     s.policy.eval()
-    with torch.no_grad():
-        out = s.policy(input_ids=torch.tensor([seq])).logits[0].float().log_softmax(-1)
-    trainer = torch.stack([out[t - 1, seq[t]] for t in range(len(prompt), len(seq))])
-    torch.testing.assert_close(_engine_logps(engine, seq, len(prompt)), trainer, rtol=1e-4, atol=1e-4)
+    trainer = trainer_logps(s.policy, seq, len(prompt))
+    torch.testing.assert_close(engine_logps(engine, seq, len(prompt)), trainer, rtol=1e-4, atol=1e-4)
     out_dir = ppo.save(s)
     ppo.cleanup(s)
     assert (out_dir / "model.safetensors").exists()
