@@ -59,16 +59,15 @@ def run(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts, limit=args.limit)
         quiet_log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         model_id = args.model if engine_cfg.backend in ("fake", "openai") else resolve_model(args.model, log=quiet_log)
-        from rlaif.train.rollout import SequenceClassifierReward, load_reward_fn
+        from rlaif.reward.functions import load_reward_fn
 
         if args.reward_fn:
             reward_fn, reward_id = load_reward_fn(args.reward_fn), args.reward_fn
         else:
-            import torch
+            from rlaif.reward.models import SequenceClassifierReward, pick_device
 
-            device = args.reward_device if args.reward_device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
             reward_id = resolve_model(args.reward_model, log=quiet_log)
-            reward_fn = SequenceClassifierReward(reward_id, device, args.reward_batch_size,
+            reward_fn = SequenceClassifierReward(reward_id, pick_device(args.reward_device), args.reward_batch_size,
                                                  trust_remote_code=bool(engine_cfg.trust_remote_code))
         server = None
         if engine_cfg.backend == "openai":

@@ -27,8 +27,8 @@ from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.data import rows as schema
 from rlaif.data.records import PromptRecord
 from rlaif.data.runs import RunDir, chunked
+from rlaif.reward.functions import RewardFn
 
-RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Any]
 
 
 @dataclass(frozen=True)

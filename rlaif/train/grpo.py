@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlaif.reward.functions import load_reward_fn, score
+from rlaif.reward.models import SequenceClassifierReward
+
 from . import judged as jd
 from . import online, rollout
 from .common import resolve_model_path
@@ -99,9 +102,9 @@ def setup(cfg: GRPOConfig, engine=None, judge=None, reward_fn=None) -> jd.Judged
     s = jd.setup(cfg, "GRPO", per_iter, engine=engine, judge=judge, need_judge=cfg.judge_weight > 0)
     try:
         if reward_fn is not None or cfg.reward_fn:
-            s.extra["reward_fn"] = reward_fn or rollout.load_reward_fn(cfg.reward_fn)
+            s.extra["reward_fn"] = reward_fn or load_reward_fn(cfg.reward_fn)
         if cfg.reward_model:
-            s.extra["reward_model"] = rollout.SequenceClassifierReward(
+            s.extra["reward_model"] = SequenceClassifierReward(
                 resolve_model_path(cfg.reward_model), s.dist.device, cfg.reward_batch_size, cfg.max_length,
                 cfg.trust_remote_code)
     except BaseException:
@@ -128,7 +131,7 @@ def rewards(s: jd.JudgedSession, it: int, recs, samples) -> tuple[torch.Tensor, 
         m["time/judge_s"] = time.perf_counter() - t0
     for key, weight in (("reward_model", cfg.reward_model_weight), ("reward_fn", cfg.reward_fn_weight)):
         if key in s.extra:
-            part = rollout.score(s.extra[key], prompts, texts)
+            part = score(s.extra[key], prompts, texts)
             total += weight * part
             m[f"reward/{key}"] = online.mean(part)
     if cfg.missing_eos_penalty is not None:

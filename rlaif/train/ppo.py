@@ -32,6 +32,9 @@ from typing import Any
 
 import torch
 
+from rlaif.reward.functions import load_reward_fn, score
+from rlaif.reward.models import SequenceClassifierReward
+
 from . import online, rollout
 from .checkpoint import MetricsLog
 from .common import (
@@ -193,9 +196,9 @@ def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     critic = prepare_model(online.no_dropout(apply_lora(_load_critic(critic_path, cfg, tok.pad_token_id), cfg, "SEQ_CLS")), cfg, d)
     if reward_fn is None:
         if cfg.reward_fn:
-            reward_fn = rollout.load_reward_fn(cfg.reward_fn)
+            reward_fn = load_reward_fn(cfg.reward_fn)
         elif cfg.reward_model:
-            reward_fn = rollout.SequenceClassifierReward(
+            reward_fn = SequenceClassifierReward(
                 resolve_model_path(cfg.reward_model), d.device, cfg.reward_batch_size, cfg.max_length, cfg.trust_remote_code)
         else:
             raise ValueError("PPO needs a reward: set reward_model (a folder) or reward_fn (module:function)")
@@ -293,7 +296,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     recs, samples = online.sample(s, it, "ppo")
     t_roll = time.perf_counter()
     # -- scoring
-    scores = rollout.score(s.reward_fn, [list(r.messages) for r in recs], [x.text for x in samples])
+    scores = score(s.reward_fn, [list(r.messages) for r in recs], [x.text for x in samples])
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
     tok = score_tokens(s, batch)
     t_score = time.perf_counter()
@@ -341,7 +344,7 @@ def evaluate(s: PPOSession, it: int) -> dict[str, float]:
         return {}
     seeds = [online.seed(s.cfg.seed, "ppo-eval", it, r.id) for r in s.eval_prompts]
     samples = s.engine.sample_tokens(s.eval_ids, seeds, s.cfg.max_new_tokens, s.cfg.temperature)
-    scores = rollout.score(s.reward_fn, [list(r.messages) for r in s.eval_prompts], [x.text for x in samples])
+    scores = score(s.reward_fn, [list(r.messages) for r in s.eval_prompts], [x.text for x in samples])
     return {
         "eval/score": online.mean(scores),
         "eval/response_length": sum(len(x.response_ids) for x in samples) / len(samples),
