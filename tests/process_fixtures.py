@@ -52,15 +52,48 @@ def llama_config(tok, **kw):
 
     return LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=128, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True, **{"initializer_range": 0.5, **kw})
+                       eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True, **kw)
 
 
-def make_tiny_lm(folder: Path, seed: int = 0) -> Path:
+def make_tiny_lm(folder: Path, seed: int = 0, init: float = 0.02) -> Path:
+    """A random-init causal LM; ``init`` (the weights' std) 0.5 makes its greedy text vary with the
+    context instead of repeating one token."""
     import torch
     from transformers import LlamaForCausalLM
 
     tok = make_bpe_tokenizer()
     torch.manual_seed(seed)
-    LlamaForCausalLM(llama_config(tok)).save_pretrained(folder, safe_serialization=True)
+    LlamaForCausalLM(llama_config(tok, initializer_range=init)).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------ stepwise data with a known rule
+RULE_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "apples", "pears", "total"]
+WRONG = "bad"
+"""A step holding this word is wrong; every other step is right (the rule the PRM tests teach)."""
+
+
+def rule_solution(rng, n_steps: int | None = None, p_wrong: float = 0.3) -> tuple[list[str], list[bool]]:
+    """Steps of 1-4 words; each holds :data:`WRONG` at a random place with probability ``p_wrong``."""
+    steps, labels = [], []
+    for _ in range(n_steps or rng.randint(2, 5)):
+        words = [rng.choice(RULE_WORDS) for _ in range(rng.randint(1, 4))]
+        wrong = rng.random() < p_wrong
+        if wrong:
+            words.insert(rng.randint(0, len(words)), WRONG)
+        steps.append(" ".join(words))
+        labels.append(not wrong)
+    return steps, labels
+
+
+def rule_rows(n: int, seed: int = 0) -> list[dict]:
+    """TRL stepwise rows (string prompt, steps, bool labels) following the rule."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        steps, labels = rule_solution(rng)
+        rows.append({"prompt": f"add {rng.choice(RULE_WORDS)} and {rng.choice(RULE_WORDS)}", "completions": steps, "labels": labels})
+    return rows

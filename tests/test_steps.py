@@ -143,7 +143,7 @@ def test_transformers_engine_continues_where_the_full_answer_went_and_stops_wher
 
     from rlaif.engine.hf_local import HFEngine
 
-    engine = HFEngine(str(make_tiny_lm(tmp_path / "lm")), dtype="float32", show_progress=False)
+    engine = HFEngine(str(make_tiny_lm(tmp_path / "lm", init=0.5)), dtype="float32", show_progress=False)
     greedy = SamplingConfig(0.0, 1.0, 24)
     msgs = ({"role": "user", "content": "add 0 apples"},)
     full = engine.generate([ChatRequest(msgs)], greedy)[0]

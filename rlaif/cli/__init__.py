@@ -18,7 +18,7 @@ def _add_feedback_server_flags(p) -> None:
                         "either, the policy's model (label: --served-model) or the first model of --feedback-base-url)")
 
 
-SETTINGS_COMMANDS = ("generate", "label", "bon", "eval", "train")  # they take --config FILE and key=value settings
+SETTINGS_COMMANDS = ("generate", "label", "bon", "eval", "train", "label-steps")  # they take --config FILE and key=value settings
 
 
 def _add_label(sub) -> None:
@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
+    p = sub.add_parser("label-steps", help="step labels for solutions (judge, Monte-Carlo completion or implicit rewards) "
+                                           "in TRL's stepwise format")
+    from rlaif.cli.label_steps import add_arguments as add_label_steps_arguments
+
+    add_label_steps_arguments(p)
+
     p = sub.add_parser("eval", help="a policy against a baseline: win rates, harmlessness, over-refusal, reward, KL")
     from rlaif.cli.eval import add_arguments as add_eval_arguments
 
@@ -152,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_try_arguments(p)
 
-    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo or grpo")
-    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"], help="what to train")
+    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo, grpo or prm "
+                                     "(process reward model)")
+    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo", "prm"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
     return parser
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("label", "bon", "eval"):
+    if args.command in ("label", "bon", "eval", "label-steps"):
         from rlaif.cli.settings_flags import apply_settings
         from rlaif.settings import SettingsError
 
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlaif.cli import commands
 
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        return getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args)
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130
