@@ -1,15 +1,20 @@
 """Step-level beam search under a process reward model (``rlaif bon --search beam``).
 
-For each prompt the search keeps up to ``beam`` partial solutions (beams). Each round, every
-unfinished beam is continued ``expand`` times by one step: a seeded request that continues the
-beam's text (``ChatRequest.assistant_prefix``) and stops at the end of a step
-(``ChatRequest.stop``: a newline for the ``lines`` splitter, a blank line for ``paragraphs``, the
-marker for ``marker``). Every candidate is scored by the PRM over all its steps, reduced to one
-number by the aggregate (min, prod or last), and the best ``beam`` of the new candidates and the
-finished beams are kept. A beam is finished when its last request ended by itself (the end
-token), when it has used the token budget (``max_tokens`` per solution), or after ``max_steps``
-rounds. This is the PRM-guided beam search of Snell et al. 2024 (sec. 5.2) with a fixed beam
-width; Math-Shepherd and Lightman et al. rerank whole samples instead (best-of-N).
+For each prompt the search keeps up to ``beam`` partial solutions (beams). Every round
+spends ``beam * expand`` requests, spread evenly over the unfinished beams (``expand`` each when
+all ``beam`` are open; all of them on the empty solution in the first round). Each request
+continues its beam's text (``ChatRequest.assistant_prefix``; seeded by the round, the beam's place
+and the request's number) and stops at
+the end of a step (``ChatRequest.stop``: a newline for the ``lines`` splitter, a blank line for
+``paragraphs``, the marker for ``marker``). Every candidate is scored by the PRM over all its
+steps, reduced to one number by the aggregate (min, prod or last), and the best ``beam`` among the
+new candidates and the finished beams are kept (ties: the earlier). Two beams may hold the same
+text: a prefix that several samples reached and the PRM ranks high gets that many beams' share of
+the next round (their requests have different seeds). A beam is
+finished when its last request ended by itself (the end token), when it has used the token budget
+(``max_tokens`` per solution), or after ``max_steps`` rounds. This is the PRM-guided beam search
+of Snell et al. 2024 (sec. 5.2); Math-Shepherd and Lightman et al. rerank whole samples instead
+(best-of-N).
 
 The answer is the best finished beam. Every generated token is counted (``generated_tokens``:
 the tokens of every expansion, kept or not), so the search can be compared with best-of-N at an
@@ -86,10 +91,14 @@ def search_prompt_batch(engine: Engine, prm: StepScorer, prompts: Sequence[Promp
         if not open_:
             break
         reqs, owners = [], []
+        per_prompt = {j: [b for jj, b in open_ if jj == j] for j, _ in open_}
         for j, b in open_:
             room = sampling.max_tokens - b.tokens
-            for k in range(s.expand):
-                reqs.append(ChatRequest(prompts[j].messages, derive_seed(seed, prompts[j].id, rnd, b.text, k, "beam"),
+            mine = per_prompt[j]
+            slot = next(i for i, x in enumerate(mine) if x is b)
+            n, extra = divmod(s.beam * s.expand, len(mine))  # this round's requests, spread over the open beams
+            for k in range(n + (slot < extra)):
+                reqs.append(ChatRequest(prompts[j].messages, derive_seed(seed, prompts[j].id, rnd, slot, k, "beam"),
                                         assistant_prefix=b.text, stop=(stop,)))
                 owners.append((j, b, room))
         outs = _generate_with_rooms(engine, reqs, [r for _, _, r in owners], sampling)
@@ -108,7 +117,7 @@ def search_prompt_batch(engine: Engine, prm: StepScorer, prompts: Sequence[Promp
             probs = prm.step_probs([list(prompts[j].messages) for j, _ in fresh], steps)
             for (_, c), p in zip(fresh, probs):
                 c.score = aggregate(p, s.aggregate)
-        # keep the best `beam` candidates (ties: the earlier one); a prompt whose requests all failed keeps its beams
+        # keep the best `beam` candidates (ties: the earlier); a prompt whose requests all failed keeps its beams
         beams = [sorted(cs, key=lambda c: -c.score)[: s.beam] if cs else bs for cs, bs in zip(cands, beams)]
     rows = []
     for j, p in enumerate(prompts):
