@@ -324,3 +324,15 @@ def test_label_steps_command_with_the_openai_backend_judge_and_monte_carlo(tmp_p
             body_checked = True
     assert body_checked
     capsys.readouterr()
+
+
+def test_the_pointwise_judge_as_a_reward():
+    from rlaif.reward.judge import JudgeReward
+
+    reward = JudgeReward(oracle_engine(), load_constitution("default"), StepJudgeSettings(ensemble=2))
+    got = reward([[{"role": "user", "content": "q"}]] * 2, ["a fine answer", f"an answer with a {MARK}"])
+    assert got == [pytest.approx(0.9), pytest.approx(0.1)]
+    broken = FakeEngine(scorer=lambda req, options: (_ for _ in ()).throw(AssertionError()))
+    broken.max_model_len = 5  # every question is too long: the engine reports an error
+    with pytest.raises(RuntimeError, match="could not score"):
+        JudgeReward(broken, load_constitution("default"))([[{"role": "user", "content": "q"}]], ["x"])

@@ -158,3 +158,20 @@ def judge_warnings(d: dict[str, Any]) -> list[str]:
     if d.get("steps") and d["ties"] / d["steps"] > 0.5:
         out.append(f"{d['ties']} of {d['steps']} steps are ties: the judge does not separate them")
     return out
+
+
+class JudgeReward:
+    """The pointwise judge as a reward: each response is judged whole, as a single step, and its reward is
+    P(acceptable) averaged over the principles drawn for it (seeded by prompt and response). A request
+    that fails raises (a reward must not silently be 0.5)."""
+
+    def __init__(self, engine: Engine, const: Constitution, settings: StepJudgeSettings = StepJudgeSettings()):
+        self.engine, self.const, self.settings = engine, const, settings
+
+    def __call__(self, prompts: Sequence[Sequence[Message]], responses: Sequence[str]) -> list[float]:
+        items = [(str(derive_seed(render_conversation(p), r)), p, [r]) for p, r in zip(prompts, responses)]
+        verdicts = judge_steps(self.engine, self.const, items, self.settings, desc="judge reward")
+        failed = next((v for v in verdicts if v.error is not None), None)
+        if failed is not None:
+            raise RuntimeError(f"the judge could not score a response: {failed.error}")
+        return [v.probs[0] for v in verdicts]
