@@ -336,3 +336,20 @@ def test_the_pointwise_judge_as_a_reward():
     broken.max_model_len = 5  # every question is too long: the engine reports an error
     with pytest.raises(RuntimeError, match="could not score"):
         JudgeReward(broken, load_constitution("default"))([[{"role": "user", "content": "q"}]], ["x"])
+
+
+def test_the_arithmetic_task_and_its_checker():
+    from rlaif.reward.arithmetic import answer_of, check, final_number, problems
+
+    for kind in ("shop", "sum3", "minutes"):
+        probs = problems(20, seed=1, kind=kind)
+        assert len({p["prompt"] for p in probs}) >= 18 and probs == problems(20, seed=1, kind=kind)
+        for p in probs:
+            assert answer_of(p["prompt"]) == p["answer"]
+            conv = [{"role": "user", "content": p["prompt"]}]
+            right = f"step one\nstep two\nThe answer is {p['answer']}."
+            assert check([conv, conv, conv], [right, f"The answer is {p['answer'] + 1}.", "no number"]) == [1.0, 0.0, 0.0]
+    assert problems(1, 3, "minutes")[0]["answer"] == answer_of(problems(1, 3, "minutes")[0]["prompt"])
+    assert final_number("3 + 4 = 7, so the answer is: 1,204 apples") == 1204 and final_number("7 then 9") == 9
+    assert check([[{"role": "user", "content": "What is 2 + 2 + 2?"}]], ["6"]) == [1.0]
+    assert check([[{"role": "user", "content": "unrelated"}]], ["6"]) == [0.0]

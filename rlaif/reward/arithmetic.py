@@ -1,0 +1,81 @@
+"""A small verifiable task: arithmetic word problems of two or three steps, and their checker.
+
+``problems(n, seed, kind)`` writes ``n`` problems (``{"id", "prompt", "answer"}``); ``check`` is a
+reward function (``--reward-fn rlaif.reward.arithmetic:check``): 1.0 when the response's final
+number equals the problem's answer, else 0.0. The answer is read back from the problem's own
+text (every kind is written by one template whose numbers a regular expression recovers), so the
+checker needs nothing but the prompt. The final number of a response is the one after its last
+"answer is", else its last number.
+
+Kinds (the instruction asks for one step per line and a closing "The answer is N."):
+
+* ``shop``: "A shop has A apples. It sells B of them and then gets C more. ..." (A - B + C);
+* ``sum3``: "What is A + B + C?";
+* ``minutes``: "How many minutes are there in H hours and M minutes?" (60 H + M).
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Sequence
+
+INSTRUCTION = "Solve it step by step, writing each step on its own line, and end with: The answer is N."
+KINDS = {
+    "shop": (r"A shop has (\d+) apples\. It sells (\d+) of them and then gets (\d+) more\. How many apples does it have now\?",
+             "A shop has {a} apples. It sells {b} of them and then gets {c} more. How many apples does it have now?",
+             lambda a, b, c: a - b + c),
+    "sum3": (r"What is (\d+) \+ (\d+) \+ (\d+)\?", "What is {a} + {b} + {c}?", lambda a, b, c: a + b + c),
+    "minutes": (r"How many minutes are there in (\d+) hours and (\d+) minutes\?",
+                "How many minutes are there in {a} hours and {b} minutes?", lambda a, b: 60 * a + b),
+}
+_ANSWER = re.compile(r"answer is\s*:?\s*\$?(-?\d[\d,]*)", re.I)
+_NUMBER = re.compile(r"-?\d[\d,]*")
+
+
+def problems(n: int, seed: int = 0, kind: str = "shop") -> list[dict[str, Any]]:
+    """``n`` problems of ``kind`` (seeded), each ``{"id", "prompt", "answer"}``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}")
+    rng = random.Random(f"{kind}:{seed}")
+    _, text, fn = KINDS[kind]
+    out = []
+    for i in range(n):
+        if kind == "shop":
+            a = rng.randint(5, 30)
+            args = {"a": a, "b": rng.randint(1, a - 1), "c": rng.randint(1, 20)}
+        elif kind == "sum3":
+            args = {"a": rng.randint(2, 30), "b": rng.randint(2, 30), "c": rng.randint(2, 30)}
+        else:
+            args = {"a": rng.randint(1, 5), "b": rng.randint(1, 59)}
+        out.append({"id": f"{kind}-{seed}-{i}", "prompt": f"{text.format(**args)} {INSTRUCTION}", "answer": fn(*args.values())})
+    return out
+
+
+def answer_of(prompt: str) -> int | None:
+    """The answer of a problem this module wrote (None for any other text)."""
+    for pattern, _, fn in KINDS.values():
+        m = re.search(pattern, prompt)
+        if m:
+            return fn(*(int(x) for x in m.groups()))
+    return None
+
+
+def final_number(response: str) -> int | None:
+    """The number after the last "answer is", else the last number; None when there is none."""
+    found = _ANSWER.findall(response) or _NUMBER.findall(response)
+    if not found:
+        return None
+    try:
+        return int(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def check(prompts: Sequence[Sequence[dict]], responses: Sequence[str]) -> list[float]:
+    """1.0 where the response's final number is the answer of the problem in the prompt's last user turn."""
+    out = []
+    for p, r in zip(prompts, responses):
+        user = [m["content"] for m in p if m["role"] == "user"]
+        want = answer_of(user[-1]) if user else None
+        out.append(1.0 if want is not None and final_number(r) == want else 0.0)
+    return out
