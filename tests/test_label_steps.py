@@ -353,3 +353,17 @@ def test_the_arithmetic_task_and_its_checker():
     assert final_number("3 + 4 = 7, so the answer is: 1,204 apples") == 1204 and final_number("7 then 9") == 9
     assert check([[{"role": "user", "content": "What is 2 + 2 + 2?"}]], ["6"]) == [1.0]
     assert check([[{"role": "user", "content": "unrelated"}]], ["6"]) == [0.0]
+
+
+def test_the_docs_option_table_matches_the_parser():
+    """docs/process.md's `rlaif label-steps` table names every flag of the command (the engine flags apart,
+    as in the README's tables) and no flag the command lacks."""
+    from rlaif.cli import build_parser
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "process.md").read_text()
+    table = text.split("`rlaif label-steps` options", 1)[1].split("\n\n", 2)[1]
+    shown = {w.rstrip(",") for cell in re.findall(r"`([^`]*)`", table) for w in cell.split() if w.startswith("--")}
+    p = build_parser().subcommands["label-steps"]
+    engine = {o for a in p._actions if a.dest.startswith("engine.") for o in a.option_strings}
+    flags = {o for a in p._actions for o in a.option_strings if o.startswith("--")} - engine - {"--help"}
+    assert shown == flags, (sorted(flags - shown), sorted(shown - flags))
