@@ -1,7 +1,11 @@
 """Process feedback measured end to end on this machine: Monte-Carlo step labels, a PRM trained on them,
 and best-of-N / beam search under four scorers on held-out problems.
 
-    python benchmarks/bench_process.py [--kind shop] [--train 64] [--heldout 100] [--work runs/bench-process]
+    python benchmarks/bench_process.py [--kind sum2] [--train 64] [--heldout 64] [--work runs/bench-process]
+
+Generation runs on the transformers backend in float32 with one thread per process
+(``OMP_NUM_THREADS=1``): on this shared 2-core machine that was several times faster than two
+threads, and than starting vLLM, which took six minutes under the load of the day.
 
 1. **Task** (rlaif/reward/arithmetic.py): ``--train`` and ``--heldout`` problems of one kind (different
    seeds). The one-try accuracy of the default model on the held-out problems is measured first
@@ -66,7 +70,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 def rlaif(*argv, log=None) -> float:
     """Run ``python -m rlaif ...``; returns its wall time (raises on a non-zero exit)."""
     t0 = time.time()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLAIF_REPORT": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLAIF_REPORT": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run([sys.executable, "-m", "rlaif", *map(str, argv)], env=env, cwd=ROOT, capture_output=True, text=True)
     if log:
         Path(log).write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
@@ -82,13 +86,14 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kind", default="shop")
+    ap.add_argument("--kind", default="sum2")
     ap.add_argument("--train", type=int, default=64)
-    ap.add_argument("--heldout", type=int, default=100)
-    ap.add_argument("--samples", type=int, default=4, help="solutions per training problem")
+    ap.add_argument("--heldout", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=2, help="solutions per training problem")
     ap.add_argument("--k", type=int, default=4, help="continuations per step prefix")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-process"))
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "process.json"))
@@ -104,7 +109,7 @@ def main() -> None:
     held = problems(args.heldout, seed=2, kind=args.kind)
     train_file = write_jsonl(work / "train.jsonl", [{"id": p["id"], "prompt": p["prompt"]} for p in train])
     held_file = write_jsonl(work / "heldout.jsonl", [{"id": p["id"], "prompt": p["prompt"]} for p in held])
-    sampling = ["--temperature", args.temperature, "--max-tokens", args.max_tokens]
+    sampling = ["--temperature", args.temperature, "--max-tokens", args.max_tokens, "--backend", args.backend, "--dtype", "float32"]
 
     # -- 2. Monte-Carlo step labels
     steps_run = work / "steps-mc"
@@ -123,7 +128,7 @@ def main() -> None:
     common = ["model=default", f"runs_dir={work}", f"epochs={args.epochs}", "lr=2e-5", "batch_size=8", "eval_fraction=0.1",
               "max_length=512", "max_prompt_length=256", "tensorboard=false", "resume=false"]
     walls["train_prm"] = rlaif("train", "prm", f"data={steps_run}", "name=prm", *common, log=work / "train-prm.log")
-    walls["train_orm"] = rlaif("train", "prm", f"data={orm_data}", "name=orm", "step_split=marker", "step_pattern=@@@@",
+    walls["train_orm"] = rlaif("train", "prm", f"data={orm_data}", "name=orm", "step_split=marker", "step_pattern=END-OF-SOLUTION-MARKER",
                                *common, log=work / "train-orm.log")
 
     def eval_metrics(name):
@@ -141,7 +146,13 @@ def main() -> None:
     from rlaif.reward.prm import ProcessRewardModel
     from rlaif.seeds import derive_seed
 
-    engine = create_engine(resolve_model("default"), EngineConfig(max_model_len=1024, kv_cache_gib=1), seed=0, show_progress=False)
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    cfg = EngineConfig(backend=args.backend, dtype="float32", max_model_len=1024, **({"kv_cache_gib": 1} if args.backend == "vllm" else {}))
+    engine = create_engine(resolve_model("default"), cfg, seed=0, show_progress=False,
+                           **({"batch_size": 32} if args.backend == "transformers" else {}))
     convs = [[{"role": "user", "content": p["prompt"]}] for p in held]
     reqs = [ChatRequest(tuple(c), derive_seed(0, p["id"], j, "bench")) for c, p in zip(convs, held) for j in range(16)]
     outs = engine.generate(reqs, SamplingConfig(args.temperature, 1.0, args.max_tokens))

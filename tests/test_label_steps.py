@@ -341,7 +341,7 @@ def test_the_pointwise_judge_as_a_reward():
 def test_the_arithmetic_task_and_its_checker():
     from rlaif.reward.arithmetic import answer_of, check, final_number, problems
 
-    for kind in ("shop", "sum3", "minutes"):
+    for kind in ("shop", "sum3", "sum2", "minutes"):
         probs = problems(20, seed=1, kind=kind)
         assert len({p["prompt"] for p in probs}) >= 18 and probs == problems(20, seed=1, kind=kind)
         for p in probs:

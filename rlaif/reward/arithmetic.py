@@ -1,4 +1,4 @@
-"""A small verifiable task: arithmetic word problems of two or three steps, and their checker.
+"""A small verifiable task: arithmetic problems (single-digit sums, word problems), and their checker.
 
 ``problems(n, seed, kind)`` writes ``n`` problems (``{"id", "prompt", "answer"}``); ``check`` is a
 reward function (``--reward-fn rlaif.reward.arithmetic:check``): 1.0 when the response's final
@@ -7,11 +7,15 @@ text (every kind is written by one template whose numbers a regular expression r
 checker needs nothing but the prompt. The final number of a response is the one after its last
 "answer is", else its last number.
 
-Kinds (the instruction asks for one step per line and a closing "The answer is N."):
+Kinds (each prompt ends with an instruction to work one step per line):
 
+* ``sum2``: "What is A + B?" (single digits);
+* ``sum3``: "What is A + B + C?" (single digits);
 * ``shop``: "A shop has A apples. It sells B of them and then gets C more. ..." (A - B + C);
-* ``sum3``: "What is A + B + C?";
 * ``minutes``: "How many minutes are there in H hours and M minutes?" (60 H + M).
+
+Measured one-try accuracy of the default model (SmolLM2-135M-Instruct, temperature 0.7, 32 problems,
+up to 96 tokens): sum2 25%, sum3 3-12%, shop 0-9% (benchmarks/results/process.md).
 """
 from __future__ import annotations
 
@@ -19,12 +23,14 @@ import random
 import re
 from typing import Any, Sequence
 
-INSTRUCTION = "Solve it step by step, writing each step on its own line, and end with: The answer is N."
+INSTRUCTIONS = {"sum2": "Add the numbers one at a time, one step per line.", "sum3": "Add the numbers one at a time, one step per line.",
+                "shop": "Work it out one step per line.", "minutes": "Work it out one step per line."}
 KINDS = {
     "shop": (r"A shop has (\d+) apples\. It sells (\d+) of them and then gets (\d+) more\. How many apples does it have now\?",
              "A shop has {a} apples. It sells {b} of them and then gets {c} more. How many apples does it have now?",
              lambda a, b, c: a - b + c),
     "sum3": (r"What is (\d+) \+ (\d+) \+ (\d+)\?", "What is {a} + {b} + {c}?", lambda a, b, c: a + b + c),
+    "sum2": (r"What is (\d+) \+ (\d+)\?", "What is {a} + {b}?", lambda a, b: a + b),
     "minutes": (r"How many minutes are there in (\d+) hours and (\d+) minutes\?",
                 "How many minutes are there in {a} hours and {b} minutes?", lambda a, b: 60 * a + b),
 }
@@ -41,13 +47,15 @@ def problems(n: int, seed: int = 0, kind: str = "shop") -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         if kind == "shop":
-            a = rng.randint(5, 30)
-            args = {"a": a, "b": rng.randint(1, a - 1), "c": rng.randint(1, 20)}
+            a = rng.randint(3, 12)
+            args = {"a": a, "b": rng.randint(1, a - 1), "c": rng.randint(1, 6)}
         elif kind == "sum3":
-            args = {"a": rng.randint(2, 30), "b": rng.randint(2, 30), "c": rng.randint(2, 30)}
+            args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9), "c": rng.randint(1, 9)}
+        elif kind == "sum2":
+            args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9)}
         else:
-            args = {"a": rng.randint(1, 5), "b": rng.randint(1, 59)}
-        out.append({"id": f"{kind}-{seed}-{i}", "prompt": f"{text.format(**args)} {INSTRUCTION}", "answer": fn(*args.values())})
+            args = {"a": rng.randint(1, 3), "b": rng.randint(1, 30)}
+        out.append({"id": f"{kind}-{seed}-{i}", "prompt": f"{text.format(**args)} {INSTRUCTIONS[kind]}", "answer": fn(*args.values())})
     return out
 
 
