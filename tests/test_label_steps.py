@@ -367,3 +367,27 @@ def test_the_docs_option_table_matches_the_parser():
     engine = {o for a in p._actions if a.dest.startswith("engine.") for o in a.option_strings}
     flags = {o for a in p._actions for o in a.option_strings if o.startswith("--")} - engine - {"--help"}
     assert shown == flags, (sorted(flags - shown), sorted(shown - flags))
+
+
+def test_a_killed_run_resumes_from_its_committed_chunks_and_matches_an_uninterrupted_one(tmp_path):
+    sols = [solution_from(rec(i), f"s{i}", f"one {i}\ntwo\nthree", None, StepSplitter()) for i in range(3)]
+    s = StepLabelSettings("mc", mc=MCSettings(3, SamplingConfig(1.0, 1.0, 8)), chunk_size=1)
+    quiet = dict(show_progress=False, log=lambda _: None)
+    run_label_steps(sols, str(tmp_path / "whole"), s, {"policy": lambda: FakeEngine(script=rate_script)}, {"policy": "m"},
+                    reward_fn=right, **quiet)
+
+    class Dies(FakeEngine):
+        def generate(self, requests, sampling, desc=""):
+            if any("one 1" in r.assistant_prefix for r in requests):
+                raise KeyboardInterrupt  # the process is stopped during the second chunk
+            return super().generate(requests, sampling, desc)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_label_steps(sols, str(tmp_path / "r"), s, {"policy": lambda: Dies(script=rate_script)}, {"policy": "m"},
+                        reward_fn=right, **quiet)
+    assert sorted(p.name for p in (tmp_path / "r" / "chunks").glob("[0-9]*.jsonl")) == ["00000.jsonl"]
+    again = FakeEngine(script=rate_script)
+    m = run_label_steps(sols, str(tmp_path / "r"), s, {"policy": lambda: again}, {"policy": "m"}, reward_fn=right, **quiet)
+    assert sum(n for _, n in again.calls) == 2 * 2 * 3  # chunks 1 and 2 only: 2 prefixes x k = 3 each
+    assert (tmp_path / "r" / "steps.jsonl").read_text() == (tmp_path / "whole" / "steps.jsonl").read_text()
+    assert m["counts"]["labelled"] == 3

@@ -30,7 +30,6 @@ from rlaif.data.runs import RunDir, chunked
 from rlaif.reward.functions import RewardFn
 
 
-
 @dataclass(frozen=True)
 class BonSettings:
     """What shapes a best-of-N run's rows."""
