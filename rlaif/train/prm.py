@@ -125,7 +125,21 @@ def collate_steps(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": attn, "targets": targets, "labels": labels, "step_mask": smask}
 
 
+def check_splitter(cfg: PRMConfig, rank: int = 0) -> None:
+    """Warn when the data is a label-steps run folder whose steps were cut by another splitter than the
+    one this PRM will record for scoring."""
+    manifest = Path(cfg.data).expanduser() / "manifest.json"
+    if rank != 0 or not manifest.is_file():
+        return
+    made = (json.loads(manifest.read_text(encoding="utf-8")).get("settings") or {}).get("splitter")
+    mine = StepSplitter(cfg.step_split, cfg.step_pattern).describe()
+    if made and made != mine:
+        print(f"[rlaif.train] warning: {cfg.data} was cut into steps by {made}, but this PRM will cut responses by {mine} "
+              f"when it scores them; set step_split / step_pattern to match")
+
+
 def load_step_splits(cfg: PRMConfig, tok, rank: int = 0) -> tuple[list[dict], list[dict]]:
+    check_splitter(cfg, rank)
     train, stats = tokenize_steps(load_rows(step_data_path(cfg.data), "sft"), tok, cfg)
     if cfg.eval_data:
         ev, _ = tokenize_steps(load_rows(step_data_path(cfg.eval_data), "sft"), tok, cfg)

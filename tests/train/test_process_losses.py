@@ -1,5 +1,6 @@
 """Process supervision maths: the PRM's step loss, step rewards on tokens, GRPO's process advantages, the
 step metrics, and the PRM's data layout -- each against an independent computation."""
+import json
 import math
 
 import pytest
@@ -93,3 +94,13 @@ def test_token_positions_find_the_token_of_a_character(tokenizer):
     ids = tokenizer("w1 w2 good w3", add_special_tokens=False)["input_ids"]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     assert token_positions(tokenizer, ids, [text.index("good") + 4, len(text), 1]) == [2, 3, 0]
+
+
+def test_training_on_steps_cut_another_way_than_the_prm_will_cut_warns(tmp_path, capsys):
+    from rlaif.train.prm import PRMConfig, check_splitter
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": {"splitter": {"mode": "marker", "pattern": " "}}}))
+    check_splitter(PRMConfig(data=str(tmp_path), step_split="marker", step_pattern=" "))
+    assert capsys.readouterr().out == ""
+    check_splitter(PRMConfig(data=str(tmp_path)))
+    assert "warning" in capsys.readouterr().out
