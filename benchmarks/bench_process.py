@@ -21,7 +21,8 @@ threads, and than starting vLLM, which took six minutes under the load of the da
    (ties: the earliest sample), and random choice (its expected accuracy: the mean correctness of the
    N samples). ``rlaif bon --search beam --prm`` with ``beam x expand = N`` (every round spends N
    requests of one step each, so its token budget is close to best-of-N's; both are counted).
-5. **Intervals**: Clopper-Pearson 95% over problems.
+5. **Intervals**: Clopper-Pearson 95% over problems (random choice: a percentile bootstrap over problems
+   of its expected accuracy).
 
 Everything random is seeded; results go to benchmarks/results/process.md and process.json.
 """
@@ -84,6 +85,18 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def markdown_table(result: dict) -> str:
+    """The results table: accuracy [95% Clopper-Pearson] and generated tokens per problem, N = 4 and 16."""
+    def cell(c):
+        ci = f" [{c['ci'][0]:.0%}, {c['ci'][1]:.0%}]" if c.get("ci") else ""
+        return f"{c['accuracy']:.1%}{ci}, {c['tokens_per_problem']:.0f} tok"
+
+    lines = ["| scorer | N = 4 | N = 16 |", "|---|---|---|"]
+    for name, cells in result["table"].items():
+        lines.append(f"| {name} | {cell(cells['4'] if '4' in cells else cells[4])} | {cell(cells['16'] if '16' in cells else cells[16])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="sum2")
@@ -97,7 +110,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-process"))
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "process.json"))
+    ap.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and stop")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return
 
     from rlaif.reward.arithmetic import check, final_number, problems
 
@@ -192,6 +209,9 @@ def main() -> None:
             out.append(next(j for j, a in enumerate(answers) if a is not None and counts[a] == top))
         return out
 
+    import random
+
+    rng = random.Random(0)
     table = {}
     for n in (4, 16):
         chosen = {"PRM (min over steps)": pick_best(prm_score["min"], n), "PRM (product)": pick_best(prm_score["prod"], n),
@@ -202,9 +222,11 @@ def main() -> None:
             table.setdefault(name, {})[n] = {"correct": k, "n": len(held), "accuracy": k / len(held),
                                               "ci": clopper_pearson(k, len(held)),
                                               "tokens_per_problem": sum(sum(t[:n]) for t in tokens) / len(held)}
-        rand = sum(sum(r[:n]) / n for r in right)
-        table.setdefault("random choice (expected)", {})[n] = {"correct": rand, "n": len(held), "accuracy": rand / len(held),
-                                                               "ci": None, "tokens_per_problem": sum(sum(t[:n]) for t in tokens) / len(held)}
+        per = [sum(r[:n]) / n for r in right]  # each problem's chance that a random pick is right
+        boot = sorted(sum(per[j] for j in (rng.randrange(len(per)) for _ in per)) / len(per) for _ in range(2000))
+        table.setdefault("random choice (expected)", {})[n] = {"correct": sum(per), "n": len(held), "accuracy": sum(per) / len(held),
+                                                               "ci": (boot[49], boot[1949]),  # percentile bootstrap over problems
+                                                               "tokens_per_problem": sum(sum(t[:n]) for t in tokens) / len(held)}
         anyk = sum(any(r[:n]) for r in right)
         table.setdefault(f"any of the N correct (upper bound)", {})[n] = {"correct": anyk, "n": len(held), "accuracy": anyk / len(held),
                                                                          "ci": clopper_pearson(anyk, len(held)),
