@@ -260,6 +260,8 @@ def main() -> None:
                    "continuation_tokens": manifest["counts"]["continuation_tokens"],
                    "solutions_correct": sum(r["labels"][-1] for r in rows), "label_wall_s": manifest["timing"]["label_wall_s"]},
         "prm_eval": eval_metrics("prm"), "orm_eval": eval_metrics("orm"), "table": table, "wall_s": walls,
+        "per_problem": [{"id": p["id"], "right": r, "tokens": t, "prm_min": pm, "orm": om}
+                        for p, r, t, pm, om in zip(held, right, tokens, prm_score["min"], orm_score)],
     }
     Path(args.save).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
