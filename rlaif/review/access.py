@@ -68,7 +68,7 @@ def host_name(header: str) -> str:
 def check_allowed_host(name: str) -> str:
     """An ``--allowed-host`` value: a host name or address, without scheme, port or path."""
     clean = name.strip().lower().strip("[]")
-    if not clean or any(c in clean for c in "/ :@?#") and not _is_ip(clean):
+    if not clean or (any(c in clean for c in "/ :@?#") and not _is_ip(clean)):
         raise ValueError(f"--allowed-host takes a host name or address (like review.lan or 10.0.0.5), not {name!r}")
     return clean
 
@@ -149,7 +149,8 @@ class Guard:
                 if scope["method"] in ("GET", "HEAD"):  # keep it out of the address bar and history
                     rest = urlencode([(k, v) for k, v in query if k != SECRET_PARAM])
                     cookie = (f"{self.access.cookie}={self.access.secret}; Path=/; HttpOnly; SameSite=Strict").encode()
-                    target = (scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")).encode()
+                    path = scope.get("raw_path") or scope["path"].encode()
+                    target = path + (f"?{rest}".encode() if rest else b"")
                     return await _plain(send, 303, "", [(b"location", target), (b"set-cookie", cookie)])
             else:
                 jar = SimpleCookie()
