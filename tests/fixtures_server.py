@@ -3,8 +3,8 @@
 ``ScriptedServer`` is a stdlib ``http.server`` on 127.0.0.1 (random port) in a thread. Its
 ``script(method, path, body, attempt)`` returns a :class:`Reply`; every call is recorded in
 ``hits`` so tests can count attempts. ``vllm_server`` is a session fixture that starts
-``python -m vllm.entrypoints.openai.api_server`` on the default model (float32, like
-``conftest.vllm_engine``) and yields its URL.
+the README's CPU server command (:func:`rlaif.engine.server_recipe.vllm_server_argv`) on the
+default model (float32, like ``conftest.vllm_engine``) and yields its URL.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from rlaif.engine.server_recipe import vllm_server_argv
 
 SERVER_START_TIMEOUT_S = 240
 
@@ -164,19 +166,11 @@ def vllm_server(default_model: str, tmp_path_factory: pytest.TempPathFactory) ->
 
     port = free_port()
     log_path: Path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", default_model,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager",
-        "--gpu-memory-utilization", "0.1",
-        "--kv-cache-memory-bytes", str(2**30),  # overrides the share above: steadier on CPU hosts
-        # float32, like the shared in-process engine (conftest.vllm_engine): vLLM's CPU kernels are
-        # then batch-invariant, so concurrent requests and the two engines agree token for token.
-        "--dtype", "float32",
-        "--max-model-len", "4096",
-        "--logprobs-mode", "processed_logprobs",
-    ]
+    # the README's CPU command (rlaif.engine.server_recipe, checked against the README by
+    # tests/test_server_recipe.py), on the prepared default model and a free port. Its float32 is
+    # the shared in-process engine's too (conftest.vllm_engine): vLLM's CPU kernels are then
+    # batch-invariant, so concurrent requests and the two engines agree token for token.
+    cmd = vllm_server_argv(default_model, "cpu", port=port, python=sys.executable)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

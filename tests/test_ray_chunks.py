@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,126 @@ def test_a_late_result_of_an_expired_lease_is_discarded(cluster, tmp_path):
     assert any("late result of chunk 1" in line and "discarded" in line for line in logs)
     stats = json.loads((tmp_path / "ray" / "chunks" / "00000.stats.json").read_text())
     assert stats["lease"] != "0.1"  # committed from a later lease
+
+
+def _count_commits(monkeypatch) -> Counter:
+    """Every commit of a chunk file in this process (the driver), by chunk index: a chunk committed
+    twice rewrites the same file, so counting ids in the folder would not see it."""
+    from rlaif.data.runs import RunDir
+
+    counts: Counter = Counter()
+    commit = RunDir.commit_chunk
+
+    def counting(self, index, *args, **kwargs):
+        counts[index] += 1
+        return commit(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "commit_chunk", counting)
+    return counts
+
+
+def _finishes(fn, timeout: float = 120):
+    """``fn()``'s result or error; fails if it is still running after ``timeout`` s (a driver that spins)."""
+    t, box = _run_in_thread(fn)
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout:g} s"
+    return box
+
+
+def test_a_lease_timeout_shorter_than_a_chunk_commits_each_chunk_once(cluster, tmp_path, monkeypatch):
+    """One replica whose chunks take ~1.2 s against a 0.4 s lease: every lease expires, and since the
+    replica is the only one, each late result comes back while no other lease holds its chunk: it is
+    committed, once, and the chunk is not leased again."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    commits = _count_commits(monkeypatch)
+    cfg = _cfg(tmp_path / "ray", RayConfig(address="local", replicas=1, lease_timeout_s=0.4), limit=6)
+    logs: list[str] = []
+    box = _finishes(lambda: generate(cfg, load_constitution("default"), lambda: SlowEngine(str(marks), delay=0.4),
+                                     "fake-model", show_progress=False, log=logs.append))
+    assert "error" not in box, box.get("error")
+    assert commits == {0: 1, 1: 1, 2: 1}, logs
+    summary = box["result"]["engine"]["ray"]
+    assert summary["chunks_committed"] == 3 and summary["expired"] == 3 and summary["late_results_accepted"] == 3, logs
+    assert summary["leases"] == 3  # a late result takes its chunk out of the queue
+    commits.clear()
+    assert _rows(tmp_path / "ray") == _rows(_one_process(tmp_path, limit=6))
+
+
+class ScriptedJob:
+    """A chunk job whose n-th lease of chunk i does ``script[i][n]`` (the last entry once the list runs
+    out): ``(seconds, "ok")`` returns one row after sleeping, ``(seconds, "raise")`` raises after it.
+    Attempts are numbered across processes by creating ``<marks>/<chunk>.<n>`` exclusively."""
+
+    def __init__(self, marks: str, script: dict[int, list[tuple[float, str]]]):
+        self.marks, self.script = Path(marks), script
+
+    def start(self):
+        return (None,)
+
+    def describe(self, engines):
+        return {}
+
+    def close(self, engines):
+        pass
+
+    def run(self, engines, task):
+        from rlaif.pipeline.distributed import ChunkResult
+
+        n = 0
+        while True:
+            try:
+                os.close(os.open(self.marks / f"{task.index}.{n}", os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                n += 1
+        steps = self.script.get(task.index, [(0.0, "ok")])
+        seconds, what = steps[min(n, len(steps) - 1)]
+        time.sleep(seconds)
+        if what == "raise":
+            raise RuntimeError(f"attempt {n + 1} of chunk {task.index + 1} failed")
+        return ChunkResult(rows=[{"id": f"c{task.index}"}], stats={"attempt": n + 1})
+
+
+def _scripted(tmp_path, script, ray_cfg):
+    from rlaif.pipeline.distributed import ChunkTask, run_chunks
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    commits: list[tuple[int, str]] = []
+    logs: list[str] = []
+    tasks = [ChunkTask(i, [f"p{i}"]) for i in range(2)]
+    box = _finishes(lambda: run_chunks(ScriptedJob(str(marks), script), tasks,
+                                       lambda task, result: commits.append((task.index, result.stats["lease"])),
+                                       ray_cfg, log=logs.append))
+    return box, commits, logs
+
+
+def test_an_expired_lease_that_raises_is_counted_once(cluster, tmp_path):
+    """Chunk 1's first two leases outlive the lease and then raise; its third outlives it and returns.
+    Each of the three counts once against max_attempts 4 (an expiry, not an expiry and an error), so
+    the third lease's late result, with no other lease on the chunk, is committed."""
+    slow_error, slow_ok = (1.2, "raise"), (1.2, "ok")
+    box, commits, logs = _scripted(tmp_path, {0: [slow_error, slow_error, slow_ok]},
+                                   RayConfig(address="local", replicas=1, lease_timeout_s=0.4, max_attempts=4))
+    assert "error" not in box, (box.get("error"), logs)
+    assert sorted(commits) == [(0, "0.3"), (1, "1.1")], logs
+    summary = box["result"]["ray"]
+    assert summary["expired"] == 3 and summary["late_results_accepted"] == 1
+    assert summary["replicas"][0]["failures"] == 2
+    assert sum("expired before" in line for line in logs) == 2, logs
+
+
+def test_leases_that_keep_expiring_stop_the_run(cluster, tmp_path):
+    """Two replicas, chunk 1 never done within the lease: its second expired lease stops the run with
+    one clear message instead of leasing it for ever."""
+    box, commits, logs = _scripted(tmp_path, {0: [(60.0, "ok")]},
+                                   RayConfig(address="local", replicas=2, lease_timeout_s=0.4, max_attempts=2))
+    error = box.get("error")
+    assert isinstance(error, DistributedError), (error, logs)
+    assert "chunk 1 failed 2 times (max_attempts 2): lease 0.2 expired after 0.4 s" in str(error)
+    assert "run the same command again" in str(error)
+    assert 0 not in {i for i, _ in commits}
 
 
 def test_a_replica_that_fails_to_start_is_reported_and_the_others_go_on(cluster, tmp_path):

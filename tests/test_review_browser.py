@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ if os.environ.get("CI") != "true":  # under CI a missing package is a failure, n
     pytest.importorskip("starlette")
 
 from browser import start_chromium  # noqa: E402
+from rlaif.review.access import Access  # noqa: E402
 from rlaif.review.app import create_app  # noqa: E402
 from rlaif.review.server import BackgroundServer  # noqa: E402
 
@@ -86,13 +88,20 @@ def agreement_row(d, row_id: str) -> tuple[str, str]:
 
 
 @pytest.fixture
-def three_pairs(tmp_path):
+def three_pairs(driver, tmp_path):
+    """Three labelled pairs behind a server that asks for its access secret (as off loopback): the
+    browser opens the link with the secret first, as a reviewer opens the printed one."""
     run = make_run(tmp_path / "run", [
         row("pa", "Alpha chosen", "Alpha rejected", category="c1", chosen_prob=0.9, order_agreement=1.0, label_principles=["x"], label_principle_probs=[0.9]),
         row("pb", "Beta chosen", "Beta rejected", category="c1", chosen_prob=0.6, order_agreement=0.0, label_principles=["x"], label_principle_probs=[0.6]),
         row("pc", "Gamma chosen", "Gamma rejected", category="c2", chosen_prob=0.75, order_agreement=1.0, label_principles=["y"], label_principle_probs=[0.75]),
     ])
-    server = BackgroundServer(create_app(run, log=lambda m: None)).start()
+    access = Access(secret=secrets.token_urlsafe(24))
+    server = BackgroundServer(create_app(run, access=access, log=lambda m: None)).start()
+    driver.get(access.link(server.url))
+    # redirected to the address without the secret (then to a pair, where a reviewer cookie is left from before)
+    wait(lambda: driver.current_url.startswith(server.url) and "secret" not in driver.current_url, "the plain address")
+    assert "refused" not in driver.find_element("tag name", "body").text
     yield run, server
     server.stop()
 

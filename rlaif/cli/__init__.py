@@ -99,6 +99,9 @@ def _add_review(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--reviewer", help="your name, so the page does not ask for it")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="a host name the server also answers to (repeatable; the bound address, localhost on loopback "
+                        "and, with --host 0.0.0.0, IP addresses and this machine's name are always accepted)")
 
 
 def _add_report(sub) -> None:

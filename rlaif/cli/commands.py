@@ -359,10 +359,16 @@ def cmd_review(args: argparse.Namespace) -> int:
         raise UserError(f"rlaif review needs the web packages ({exc}); install with: pip install 'rlaif[review]'") from None
     from rlaif.review.data import ReviewError
 
+    from rlaif.review.access import check_allowed_host
+
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0-65535, not {args.port}")
     try:
-        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer)
+        allowed = [check_allowed_host(h) for h in args.allowed_hosts]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer, allowed_hosts=allowed)
     except ReviewError as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # a bad --reviewer name

@@ -13,7 +13,9 @@ driver commits a result only while its lease is live. A replica that dies (its p
 its node lost: Ray raises ``RayActorError``) loses its lease and the chunk is leased again to a
 healthy replica; a dead replica is replaced. With ``lease_timeout_s`` a lease also expires after
 that many seconds and the chunk is leased again; the late result of the expired lease is
-discarded. Because every request's seed derives from the run seed and the row's ids, not from
+committed when the chunk is uncommitted and no other lease holds it, else discarded. A lease that
+expires or raises is one failed attempt (once per lease); ``max_attempts`` of them stop the run.
+Because every request's seed derives from the run seed and the row's ids, not from
 which process or batch served it, the rows equal those of a one-process run.
 
 Why actors rather than Ray Data (``map_batches`` with a stateful engine class, or
@@ -51,7 +53,7 @@ class RayConfig:
     lease_timeout_s: float | None = None
     """A chunk not returned within this many seconds is leased again (None: only when its replica dies)."""
     max_attempts: int = 3
-    """Leases of one chunk whose replica raised an error before the run stops."""
+    """Failed leases of one chunk (each one that raised an error or expired, counted once) before the run stops."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:

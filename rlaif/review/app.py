@@ -8,9 +8,10 @@ serves the numbers as JSON.
 
 Posts are refused unless they carry the page's token (a random value per server, so a
 page of another site cannot post into a local server) and, when the browser sends an
-``Origin``, come from this server's own origin. While the server listens on a loopback
-address, requests naming another host are refused (DNS rebinding). Every page is served
-with a content security policy that allows only this server's own files.
+``Origin``, come from this server's own origin. Requests naming a host the server was not
+bound to or told about are refused (DNS rebinding), and off loopback every request must carry
+the server's access secret (:mod:`rlaif.review.access`). Every page is served with a content
+security policy that allows only this server's own files.
 """
 
 from __future__ import annotations
@@ -30,25 +31,17 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from rlaif.review.access import Access, Guard
 from rlaif.review.data import FLAGS, Pair, ReviewStore, SubmissionError, check_reviewer, left_is_chosen, load_pairs, parse_submission
 from rlaif.review.stats import LiveStats
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
 COOKIE = "rlaif_reviewer"
-LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 LIKERT_TITLES = {
     1: "left much better", 2: "left better", 3: "left slightly better", 4: "left negligibly better",
     5: "right negligibly better", 6: "right slightly better", 7: "right better", 8: "right much better",
 }
-SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-     b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-]
 
 
 def _pct(x: float | None) -> str:
@@ -57,33 +50,6 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-class _Guard:
-    """ASGI middleware: refuse requests for other host names on a loopback server, and add
-    the security headers to every response."""
-
-    def __init__(self, app, loopback_only: bool):
-        self.app = app
-        self.loopback_only = loopback_only
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.loopback_only:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            name = urlsplit(f"//{host}").hostname or ""
-            if name not in LOOPBACK_NAMES:
-                response = PlainTextResponse(f"refused: this review server answers only to 127.0.0.1 or localhost, not {host!r}", 421)
-                return await response(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 class ReviewApp:
@@ -288,11 +254,12 @@ class ReviewApp:
         return self._with_cookie(RedirectResponse(f"/pair/{index}", 303), review.reviewer)
 
 
-def create_app(run: str | Path, default_reviewer: str | None = None, loopback_only: bool = True,
+def create_app(run: str | Path, default_reviewer: str | None = None, access: Access | None = None,
                log: Callable[[str], None] | None = None):
     """The ASGI app for reviewing ``run`` (raises :class:`ReviewError` for a bad run folder).
 
-    The :class:`ReviewApp` is at ``app.state.review``.
+    ``access``: the Host names and secret requests need (default: a server on 127.0.0.1, no
+    secret). The :class:`ReviewApp` is at ``app.state.review``.
     """
     state = ReviewApp(run, default_reviewer=default_reviewer, log=log)
     routes = [
@@ -308,6 +275,6 @@ def create_app(run: str | Path, default_reviewer: str | None = None, loopback_on
     ]
     inner = Starlette(routes=routes)
     inner.state.review = state
-    app = _Guard(inner, loopback_only)
+    app = Guard(inner, access or Access())
     app.state = inner.state  # type: ignore[attr-defined]
     return app
