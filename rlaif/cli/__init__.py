@@ -99,6 +99,11 @@ def _add_review(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--reviewer", help="your name, so the page does not ask for it")
+    p.add_argument("--order", choices=["queue", "file"], default="queue",
+                   help="queue (default): what a rating teaches most, alternating with a random sample for the estimate; "
+                        "file: the file's order")
+    p.add_argument("--target", type=float, default=10.0, metavar="POINTS",
+                   help="stop when the agreement's 95%% interval is within +-POINTS percentage points (default 10)")
 
 
 def _add_report(sub) -> None:

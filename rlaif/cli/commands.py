@@ -361,8 +361,10 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0-65535, not {args.port}")
+    if not 0 < args.target < 50:
+        raise UserError(f"--target must be between 0 and 50 percentage points, not {args.target:g}")
     try:
-        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer)
+        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer, order=args.order, target=args.target / 100)
     except ReviewError as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # a bad --reviewer name

@@ -82,12 +82,12 @@ class BackgroundServer:
 
 
 def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
-        print_fn: Callable[[str], None] | None = None) -> int:
+        print_fn: Callable[[str], None] | None = None, order: str = "queue", target: float = 0.10) -> int:
     """``rlaif review``: load the run, bind, print the URL, serve until Ctrl-C."""
     from rlaif.review.app import create_app
 
     print_fn = print_fn or (lambda m: print(m, flush=True))
-    app = create_app(run_dir, default_reviewer=reviewer, loopback_only=is_loopback(host))
+    app = create_app(run_dir, default_reviewer=reviewer, loopback_only=is_loopback(host), order=order, target=target)
     state = app.state.review
     import gc
 
@@ -95,6 +95,7 @@ def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str |
     sock = bind(host, port)
     url = url_of(sock)
     print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
+    print_fn(f"order: {order}; the page says when the agreement's 95% interval is within +-{100 * target:g} points")
     if state.store.latest:
         print_fn(f"ratings already stored: {len(state.store.latest)} (damaged lines skipped: {state.store.skipped})")
     if not is_loopback(host):
