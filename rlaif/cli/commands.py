@@ -144,6 +144,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.cli.ratings import label_options
 
     engine_cfg = _engine_config(args)
     try:
@@ -171,10 +172,12 @@ def cmd_label(args: argparse.Namespace) -> int:
             model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
+            weights, calibration = label_options(args, const, model_id)
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
                 ray=ray, in_process_model=engine_cfg.backend in ("vllm", "transformers"),
+                principle_weights=weights, calibration=calibration,
             )
         finally:
             if judge is not None:
@@ -281,6 +284,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"datasets: {manifest['outputs']['sft']}  {manifest['outputs']['preferences']}")
     _refresh_report(Path(manifest["outputs"]["sft"]).parent)
     return _judge_report(manifest, args.strict)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_calibrate
+
+    return run_calibrate(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_export
+
+    return run_export(args)
 
 
 def cmd_bon(args: argparse.Namespace) -> int:
