@@ -92,7 +92,7 @@ def three_pairs(tmp_path):
         row("pb", "Beta chosen", "Beta rejected", category="c1", chosen_prob=0.6, order_agreement=0.0, label_principles=["x"], label_principle_probs=[0.6]),
         row("pc", "Gamma chosen", "Gamma rejected", category="c2", chosen_prob=0.75, order_agreement=1.0, label_principles=["y"], label_principle_probs=[0.75]),
     ])
-    server = BackgroundServer(create_app(run, log=lambda m: None)).start()
+    server = BackgroundServer(create_app(run, log=lambda m: None, order="file")).start()  # the file's order: pair 1, 2, 3
     yield run, server
     server.stop()
 

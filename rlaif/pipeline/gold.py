@@ -78,7 +78,6 @@ def gold_rows(rated: RatedRun, drop_flags: Sequence[str] = DEFAULT_DROP_FLAGS,
                  "human_flags_chosen": flags_r if swap else flags_c, "human_flags_rejected": flags_c if swap else flags_r}
         row_flags = list(row.get("flags") or [])
         if human_p == 0.5:
-            counts["humans_split"] += 1
             out = {**base, **human, "flags": sorted(set(row_flags) | {"humans-split"})}
         else:
             ai_cp = base["ai_chosen_prob"]
@@ -94,14 +93,17 @@ def gold_rows(rated: RatedRun, drop_flags: Sequence[str] = DEFAULT_DROP_FLAGS,
                     out["label_principle_probs"] = [1.0 - q for q in row["label_principle_probs"]]
                 if isinstance(row.get("response_ids"), list):
                     out["response_ids"] = list(reversed(row["response_ids"]))
-            counts["human_labels"] += 1
-            counts["swapped"] += swap
-            counts["ai_agreed"] += out["ai_agrees"] is True
         bad = sorted(set(out["human_flags_chosen"]) & set(drop_flags))
         if bad:
             counts["dropped"] += 1
             dropped.append({"id": pair.id, "reason": f"the chosen response is flagged {', '.join(bad)}"})
             continue
+        if out["label_source"] == "human":
+            counts["human_labels"] += 1
+            counts["swapped"] += swap
+            counts["ai_agreed"] += out["ai_agrees"] is True
+        else:
+            counts["humans_split"] += 1
         rows.append(out)
     counts["preference_rows"] = len(rows)
     return rows, {"counts": counts, "dropped": dropped}
