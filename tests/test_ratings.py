@@ -39,9 +39,9 @@ def cli(monkeypatch, capsys, argv, engine=None):
 
 
 def write_pairs(path: Path, pairs: list[tuple[str, str, str]]) -> str:
-    """(id, response a, response b) -> a pairs file for rlaif label."""
-    path.write_text("".join(json.dumps({"id": pid, "prompt": f"{Q} ({pid})", "response_a": a, "response_b": b}) + "\n"
-                            for pid, a, b in pairs))
+    """(id, response a, response b) -> a pairs file for rlaif label; the reference label names the marked response."""
+    path.write_text("".join(json.dumps({"id": pid, "prompt": f"{Q} ({pid})", "response_a": a, "response_b": b,
+                                        "label": "a" if MARKER in a else "b"}) + "\n" for pid, a, b in pairs))
     return str(path)
 
 
@@ -225,7 +225,7 @@ def test_a_principle_built_to_be_wrong_is_flagged_and_down_weighted(tmp_path, mo
     src = write_pairs(tmp_path / "pairs.jsonl", marked(150))
     judge = lambda model: PrincipleOracle(model=model or "fake", content=1.0, wrong=4.0)  # noqa: E731
     base = ["label", "--pairs", src, "--backend", "fake", "--quiet", "--ensemble", "2", "--constitution", const, "--principles-dir", pdir]
-    code, _, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "run")], judge)
+    code, labelled, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "run")], judge)
     assert code == 0, err
     with BackgroundServer(create_app(tmp_path / "run", log=lambda m: None)) as server:
         person = Reviewer(server.url, "rita", prefer_marked(0.1), seed=5)
@@ -241,9 +241,16 @@ def test_a_principle_built_to_be_wrong_is_flagged_and_down_weighted(tmp_path, mo
     assert "bad-shape" in out and "FLAGGED -> weight 0" in out
 
     weights = str(tmp_path / "cal" / "principle_reliability.json")
-    code, _, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "weighted"), "--principle-reliability", weights], judge)
+    code, relabelled, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "weighted"), "--principle-reliability", weights], judge)
     assert code == 0, err
     before, after = rows_of(tmp_path / "run"), rows_of(tmp_path / "weighted")
+    # the README shows this run's output
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = [line for line in labelled.splitlines() if line.startswith("agreement with reference labels:")]
+    shown += [line for line in out.splitlines() if not line.startswith(("wrote", "report:"))]
+    shown += [line for line in relabelled.splitlines() if line.startswith(("principle weights:", "agreement with reference labels:"))]
+    missing = [line for line in shown if line not in readme]
+    assert not missing, f"README's 'From ratings to better labels' does not show: {missing}"
 
     def disagreement(rows):
         """Share of the reviewer's ratings whose preferred response is not the row's chosen one."""

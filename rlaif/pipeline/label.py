@@ -318,6 +318,12 @@ def label_run(
     answered = [r.get("feedback_model") or feedback_model for r in raw]  # older folders: the requested judge
     judge_labels = [label_from_row(r) for r in raw]
     labels, judge = finalise_labels(pairs, judge_labels, settings, principle_weights, calibration)
+    if principle_weights:
+        log(f"principle weights: {sum('reweighted' in l.flags for l in labels)} labels averaged with "
+            + ", ".join(f"{k} x{w:g}" for k, w in sorted(principle_weights.items()) if w != 1.0))
+    if calibration is not None:
+        c = judge["calibration"]
+        log(f"calibration: {c['calibrated']} labels calibrated, {c['swaps']} swapped (calibrated P below 0.5)")
     rows = [ai_preference_row(p, l, fm) for p, l, fm in zip(pairs, labels, answered) if keep_for_dataset(l, settings)]
     for row, pair in zip(rows, [p for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]):
         row["category"] = str(pair.meta.get("category", ""))

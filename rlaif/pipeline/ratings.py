@@ -186,7 +186,10 @@ def reweighted_label(lab: Any, weights: dict[str, float], tie_band: float) -> An
     if total <= 0 or all(w == 1.0 for w in ws.values()):
         return lab
     p = sum(ws[k] * v for k, v in lab.per_principle.items()) / total
+    first = lab.first_order_p_a
+    if all(k in lab.slot_probs for k in ws):  # the one-order label (position diagnostics) weighed the same way
+        first = sum(ws[k] * lab.slot_probs[k][0] for k in ws) / total
     flags = {f for f in lab.flags if f != "tie"} | {"reweighted"}
     if abs(p - 0.5) <= tie_band:
         flags.add("tie")
-    return replace(lab, p_a=p, likert=likert(p), margin=margin(p), flags=tuple(sorted(flags)))
+    return replace(lab, p_a=p, first_order_p_a=first, likert=likert(p), margin=margin(p), flags=tuple(sorted(flags)))
