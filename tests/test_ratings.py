@@ -100,6 +100,18 @@ def test_logistic_fit_recovers_a_known_model_and_beats_the_raw_probabilities():
     cv = cal.cv
     assert cv["after"]["brier"] < cv["before"]["brier"] - 0.03 and cv["after"]["log_loss"] < cv["before"]["log_loss"] - 0.1
     assert cv["folds"] == 5 and len(oof) == 1500
+    # the reported standard errors match the spread of the estimates over repeated samples
+    slopes, errors = [], []
+    for rep in range(40):
+        rng = random.Random(100 + rep)
+        sample = []
+        for i in range(300):
+            cp, o = rng.uniform(0.5, 0.995), rng.choice([0.0, 1.0])
+            sample.append(Observation(f"r{i}", cp, o, float(rng.random() < sig(math.log(cp / (1 - cp)) / 3 + 0.5 * o))))
+        fitted, _ = fit_calibration(sample, "hard", "j", "c")
+        slopes.append(fitted.coef[1])
+        errors.append(fitted.stderr[1])
+    assert float(np.std(slopes)) == pytest.approx(float(np.mean(errors)), rel=0.35)
     # perfectly separated ratings: the penalty keeps the fit finite
     sep = [Observation(f"s{i}", 0.6 + 0.3 * (i % 2), 1.0, float(i % 2)) for i in range(40)]
     w = fit_logistic(np.array([[1.0, math.log(o.chosen_prob / (1 - o.chosen_prob))] for o in sep]), np.array([o.y for o in sep]))

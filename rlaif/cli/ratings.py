@@ -83,11 +83,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         obs = observations(by_id, rated.reviews, args.target)
         cal, _ = fit_calibration(obs, args.target, judge, const, label_settings, source=str(args.run))
         reliability = principle_reliability(by_id, rated.reviews, args.reliability_threshold, args.flagged_weight)
-        rows, swaps = [], 0
+        rows, swaps, swap_p = [], 0, []
         for row in rated.rows:
             new, swapped = calibrated_row(row, cal)
             rows.append(new)
             swaps += swapped
+            if swapped:
+                swap_p.append(1.0 - new["chosen_prob"])
         counts = {"pairs": len(rows), "labelled": sum("calibrated" in (r.get("flags") or []) for r in rows),
                   "ties": sum("tie" in (r.get("flags") or []) for r in rows), "preference_rows": len(rows), "calibration_swaps": swaps}
         cal_file = {**cal.to_dict(), "swaps": swaps}
@@ -98,16 +100,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except (RatingsError, CalibrationError, DerivedError) as exc:
         raise UserError(str(exc)) from None
     a, b, c = cal.coef
+    sa, sb, sc = cal.stderr
     cv = cal.cv
     lc = (rated.manifest.get("length_control") or {}).get("applied")
     print(f"ratings: {cal.n} of {len({r.reviewer for r in rated.reviews})} reviewer(s) on {cal.n_pairs} AI-labelled pairs"
           + (" (the labels were length-controlled; the fit is on those)" if lc else ""))
     print(f"calibration (logistic, {args.target} target): P = sigmoid({a:+.3f} {b:+.3f} * logit(chosen_prob)"
           + (f" {c:+.3f} * order_agreement)" if cal.use_order else ")"))
+    print(f"  standard errors: a {sa:.3f}, b {sb:.3f}" + (f", c {sc:.3f}" if cal.use_order else ""))
     print(f"cross-validated over {cv['folds']} folds (by pair)   before   after")
     print(f"  Brier score                         {cv['before']['brier']:.3f}    {cv['after']['brier']:.3f}")
     print(f"  log loss                            {cv['before']['log_loss']:.3f}    {cv['after']['log_loss']:.3f}")
-    print(f"swapped {swaps} of {len(rows)} pairs (calibrated P below 0.5: the humans' likely choice is the other response)")
+    print(f"swapped {swaps} of {len(rows)} pairs (calibrated P below 0.5: the humans' likely choice is the other response"
+          + (f"; their P {min(swap_p):.2f}" + (f"-{max(swap_p):.2f}" if f"{max(swap_p):.2f}" != f"{min(swap_p):.2f}" else "") + ")"
+             if swap_p else ")"))
     print(f"principles (random sample of the pairs; flagged when the 95% interval lies below {_pct(args.reliability_threshold)}):")
     for name, r in reliability.items():
         lo, hi = r["interval"]

@@ -28,7 +28,10 @@ fold), each fold predicted by the model fitted on the others.
 **Applying it**: the calibrated P replaces ``chosen_prob``. Where it falls below 0.5, the humans'
 likely choice is the other response: chosen and rejected swap (the row is flagged
 ``calibration-swapped``, its per-principle probabilities turned to the new chosen response), and
-the swaps are counted. Ties (no side chosen) are left as they are. A saved calibration applies
+the swaps are counted. A swap follows the fitted intercept and slopes, each with its standard
+error in the output: pairs whose calibrated P lies just under 0.5 are coin flips for the people
+too, and soft-label losses (which read ``chosen_prob``) learn little from them either way.
+Ties (no side chosen) are left as they are. A saved calibration applies
 only to labels of the same judge and constitution (:meth:`Calibration.check`).
 """
 
@@ -146,6 +149,8 @@ class Calibration:
     label_settings: dict[str, Any] = field(default_factory=dict)
     cv: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    stderr: tuple[float, float, float] | None = None
+    """Standard errors of (a, b, c): square roots of the diagonal of the inverse penalised Hessian."""
 
     def prob(self, chosen_prob: float, order_agreement: float | None) -> float:
         """The calibrated P(human prefers the chosen response)."""
@@ -155,7 +160,9 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": CALIBRATION_KIND, "method": "logistic", "model": "sigmoid(a + b * logit(chosen_prob) + c * order_agreement)",
-                "coef": {"a": self.coef[0], "b": self.coef[1], "c": self.coef[2]}, "n": self.n, "n_pairs": self.n_pairs,
+                "coef": {"a": self.coef[0], "b": self.coef[1], "c": self.coef[2]},
+                "stderr": None if self.stderr is None else {"a": self.stderr[0], "b": self.stderr[1], "c": self.stderr[2]},
+                "n": self.n, "n_pairs": self.n_pairs,
                 "target": self.target, "use_order_agreement": self.use_order, "l2": L2, "folds": FOLDS,
                 "judge": self.judge, "constitution_sha256": self.constitution_sha256, "label_settings": self.label_settings,
                 "cv": self.cv, "source": self.source}
@@ -169,7 +176,8 @@ class Calibration:
             coef = tuple(float(data["coef"][k]) for k in ("a", "b", "c"))
             return Calibration(coef, int(data["n"]), int(data["n_pairs"]), str(data["target"]), bool(data["use_order_agreement"]),
                                data.get("judge"), data.get("constitution_sha256"), dict(data.get("label_settings") or {}),
-                               dict(data.get("cv") or {}), str(data.get("source", "")))
+                               dict(data.get("cv") or {}), str(data.get("source", "")),
+                               tuple(float(data["stderr"][k]) for k in ("a", "b", "c")) if data.get("stderr") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{path}: a damaged calibration file ({type(exc).__name__}: {exc})") from None
 
@@ -207,12 +215,16 @@ def fit_calibration(obs: Sequence[Observation], target: str, judge: str | None, 
             w = fit_logistic(x[~held], y[~held])
         oof[held] = 1 / (1 + np.exp(-(x[held] @ w)))
     w = fit_logistic(x, y)
+    s = 1 / (1 + np.exp(-(x @ w)))
+    cov = np.linalg.inv((x * (s * (1 - s))[:, None]).T @ x + L2 * np.eye(x.shape[1]))
+    se = np.sqrt(np.diag(cov))
     coef = (float(w[0]), float(w[1]), float(w[2]) if use_order else 0.0)
+    stderr = (float(se[0]), float(se[1]), float(se[2]) if use_order else 0.0)
     before = [o.chosen_prob for o in obs]
     cv = {"folds": folds, "before": {"brier": brier(before, y), "log_loss": log_loss(before, y)},
           "after": {"brier": brier(oof, y), "log_loss": log_loss(oof, y)},
           "reliability": {"before": reliability_bins(before, y), "after": reliability_bins(oof.tolist(), y)}}
-    cal = Calibration(coef, len(obs), len(pairs), target, use_order, judge, constitution_sha256, label_settings or {}, cv, source)
+    cal = Calibration(coef, len(obs), len(pairs), target, use_order, judge, constitution_sha256, label_settings or {}, cv, source, stderr)
     return cal, oof.tolist()
 
 
