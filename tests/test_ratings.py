@@ -195,6 +195,15 @@ def test_calibrate_recovers_the_judges_distortion_end_to_end(tmp_path, monkeypat
     for k, r in again.items():
         assert r["chosen_prob"] == pytest.approx(new[k]["chosen_prob"], abs=1e-9) and text(r["chosen"]) == text(new[k]["chosen"])
     assert json.loads((tmp_path / "again" / "manifest.json").read_text())["calibration"]["swaps"] == cal["swaps"]
+    # on the finished run folder itself it only rebuilds the outputs (no pair is scored again)
+    code, out, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "run"), "--calibration", str(tmp_path / "cal" / "calibration.json")],
+                         lambda model: pytest.fail("no engine may start"))
+    assert code == 0 and "every pair is already scored; building the outputs again" in out, err
+    assert rows_of(tmp_path / "run") == again
+    # other label settings: a warning, not a refusal
+    argv = base + ["--out", str(tmp_path / "other"), "--calibration", str(tmp_path / "cal" / "calibration.json"), "--limit", "4", "--ensemble", "2"]
+    code, _, err = cli(monkeypatch, capsys, argv, judge)
+    assert code == 0 and "fitted on labels made with other settings (ensemble 1 -> 2)" in err
     # another judge, another constitution: refused before any work, with the reason
     for extra, why in [(["--feedback-model", "other-judge"], "judge 'z-judge', not 'other-judge'"),
                        (["--constitution", "harmless-strict"], "other principles ask other questions")]:
@@ -351,6 +360,9 @@ def test_export_prefer_human_carries_exactly_the_rated_verdicts(tmp_path, monkey
     assert set(rows_of(tmp_path / "only")) == set(verdicts) - dropped
     code, _, err = cli(monkeypatch, capsys, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "only")])
     assert code == 2 and "--overwrite" in err
+    # --drop-flags without a flag keeps every pair
+    code, _, err = cli(monkeypatch, capsys, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "all"), "--drop-flags"])
+    assert code == 0 and set(rows_of(tmp_path / "all")) == set(ai)
 
     # every other command reads the gold folder: train's loader, review, report
     from rlaif.report import build_report

@@ -172,6 +172,12 @@ def test_scripted_reviewers_over_http_follow_the_queue_and_see_the_estimate(tmp_
             last = _index(run, ann.seen[-1])
             back = c.get(f"/prev?before={last}").headers["location"]
             assert back == f"/pair/{_index(run, ann.seen[-2])}"
+            # a pair left unrated with n is passed over for the rest of the session
+            offered = c.get(f"/next?after={last}").headers["location"]
+            skipped = int(offered.rsplit("/", 1)[1])
+            again = c.get(f"/next?after={skipped}").headers["location"]
+            later = [c.get(f"/next?after={int(again.rsplit('/', 1)[1])}").headers["location"] for _ in range(3)]
+            assert offered != again and offered not in later
 
 
 def test_stop_banner_once_the_interval_is_narrow_enough(tmp_path):
