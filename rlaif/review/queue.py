@@ -83,8 +83,13 @@ class ReviewQueue:
         self.informative = [i for i, u in enumerate(draws) if u >= RANDOM_SHARE]
         self.in_random = [u < RANDOM_SHARE for u in draws]
         self.strata = [length_stratum(p) for p in self.pairs]
+        self.closeness = [closeness(p) for p in self.pairs]
+        self.agreed = [not orders_disagreed(p) for p in self.pairs]
+        # what the rest of the score depends on: pairs that share it share that part (computed once per offer)
+        self.groups = [(p.principles, p.category, s) for p, s in zip(self.pairs, self.strata)]
         self.raters = [0] * len(self.pairs)
         self.rated: dict[tuple[str, int], str] = {}  # (reviewer, pair index) -> time of the rating that counts
+        self.mine: dict[str, set[int]] = {}  # reviewer -> pair indices rated
         self.skipped: dict[str, set[int]] = {}  # reviewer -> pairs passed over unrated in this session
         self.by_reviewer: dict[str, list[int]] = {}  # reviewer -> [random, informative] pairs rated
         self.principles: Counter[str] = Counter()
@@ -97,6 +102,7 @@ class ReviewQueue:
             return
         known = (review.reviewer, i) in self.rated
         self.rated[(review.reviewer, i)] = review.time
+        self.mine.setdefault(review.reviewer, set()).add(i)
         if known:
             return  # a changed rating of a pair this reviewer rated before: nothing new to count
         pair = self.pairs[i]
@@ -106,24 +112,36 @@ class ReviewQueue:
         self.categories[pair.category] += 1
         self.lengths[self.strata[i]] += 1
 
-    def score(self, i: int) -> float:
-        """The informative stream's score of pair ``i`` (higher first; see the module docstring)."""
-        pair = self.pairs[i]
-        groups = [self.principles[p] for p in pair.principles] + [self.categories[pair.category]]
-        scarcity = sum(1.0 / (1 + n) for n in groups) / len(groups)
-        stratum = self.strata[i]
+    def _group_score(self, group: tuple[tuple[str, ...], str, str]) -> float:
+        """Scarcity + length balance of pairs with these principles, category and length stratum."""
+        principles, category, stratum = group
+        counts = [self.principles[p] for p in principles] + [self.categories[category]]
+        scarcity = sum(1.0 / (1 + n) for n in counts) / len(counts)
         balance = 0.0
         if stratum != "equal":
             other = "shorter" if stratum == "longer" else "longer"
             balance = 0.5 if self.lengths[stratum] < self.lengths[other] else 0.0
-        return closeness(pair) + scarcity + balance
+        return scarcity + balance
+
+    def score(self, i: int) -> float:
+        """The informative stream's score of pair ``i`` (higher first; see the module docstring)."""
+        return self.closeness[i] + self._group_score(self.groups[i])
 
     def _first(self, reviewer: str, stream: Iterable[int], skip: set[int], informative: bool) -> int | None:
         best, best_key = None, None
+        group_scores: dict[tuple, float] = {}
+        done = skip | self.mine.get(reviewer, set())
+        raters, agreed, close, groups = self.raters, self.agreed, self.closeness, self.groups
         for rank, i in enumerate(stream):
-            if i in skip or (reviewer, i) in self.rated:
+            if i in done:
                 continue
-            key = (self.raters[i], not orders_disagreed(self.pairs[i]), -self.score(i)) if informative else (self.raters[i], rank)
+            if informative:
+                g = groups[i]
+                if g not in group_scores:
+                    group_scores[g] = self._group_score(g)
+                key = (raters[i], agreed[i], -(close[i] + group_scores[g]))
+            else:
+                key = (raters[i], rank)
             if best_key is None or key < best_key:
                 best, best_key = i, key
         return best
