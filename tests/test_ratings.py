@@ -231,6 +231,21 @@ def test_calibrate_refuses_what_it_cannot_use(tmp_path, monkeypatch, capsys):
     (run / "reviews.jsonl").write_text("")
     code, _, err = cli(monkeypatch, capsys, ["calibrate", str(run), "--out", str(tmp_path / "o")])
     assert code == 2 and "at least 20 ratings" in err
+    # a judge already calibrated (people agree in 90% of its 0.9 pairs and 60% of its 0.6 ones): the fit
+    # cannot beat it on held-out ratings, and says so
+    from rlaif.review.data import Review, ReviewStore, load_pairs
+
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "preferences.jsonl").write_text("".join(
+        json.dumps({"id": f"n{i}", "prompt": "q", "chosen": f"a{i}", "rejected": f"b{i}", "chosen_prob": 0.9 if i % 2 else 0.6,
+                    "label_source": "ai", "order_agreement": 1.0}) + "\n" for i in range(40)))
+    store = ReviewStore(noise / "reviews.jsonl", {p.id: p for p in load_pairs(noise)})
+    for i in range(40):
+        likert = 8 if (i // 2) % 10 < (9 if i % 2 else 6) else 1
+        store.append(Review(f"noise-{i:04d}", "nia", f"2025-01-01T00:00:{i:02d}.000+00:00", f"n{i}", 9 - likert, "chosen", likert))
+    code, out, err = cli(monkeypatch, capsys, ["calibrate", str(noise), "--out", str(tmp_path / "noisy")])
+    assert code == 0 and "do not beat the judge's own on held-out ratings" in err and "rate more pairs" in err
     code, _, err = cli(monkeypatch, capsys, ["calibrate", str(run), "--out", str(run)])
     assert code == 2 and "is the run folder itself" in err
     code, _, err = cli(monkeypatch, capsys, ["label", "--pairs", "x.jsonl", "--out", str(tmp_path / "l"), "--backend", "fake",

@@ -111,6 +111,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"cross-validated over {cv['folds']} folds (by pair)   before   after")
     print(f"  Brier score                         {cv['before']['brier']:.3f}    {cv['after']['brier']:.3f}")
     print(f"  log loss                            {cv['before']['log_loss']:.3f}    {cv['after']['log_loss']:.3f}")
+    if cv["after"]["brier"] >= cv["before"]["brier"] or cv["after"]["log_loss"] >= cv["before"]["log_loss"]:
+        print(f"rlaif: warning: the calibrated probabilities do not beat the judge's own on held-out ratings (Brier "
+              f"{cv['after']['brier']:.3f} vs {cv['before']['brier']:.3f}, log loss {cv['after']['log_loss']:.3f} vs "
+              f"{cv['before']['log_loss']:.3f}): rate more pairs before you use this calibration", file=sys.stderr)
     print(f"swapped {swaps} of {len(rows)} pairs (calibrated P below 0.5: the humans' likely choice is the other response"
           + (f"; their P {min(swap_p):.2f}" + (f"-{max(swap_p):.2f}" if f"{max(swap_p):.2f}" != f"{min(swap_p):.2f}" else "") + ")"
              if swap_p else ")"))
@@ -173,6 +177,10 @@ def label_options(args: argparse.Namespace, const, judge: str | None) -> tuple[d
     if args.calibration:
         cal = Calibration.read(args.calibration)
         cal.check(judge, const.sha256)
+        before, after = (cal.cv.get("before") or {}), (cal.cv.get("after") or {})
+        if after.get("brier") is not None and before.get("brier") is not None and after["brier"] >= before["brier"]:
+            print(f"rlaif: warning: {args.calibration} did not beat the judge's own probabilities on held-out ratings "
+                  f"(Brier {after['brier']:.3f} vs {before['brier']:.3f})", file=sys.stderr)
         now = {"ensemble": args.ensemble, "both_orders": not args.single_order, "cot": args.cot, "few_shot": args.few_shot,
                "length_control": args.length_control}
         differ = [f"{k} {cal.label_settings[k]!r} -> {now[k]!r}" for k in LABEL_SETTINGS_COMPARED
