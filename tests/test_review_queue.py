@@ -204,3 +204,22 @@ def _chosen(run: Path, pid: str) -> str:
 def _index(run: Path, pid: str) -> int:
     ids = [json.loads(x)["id"] for x in (run / "preferences.jsonl").read_text().splitlines() if x]
     return ids.index(pid)
+
+
+def test_review_command_takes_order_and_target(tmp_path, monkeypatch, capsys):
+    import rlaif.review.server
+    from rlaif.cli import main
+
+    run = queue_run(tmp_path / "run", n=8)
+    served = []
+    monkeypatch.setattr(rlaif.review.server, "serve", lambda app, sock: served.append(app.state.review))
+    assert main(["review", str(run), "--port", "0", "--order", "file", "--target", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "order: file; the page says when the agreement's 95% interval is within +-20 points" in out
+    assert served[0].order == "file" and served[0].target == pytest.approx(0.2)
+    assert main(["review", str(run), "--port", "0"]) == 0 and served[1].order == "queue" and served[1].target == pytest.approx(0.1)
+    assert main(["review", str(run), "--port", "0", "--target", "0"]) == 2
+    assert "--target must be between 0 and 50" in capsys.readouterr().err
+    import gc
+
+    gc.unfreeze()  # rlaif review freezes what it loaded (it lives as long as the server): not in this test process
