@@ -246,6 +246,11 @@ def test_calibrate_refuses_what_it_cannot_use(tmp_path, monkeypatch, capsys):
         store.append(Review(f"noise-{i:04d}", "nia", f"2025-01-01T00:00:{i:02d}.000+00:00", f"n{i}", 9 - likert, "chosen", likert))
     code, out, err = cli(monkeypatch, capsys, ["calibrate", str(noise), "--out", str(tmp_path / "noisy")])
     assert code == 0 and "do not beat the judge's own on held-out ratings" in err and "rate more pairs" in err
+    # the soft target: a strong rating is 0.9375 or 0.0625, not 1 or 0, so the fit is less sure than the hard one
+    code, out, err = cli(monkeypatch, capsys, ["calibrate", str(noise), "--out", str(tmp_path / "soft"), "--target", "soft"])
+    soft, hard = (json.loads((tmp_path / d / "calibration.json").read_text()) for d in ("soft", "noisy"))
+    assert code == 0 and soft["target"] == "soft" and "soft target" in out
+    assert 0 < soft["coef"]["b"] < hard["coef"]["b"]
     code, _, err = cli(monkeypatch, capsys, ["calibrate", str(run), "--out", str(run)])
     assert code == 2 and "is the run folder itself" in err
     code, _, err = cli(monkeypatch, capsys, ["label", "--pairs", "x.jsonl", "--out", str(tmp_path / "l"), "--backend", "fake",
