@@ -291,6 +291,8 @@ def test_a_session_in_queue_order_until_the_stop_banner(driver, tmp_path):
     d = driver
     with BackgroundServer(create_app(run, log=lambda m: None, target=0.3)) as server:
         d.get(server.url)
+        d.delete_all_cookies()  # a new person at this browser: the other tests' reviewer names are gone
+        d.get(server.url)
         by_id(d, "reviewer-input").send_keys("pat\n")
         wait(lambda: "/pair/" in d.current_url, "the first pair")
         assert by_id(d, "order-name").text == "queue order"
