@@ -41,6 +41,10 @@ def _add_label(sub) -> None:
                    help="remove the part of the judge's preference that the length difference explains (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
+    p.add_argument("--principle-reliability", dest="principle_reliability", metavar="FILE",
+                   help="weigh principles in the ensemble average by this file of rlaif calibrate (flagged ones down)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="map the labels' probabilities with this calibration of rlaif calibrate (same judge and constitution)")
     add_config_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -102,6 +106,11 @@ def _add_review(sub) -> None:
     p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                    help="a host name the server also answers to (repeatable; the bound address, localhost on loopback "
                         "and, with --host 0.0.0.0, IP addresses and this machine's name are always accepted)")
+    p.add_argument("--order", choices=["queue", "file"], default="queue",
+                   help="queue (default): what a rating teaches most, alternating with a random sample for the estimate; "
+                        "file: the file's order")
+    p.add_argument("--target", type=float, default=10.0, metavar="POINTS",
+                   help="stop when the agreement's 95%% interval is within +-POINTS percentage points (default 10)")
 
 
 def _add_report(sub) -> None:
@@ -139,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_review(sub)
     _add_report(sub)
+
+    from rlaif.cli.ratings import add_calibrate_arguments, add_export_arguments
+
+    add_calibrate_arguments(sub.add_parser("calibrate", help="calibrate a run's AI labels on its human ratings; per-principle reliability"))
+    add_export_arguments(sub.add_parser("export", help="a run folder whose rated pairs carry the human verdict as their label"))
 
     p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
     from rlaif.cli.bon import add_arguments

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 
-class UserError(Exception):
-    """An error caused by the input; printed without a traceback, exit status 2."""
+from rlaif.cli.errors import UserError  # noqa: F401  (re-exported: rlaif.cli.main catches commands.UserError)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -144,6 +143,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.cli.ratings import label_options
 
     engine_cfg = _engine_config(args)
     try:
@@ -171,10 +171,12 @@ def cmd_label(args: argparse.Namespace) -> int:
             model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
+            weights, calibration = label_options(args, const, model_id)
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
                 ray=ray, in_process_model=engine_cfg.backend in ("vllm", "transformers"),
+                principle_weights=weights, calibration=calibration,
             )
         finally:
             if judge is not None:
@@ -283,6 +285,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _judge_report(manifest, args.strict)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_calibrate
+
+    return run_calibrate(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_export
+
+    return run_export(args)
+
+
 def cmd_bon(args: argparse.Namespace) -> int:
     from rlaif.cli.bon import run
 
@@ -352,37 +366,12 @@ def _refresh_report(run_dir) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    try:
-        import rlaif.review.app  # noqa: F401  (the web packages: starlette, uvicorn, jinja2)
-        from rlaif.review.server import run
-    except ImportError as exc:
-        raise UserError(f"rlaif review needs the web packages ({exc}); install with: pip install 'rlaif[review]'") from None
-    from rlaif.review.data import ReviewError
+    from rlaif.cli.pages import review
 
-    from rlaif.review.access import check_allowed_host
-
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, not {args.port}")
-    try:
-        allowed = [check_allowed_host(h) for h in args.allowed_hosts]
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer, allowed_hosts=allowed)
-    except ReviewError as exc:
-        raise UserError(str(exc)) from None
-    except ValueError as exc:  # a bad --reviewer name
-        raise UserError(f"--reviewer: {exc}") from None
-    except OSError as exc:
-        raise UserError(str(exc)) from None
+    return review(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rlaif.report import ReportError, build_report
+    from rlaif.cli.pages import report
 
-    try:
-        path = build_report(args.runs, args.out)
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
-    print(path)
-    return 0
+    return report(args)
