@@ -97,7 +97,7 @@ def three_pairs(driver, tmp_path):
         row("pc", "Gamma chosen", "Gamma rejected", category="c2", chosen_prob=0.75, order_agreement=1.0, label_principles=["y"], label_principle_probs=[0.75]),
     ])
     access = Access(secret=secrets.token_urlsafe(24))
-    server = BackgroundServer(create_app(run, access=access, log=lambda m: None, order="file")  # the file's order: pair 1, 2, 3).start()
+    server = BackgroundServer(create_app(run, access=access, log=lambda m: None, order="file")).start()  # the file's order: pair 1, 2, 3
     driver.get(access.link(server.url))
     # redirected to the address without the secret (then to a pair, where a reviewer cookie is left from before)
     wait(lambda: driver.current_url.startswith(server.url) and "secret" not in driver.current_url, "the plain address")
