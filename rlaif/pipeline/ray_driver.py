@@ -14,6 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rlaif.engine.failures import ServerGone
 from rlaif.pipeline.distributed import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
 
 POLL_S = 0.5
@@ -242,6 +243,8 @@ class RayDriver:
     def _failed(self, lease: Lease, exc: BaseException) -> None:
         """The chunk raised in a healthy replica: lease it again, up to ``max_attempts`` times."""
         r, task = lease.replica, lease.task
+        if isinstance(getattr(exc, "cause", None), ServerGone):  # the server is gone for every replica: stop
+            raise ServerGone(str(exc.cause)) from None
         r.failures += 1
         self.errors[task.index] += 1
         self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}): {short_error(exc)}")
