@@ -153,7 +153,6 @@ def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptR
     settings = cfg.to_dict()
     settings.pop("out")
     settings.pop("ray")  # where chunks run does not change their rows
-    settings["engine"].pop("max_consecutive_failures")  # nor when a run stops for a server gone
     for k in FINALISE_ONLY:  # they shape only how committed labels become rows
         settings["label"].pop(k, None)
     settings["model"] = model_id
