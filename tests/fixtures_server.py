@@ -355,6 +355,11 @@ class FaultyOracle(OracleServer):
         self._timer: threading.Timer | None = None
         super().__init__(**kw)
 
+    def break_now(self) -> None:
+        """Break from the next request on (instead of after ``after`` chat requests)."""
+        with self._lock:
+            self.after = min(self.after, self.answered)
+
     def _answer(self, method: str, path: str, body: Any, attempt: int) -> Reply:
         if method == "GET" and path == "/v1/models" and self.mode == "500":
             return super()._answer(method, path, body, attempt)

@@ -151,6 +151,46 @@ def test_a_fleet_goes_on_without_a_server_that_died():
             assert bad.url in eng.left_out and "stopped answering" in eng.left_out[bad.url]
 
 
+
+class FailsFirst:
+    """A judge engine whose every scoring request fails for now the first ``times`` times it is sent."""
+
+    def __init__(self, times: int):
+        from rlaif.engine.fake import FakeEngine
+
+        self.engine, self.times, self.seen, self.model = FakeEngine(model="judge"), times, {}, "judge"
+
+    def score_options(self, requests, options, desc=""):
+        from rlaif.engine.base import OptionScores
+
+        out = []
+        for r, s in zip(requests, self.engine.score_options(requests, options, desc)):
+            key = repr(r)
+            self.seen[key] = self.seen.get(key, 0) + 1
+            out.append(OptionScores((), 0, error="HTTP 500 (gave up after 2 attempts)", retryable=True) if self.seen[key] <= self.times else s)
+        return out
+
+
+def test_the_online_judge_retries_within_the_step_else_the_server_is_gone():
+    """The online trainers' judge (:func:`rlaif.train.feedback.judge_groups` with ``retries``): labels
+    that failed for now are asked again within the step and come out as a judge that never failed
+    gives them; still failing after the retries, the step raises ServerGone."""
+    from rlaif.constitution import load_constitution
+    from rlaif.engine.fake import FakeEngine
+    from rlaif.pipeline.judge import LabelSettings
+    from rlaif.train.feedback import judge_groups
+
+    const, settings = load_constitution("default"), LabelSettings(ensemble=2)
+    groups = [([{"role": "user", "content": f"q{g}"}], [f"answer {g}.{k}" for k in range(3)], f"0:p{g}") for g in range(3)]
+    labels = lambda judged: [x.label for g in judged for x in g]  # noqa: E731
+    healthy = labels(judge_groups(FakeEngine(model="judge"), const, settings, groups, "all", retries=2))
+    assert labels(judge_groups(FailsFirst(2), const, settings, groups, "all", retries=2)) == healthy
+    assert all(lab.error is None for lab in healthy)
+    with pytest.raises(ServerGone, match="the judge \\(judge\\) failed 9 of 9 pairs \\(judge\\) after 1 more tries within the step"):
+        judge_groups(FailsFirst(2), const, settings, groups, "all", retries=1)
+    assert all(lab.retryable for lab in labels(judge_groups(FailsFirst(2), const, settings, groups, "all")))  # no retries: as before
+
+
 # ------------------------------------------------------------------ rlaif label
 
 
@@ -284,3 +324,63 @@ def test_eval_stops_when_its_server_answers_500_and_the_rerun_completes(tmp_path
     with OracleServer(("pol", "base")) as fresh:
         assert evaluate(tmp_path / "fresh", fresh.url) == 0
     same_files(out, tmp_path / "fresh", "answers.jsonl", "eval.json")
+
+
+def test_the_online_loop_checkpoints_and_stops_and_a_resumed_run_owes_the_probe(monkeypatch):
+    """:func:`rlaif.train.online.train_loop` when the judge is gone in an iteration or in a probe: a
+    checkpoint of the last finished iteration, with the random state from before the failed work,
+    then ServerGone; a run resumed after a failed probe runs that probe first, then goes on as an
+    uninterrupted run would."""
+    import random
+    from types import SimpleNamespace
+
+    from rlaif.train import online
+
+    saved = []
+    monkeypatch.setattr(online, "checkpoint", lambda s: saved.append((dict(s.position), random.random())) or Path("step-x"))
+
+    class Log:
+        def __init__(self):
+            self.records = []
+
+        def log(self, step, values):
+            self.records.append((step, dict(values)))
+
+    gone: dict[str, int] = {}
+
+    def iteration(s, it):
+        random.random()  # the work draws random numbers before the judge answers
+        if gone.get("iteration") == it:
+            raise ServerGone("the judge is gone")
+        return {"loss": float(it)}
+
+    def evaluate(s, step):
+        random.random()
+        if gone.get("probe") == step:
+            raise ServerGone("the judge is gone")
+        return {"probe": float(step)}
+
+    def run(position, **fails):
+        gone.clear()
+        gone.update(fails)
+        s = SimpleNamespace(cfg=SimpleNamespace(name="t", log_every=1, eval_every=1, save_every=0), position=dict(position),
+                            total_steps=3, log=Log())
+        random.seed(7)
+        online.train_loop(s, iteration, evaluate)
+        return s.log.records
+
+    whole = run({"step": 0})
+    saved.clear()
+    random.seed(7)
+    state = random.getstate()
+    with pytest.raises(ServerGone, match="the judge is gone; the run is checkpointed at iteration 1"):
+        run({"step": 0}, probe=1)
+    (position, after), = saved
+    random.setstate(state)
+    random.random()  # iteration 0 drew one number; the failed probe's draw is undone
+    assert position == {"step": 1, "probe_due": True} and after == random.random()
+    assert run(position) == whole[1:]  # the probe of step 1 first, then as the uninterrupted run
+    saved.clear()
+    with pytest.raises(ServerGone, match="checkpointed at iteration 2"):
+        run({"step": 0}, iteration=2)
+    assert saved[0][0] == {"step": 2}
