@@ -384,3 +384,15 @@ def test_the_online_loop_checkpoints_and_stops_and_a_resumed_run_owes_the_probe(
     with pytest.raises(ServerGone, match="checkpointed at iteration 2"):
         run({"step": 0}, iteration=2)
     assert saved[0][0] == {"step": 2}
+
+
+def test_every_command_that_can_fail_this_way_lists_the_exit_statuses_in_its_help():
+    from rlaif.cli import build_parser
+    from rlaif.cli.bon import build_parser as bon_parser
+
+    parser = build_parser()
+    helps = [parser.format_help(), bon_parser().format_help()]
+    helps += [parser.subcommands[name].format_help() for name in ("generate", "label", "bon", "eval", "train")]
+    for text in helps:
+        flat = " ".join(text.split())
+        assert f"{FAILED_EXIT} requests failed: the server stopped answering" in flat and "3 --strict" in flat, text[-400:]

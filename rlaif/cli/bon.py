@@ -6,7 +6,7 @@ import sys
 
 from rlaif.pipeline.bon import BonSettings, run_bon
 from rlaif.cli.engine_flags import add_engine_flags
-from rlaif.cli.failures import add_allow_failures, finish
+from rlaif.cli.failures import add_allow_failures, epilog, finish, stopped_line
 from rlaif.cli.settings_flags import add_config_flag
 from rlaif.engine.base import SamplingConfig
 
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif bon", description="Best-of-N sampling scored by a reward model.")
     add_arguments(p)
+    epilog(p)
     return p
 
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m rlaif.cli.bon ...``: parse, run, and turn input errors into exit status 2."""
     from rlaif.cli.commands import UserError
     from rlaif.cli.settings_flags import apply_settings
+    from rlaif.engine.failures import FAILED_EXIT, ServerGone
     from rlaif.settings import SettingsError
 
     parser = build_parser()
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UserError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
+    except ServerGone as exc:
+        print(stopped_line(exc), file=sys.stderr)
+        return FAILED_EXIT
 
 
 if __name__ == "__main__":
