@@ -396,3 +396,12 @@ def test_every_command_that_can_fail_this_way_lists_the_exit_statuses_in_its_hel
     for text in helps:
         flat = " ".join(text.split())
         assert f"{FAILED_EXIT} requests failed: the server stopped answering" in flat and "3 --strict" in flat, text[-400:]
+
+
+def test_the_limit_is_not_a_run_setting():
+    """A rerun may change --max-consecutive-failures (generate's run settings hold the other engine settings)."""
+    from rlaif.pipeline.config import fingerprint, resolve
+
+    flags = {"prompts": "p.jsonl", "out": "o"}
+    assert fingerprint(resolve({}, flags, {}).to_dict()) == \
+        fingerprint(resolve({"engine": {"max_consecutive_failures": 3}}, flags, {}).to_dict())
