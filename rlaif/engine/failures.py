@@ -25,6 +25,8 @@ import asyncio
 import functools
 from typing import Any
 
+import httpx
+
 FAILED_EXIT = 4
 """Exit status of a command whose requests failed: it stopped early because a server stopped answering,
 or it finished with rows missing (unless ``--allow-failures``). Rerunning the same command continues.
@@ -57,6 +59,15 @@ class Permanent(Exception):
 
 class GaveUp(Exception):
     """A transient failure whose retries ran out; the message says after how many attempts and why."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, httpx.TransportError)
+"""What the engine retries: a 429 or 5xx answer, a connection error or a timeout."""
+
+
+def refused(exc: BaseException) -> bool:
+    """A connection refused (or not made): from a server that had answered, its process is gone."""
+    return isinstance(exc, httpx.ConnectError)
 
 
 def transient_status(status: int) -> bool:
@@ -149,5 +160,5 @@ class Watched:
         return call
 
 
-__all__ = ["FAILED_EXIT", "DEFAULT_LIMIT", "ServerGone", "Transient", "Permanent", "GaveUp", "Breaker", "Watched",
-           "transient_status", "transient_finish", "engine_died"]
+__all__ = ["FAILED_EXIT", "DEFAULT_LIMIT", "TRANSIENT_ERRORS", "ServerGone", "Transient", "Permanent", "GaveUp", "Breaker",
+           "Watched", "refused", "transient_status", "transient_finish", "engine_died"]

@@ -98,7 +98,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import httpx
 
 from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
-from rlaif.engine.failures import DEFAULT_LIMIT, Breaker, GaveUp, Permanent, Transient, transient_finish, transient_status
+from rlaif.engine.failures import (DEFAULT_LIMIT, TRANSIENT_ERRORS, Breaker, GaveUp, Permanent, Transient, refused,
+                                   transient_finish, transient_status)
 from rlaif.engine.server_pool import Server, ServerPool, describe_error, parse_base_urls, retry_after_s, server_message
 from rlaif.data.records import Completion
 
@@ -215,7 +216,7 @@ class OpenAIServerEngine:
             server.in_flight += 1
             try:
                 data = await self._once(server, method, path, body)
-            except (Transient, httpx.TransportError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 error: BaseException = exc
             except Permanent:
                 pool.success(server)  # it answered: the request, not the server, is at fault
@@ -228,7 +229,7 @@ class OpenAIServerEngine:
             finally:
                 server.in_flight -= 1
             why = describe_error(error, self.timeout_s) + (f" from {server.url}" if len(pool) > 1 else "")
-            if isinstance(error, httpx.ConnectError) and server.answered and pool.lost(server, why):
+            if refused(error) and server.answered and pool.lost(server, why):
                 self.breaker.trip(f"{server.url} stopped answering: connection refused after it had answered ({why})")
             pool.failure(server, self._backoff(server.consecutive + 1, error), why)
             if attempt == last or self.breaker.tripped:
