@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import EXIT_STATUS, add_allow_failures, epilog
 from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
 
@@ -52,8 +53,10 @@ def _add_label(sub) -> None:
     add_engine_flags(p)
     _add_feedback_server_flags(p)
     add_ray_flags(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    epilog(p)
 
 
 def _add_generate(sub) -> None:
@@ -92,9 +95,11 @@ def _add_generate(sub) -> None:
                    help="remove the length-explained part of the judge's preference (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
     add_ray_flags(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."
+    epilog(p)
 
 
 def _add_review(sub) -> None:
@@ -120,7 +125,7 @@ def _add_report(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.")
+    parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.", epilog=EXIT_STATUS)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     parser.subcommands = sub.choices  # name -> that command's parser
@@ -169,10 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_try_arguments(p)
 
+    for name in ("bon", "eval"):
+        epilog(sub.choices[name])
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo or grpo")
     p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
+    epilog(p)
     return parser
 
 
@@ -211,9 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from rlaif.cli import commands
+    from rlaif.cli.failures import stopped_line
+    from rlaif.engine.failures import FAILED_EXIT, ServerGone
 
     try:
         return getattr(commands, f"cmd_{args.command}")(args)
+    except ServerGone as exc:  # a server (or the in-process engine) stopped answering: stopped early, resumable
+        print(stopped_line(exc), file=sys.stderr)
+        return FAILED_EXIT
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130

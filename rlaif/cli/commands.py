@@ -193,11 +193,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     if manifest.get("agreement"):
         print(format_report(manifest["agreement"]))
     _refresh_report(args.out)
-    return _judge_report(manifest, args.strict)
+    return _judge_report(manifest, args)
 
 
-def _judge_report(manifest, strict: bool) -> int:
-    """Print a labelled run's judge diagnostics and warnings; the exit status (--strict)."""
+def _judge_report(manifest, args: argparse.Namespace) -> int:
+    """Print a labelled run's judge diagnostics and warnings, and the rows it lacks; the exit status
+    (rows missing: 4 unless --allow-failures; else --strict and the judge looks uninformative: 3)."""
+    from rlaif.cli.failures import finish
     from rlaif.pipeline.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
 
     if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
@@ -205,7 +207,7 @@ def _judge_report(manifest, strict: bool) -> int:
     warnings = run_warnings(manifest)
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
-    return STRICT_EXIT if warnings and strict else 0
+    return finish(manifest, args.allow_failures) or (STRICT_EXIT if warnings and args.strict else 0)
 
 
 def _server_engines(cfg, quiet: bool, clients: list):
@@ -240,7 +242,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.cli.ray_flags import tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict", "allow_failures")}
     try:
         file_values = load_yaml(args.config, args.overrides)
         const_spec = flags.get("constitution") or file_values.get("constitution") or "default"
@@ -282,7 +285,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print()
     print(f"datasets: {manifest['outputs']['sft']}  {manifest['outputs']['preferences']}")
     _refresh_report(Path(manifest["outputs"]["sft"]).parent)
-    return _judge_report(manifest, args.strict)
+    return _judge_report(manifest, args)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

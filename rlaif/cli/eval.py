@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import add_allow_failures, finish
 from rlaif.cli.settings_flags import add_config_flag
 
 
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples per interval (default 2000)")
     add_engine_flags(p)
     add_config_flag(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for client in clients:
             client.close()
     print(format_results(manifest))
-    return 0
+    return finish(manifest, args.allow_failures)
 
 
 def _ci(x: dict[str, Any] | None, pct: bool = True) -> str:

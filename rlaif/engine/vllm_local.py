@@ -19,6 +19,7 @@ from rlaif.engine.base import (
 )
 from rlaif.data.records import Completion
 from rlaif.engine.config import EngineConfig
+from rlaif.engine.failures import Watched
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,8 @@ class VLLMEngine(ChatTokens):
             if native and native > 8192:
                 kwargs["max_model_len"] = 8192
         t0 = time.perf_counter()
-        self.llm = vllm.LLM(**kwargs)
-        self.startup_s = time.perf_counter() - t0
-        self._vllm = vllm
+        self.llm = Watched(vllm.LLM(**kwargs), "the in-process vLLM engine")  # its death: ServerGone
+        self.startup_s, self._vllm = time.perf_counter() - t0, vllm
         self.tokenizer = self.llm.get_tokenizer()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer of {model!r} has no chat template; rlaif needs a chat model")

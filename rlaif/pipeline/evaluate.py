@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from rlaif.constitution import Constitution, builtin_principles_dir
 from rlaif.data.prompts import PromptError, read_prompts
 from rlaif.data.records import PromptRecord
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.pipeline.eval_judge import run_checks
 from rlaif.pipeline.judge import LabelSettings, Pair, label_pairs
@@ -178,23 +178,15 @@ def reward_stage(reward_fn, prompts: Sequence[PromptRecord], policy, baseline) -
     return list(out.values())
 
 
-def _failed_for_now(x: Any) -> bool:
-    return isinstance(x, dict) and bool(x.get("error")) and bool(x.get("retryable"))
+def results_of(row: dict[str, Any]) -> list[Any]:
+    """Where a stage's row keeps its requests' results: the row (an answer), its label and its checks."""
+    return [row, row.get("label"), *(c for by_check in (row.get("checks") or {}).values() for c in by_check.values())]
 
 
 def transient_failures(stage: str, d: RunDir) -> dict[int, set[str]]:
     """Ids per committed chunk of ``stage`` whose answer or judgement failed for a transient reason (a
     server that gave up after its retries): a rerun of the eval tries them again."""
-    out: dict[int, set[str]] = {}
-    for i in sorted(d.committed()):
-        ids = set()
-        for row in d.read_chunk(i):
-            checks = [c for by_check in (row.get("checks") or {}).values() for c in by_check.values()]
-            if _failed_for_now(row) or _failed_for_now(row.get("label")) or any(_failed_for_now(c) for c in checks):
-                ids.add(row["id"])
-        if ids:
-            out[i] = ids
-    return out
+    return d.to_redo(results_of)
 
 
 def _chunk_stats(d: RunDir, i: int) -> dict[str, Any]:
@@ -298,6 +290,8 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
         "fingerprint": fp, "settings": settings, "prompts": {"sources": list(sources), "count": len(prompts)},
         "constitution": const.provenance(), "engines": engines.info,
         "counts": results["counts"], "results": results,
+        "missing": [missing(what, stage_rows[st].values(), results_of)
+                    for st, what in (("policy", "policy answers"), ("baseline", "baseline answers"), ("judge", "judgements"))],
         "timing": {"stage_wall_s": wall, "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"answers": str(run.path / "answers"), "answers_jsonl": str(run.path / "answers.jsonl"),
                     "results": str(run.path / "eval.json")},

@@ -18,7 +18,7 @@ from rlaif.constitution import Constitution
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
 
@@ -275,7 +275,9 @@ def label_run(
     fp = fingerprint(run_settings)
     run = RunDir(out)
     state = run.open(run_settings, fp, overwrite=overwrite)
-    if state == "done" and any(r.get("error") and r.get("retryable") for r in run.read_chunks()):
+    # pairs whose label failed for a transient reason (a server that gave up) are labelled again
+    retry = run.to_redo(key="pair_id") if state != "new" else {}
+    if state == "done" and retry:
         state = "resume"  # finished, but with transient failures to try again
     previous_engine: dict[str, Any] = {}
     if state == "done":
@@ -289,9 +291,6 @@ def label_run(
     chunks = chunked(pairs, chunk_size)
     committed = run.committed()
     todo = [i for i in range(len(chunks)) if i not in committed]
-    # pairs whose label failed for a transient reason (a server that gave up) are labelled again
-    retry = {i: {r["pair_id"] for r in run.read_chunk(i) if r.get("error") and r.get("retryable")} for i in sorted(committed)}
-    retry = {i: ids for i, ids in retry.items() if ids}
     if state == "resume":
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
@@ -356,6 +355,7 @@ def label_run(
             "identical": sum("identical" in l.flags for l in labels),
             "preference_rows": len(rows),
         },
+        "missing": [missing("pairs", raw)],
         "agreement": report,
         "preference_lengths": lengths,
         "diagnostics": judge["diagnostics"],

@@ -370,3 +370,77 @@ def test_a_served_judge_is_asked_through_the_openai_backend(engine, tiny_chat, p
         score = srv.requests("score")
     assert len(score) == 4 * 2 * 2 and {b["model"] for b in score} == {"judge-model"}
     assert m["train/judge/requests"] == 16 and m["train/judge/tie_rate"] == 1.0 and m.get("train/pairs_trained") == 0
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("kind,stop", [("online-dpo", "within"), ("grpo", "breaker")])
+def test_a_judge_that_stops_answering_checkpoints_and_stops_and_the_rerun_completes(engine, tiny_chat, prompt_file, tmp_path,
+                                                                                   monkeypatch, capsys, kind, stop):
+    """Through ``rlaif train``: a served judge that answers until the first iteration is logged and then only 500. Its
+    requests give up, the step judges the failed pairs again (``judge.retries``) and, still failing (or
+    stopped by the engine's breaker: 20 requests in a row), the run checkpoints the last finished
+    iteration and exits with status 4 and one line. The same command against the judge restarted on
+    the same port completes, and the run equals one whose judge never failed (GRPO with a probe after
+    every iteration)."""
+    from fixtures_server import FaultyOracle, OracleServer
+
+    from rlaif.cli import main
+    from rlaif.engine.failures import FAILED_EXIT
+    from rlaif.train import checkpoint, online
+
+    class Shared:  # the module's engine; the run must not close it
+        def __init__(self, e):
+            self.e = e
+
+        def __getattr__(self, name):
+            return getattr(self.e, name)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(online, "make_engine", lambda cfg, path: Shared(engine))
+    breaks: list = []  # the server that breaks once an iteration's metrics are logged
+    log = checkpoint.MetricsLog.log
+
+    def log_then_break(self, step, values):
+        log(self, step, values)
+        for server in breaks:
+            server.break_now()
+
+    monkeypatch.setattr(checkpoint.MetricsLog, "log", log_then_break)
+    probe = ["probe_size=4", "eval_every=1"] if kind == "grpo" else ["probe_size=0"]
+
+    def train(name, url):
+        return main(["train", kind, f"model={tiny_chat}", f"data={prompt_file}", f"runs_dir={tmp_path}", f"name={name}",
+                     "tensorboard=false", "rollout_batch_size=4", "samples_per_prompt=2", "batch_size=8", "max_new_tokens=12",
+                     "max_length=64", "max_prompt_length=32", "lr=3e-3", "lr_schedule=constant", "warmup_ratio=0",
+                     "max_steps=2", "save_every=1", *probe, "judge.ensemble=2", "judge.model=judge", "judge.retries=1",
+                     "judge.engine.backend=openai", f"judge.engine.base_url={url}", "judge.engine.max_retries=1",
+                     "judge.engine.request_timeout_s=2", *(["judge.engine.max_consecutive_failures=0"] if stop == "within" else [])])
+
+    with FaultyOracle("500", after=10**6, models=("judge",), marker=MARK) as bad:
+        breaks.append(bad)
+        assert train("r", bad.url) == FAILED_EXIT
+        breaks.clear()
+        port, answered = bad.port, bad.answered
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlaif:")]
+    assert len(lines) == 1 and lines[0].startswith("rlaif: stopped early:") and "run the same command again" in lines[0]
+    assert ("more tries within the step" if stop == "within" else "20 requests in a row") in lines[0]
+    assert "checkpointed at iteration 1" in lines[0]
+    assert {m["step"] for m in _log(tmp_path, "r")} == {1}  # nothing of the iteration that failed
+    with OracleServer(("judge",), port=port, marker=MARK) as good:
+        assert train("r", good.url) == 0
+        asked = len(good.requests("score"))
+    with OracleServer(("judge",), marker=MARK) as fresh:
+        assert train("fresh", fresh.url) == 0
+        assert answered + asked == len(fresh.requests("score"))  # nothing judged twice
+    a, b = _log(tmp_path, "fresh"), _log(tmp_path, "r")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == ([1, 1, 2, 2] if kind == "grpo" else [1, 2])
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ("train/loss", "train/kl", "train/entropy", "train/judge/ties", "train/judge/failed", "probe/win_rate",
+                  "probe/soft_win_rate"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), k
+    for step in (0, 1):
+        assert (tmp_path / "fresh" / "pairs" / f"{step:05d}.jsonl").read_text() == (tmp_path / "r" / "pairs" / f"{step:05d}.jsonl").read_text()
