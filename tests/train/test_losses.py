@@ -225,21 +225,43 @@ def test_simpo_hand_value():
 
 
 def test_rdpo_hand_value():
-    """The worked example of rdpo_loss's docstring: beta h = 0.1 * (2 - (-1)) = 0.3, length
-    penalty 0.05 * (20 - 10) = 0.5, z = -0.2, loss = log(1 + e^0.2)."""
+    """The worked example of rdpo_loss's docstring, with Park et al. 2024's sign: the length term
+    alpha (|y_w| - |y_l|) is *added* to beta h (r = beta log(pi / ref) + alpha |y| at the optimum of
+    E[r - alpha |y|] - beta KL). beta h = 0.1 * (2 - (-1)) = 0.3; alpha dlen = 0.05 * (20 - 10) = 0.5;
+    z = 0.8 and loss = log(1 + e^-0.8) = 0.3711006659477777 (a hand value, not the code's formula)."""
     args = (t(-10.0), t(-9.0), t(-12.0), t(-8.0), t(20.0), t(10.0))
     loss, m = L.rdpo_loss(*args, beta=0.1, alpha=0.05)
-    close(loss, 0.7981388693815918)
-    close(loss, math.log1p(math.exp(0.2)))
+    close(loss, 0.3711006659477777)
     close(m["length_penalty"], 0.5)
-    close(m["margin"], 0.3)  # the implicit reward gap, without the penalty
-    # label noise 0.25: softplus(0.2) - 0.25 * 0.2, since softplus(x) - softplus(-x) = x
-    close(L.rdpo_loss(*args, beta=0.1, alpha=0.05, label_smoothing=0.25)[0], 0.7481388693815918)
-    # without the penalty it is DPO: log(1 + e^-0.3)
+    close(m["margin"], 0.3)  # the implicit reward gap, without the length term
+    # label noise 0.25: softplus(-0.8) + 0.25 * 0.8, since softplus(x) - softplus(-x) = x
+    close(L.rdpo_loss(*args, beta=0.1, alpha=0.05, label_smoothing=0.25)[0], 0.5711006659477777)
+    # without the length term it is DPO: log(1 + e^-0.3)
     close(L.rdpo_loss(*args, beta=0.1, alpha=0.0)[0], 0.5543552444685271)
     close(L.dpo_sigmoid_loss(*args[:4], beta=0.1)[0], 0.5543552444685271)
-    # the same pair with the shorter answer chosen costs less than DPO: z = 0.3 + 0.5
-    close(L.rdpo_loss(*args[:4], t(10.0), t(20.0), beta=0.1, alpha=0.05)[0], math.log1p(math.exp(-0.8)))
+    # a longer chosen answer needs less margin (cheaper than DPO); a shorter one needs more:
+    # lengths swapped, z = 0.3 - 0.5 = -0.2 and loss = log(1 + e^0.2)
+    close(L.rdpo_loss(*args[:4], t(10.0), t(20.0), beta=0.1, alpha=0.05)[0], 0.7981388693815918)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.7, 0.95, 0.2])
+@pytest.mark.parametrize("dlen", [10.0, -6.0, 0.0])
+def test_rdpo_optimum_is_the_label_log_odds_minus_the_length_term(p, dlen):
+    """Park et al. 2024: r = beta log(pi / ref) + alpha |y| + const, and a Bradley-Terry preference
+    p = sigma(r_w - r_l) then puts the optimum of the expected loss at beta h* = logit(p) - alpha dlen.
+    The minimiser is found numerically from the loss itself (ternary search over h) and compared
+    with that closed form; the label enters as a soft label smoothed by eps, as the DPO recipe does:
+    p_eff = (1 - eps) p + eps (1 - p)."""
+    beta, alpha, smooth = 0.1, 0.05, 0.1
+    eps = L.soft_label_noise(t(p), smooth)  # 1 - p_eff
+
+    def loss(h):
+        return float(L.rdpo_loss(t(h), t(0.0), t(0.0), t(0.0), t(20.0 + dlen), t(20.0), beta=beta, alpha=alpha,
+                                 label_smoothing=eps)[0])
+
+    p_eff = (1 - smooth) * p + smooth * (1 - p)
+    h_star = _argmin_convex(loss, lo=-400.0, hi=400.0)
+    assert beta * h_star == pytest.approx(math.log(p_eff / (1 - p_eff)) - alpha * dlen, abs=1e-6)
 
 
 def test_rdpo_is_dpo_at_alpha_zero_and_swap_symmetric():
