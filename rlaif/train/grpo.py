@@ -14,7 +14,7 @@ Each iteration:
 3. **advantages** within each group (:func:`rlaif.train.rl_losses.group_advantages`): reward minus the
    group mean (``baseline: mean``) or the leave-one-out mean (``rloo``), *not* divided by the group's
    standard deviation unless ``scale_rewards`` (Dr. GRPO's advantage, Liu et al. 2025: the division
-   turns a judge's noise around 1/2 into advantages of about +-1, full-size steps on no signal);
+   turns a judge's noise around 1/2 into advantages of about +-1, full-size gradients on no signal);
    every token of a response gets its response's advantage;
 4. **update**: ``grpo_epochs`` passes over shuffled mini-batches of ``batch_size x grad_accum``
    responses: PPO's clipped ratio loss plus ``kl_coef`` x the k3 KL to the frozen reference, summed

@@ -304,7 +304,7 @@ def rdpo_loss(
     normalizer: float | int | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """Length-regularised DPO, R-DPO (Park et al. 2024, "Disentangling Length from
-    Quality in Direct Preference Optimization", sec. 4).
+    Quality in Direct Preference Optimization").
 
     R-DPO maximises ``E[r(x, y) - alpha |y|] - beta KL(pi || ref)``, whose optimal policy has
     ``r = beta log(pi / ref) + alpha |y| + const``; under Bradley-Terry the chosen answer wins
