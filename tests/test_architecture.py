@@ -30,7 +30,6 @@ TOO_LONG = {
     "rlaif.review.data",
     "rlaif.train.common",
     "rlaif.train.data",
-    "rlaif.train.losses",
 }
 
 # Private names imported across modules (importer, module, name); keep it empty.

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import engine_logps, trainer_logps
-from oracles import content_oracle, position_oracle
+from oracles import OracleEngine, content_oracle, position_oracle, shown_responses
 from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.judge import PairLabel, Pair
 from rlaif.train import feedback
@@ -83,10 +83,21 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(L.group_advantages(r, "rloo", scale=False)[0], loo)
     # scaled by the (Bessel) standard deviation of the group: sd of (1, 2, 3, 6) = sqrt(14 / 3)
     sd = math.sqrt(14 / 3)
-    torch.testing.assert_close(L.group_advantages(r, "mean", eps=0.0)[0], torch.tensor([-2.0, -1.0, 0.0, 3.0], dtype=torch.float64) / sd)
-    assert L.group_advantages(r, "rloo")[1].abs().max() == 0
+    torch.testing.assert_close(L.group_advantages(r, "mean", scale=True, eps=0.0)[0], torch.tensor([-2.0, -1.0, 0.0, 3.0], dtype=torch.float64) / sd)
+    assert L.group_advantages(r, "rloo", scale=True)[1].abs().max() == 0
     with pytest.raises(ValueError):
         L.group_advantages(r, "median")
+
+
+def test_group_advantages_default_keeps_the_rewards_scale():
+    """Dr. GRPO (Liu et al. 2025): no division by the group's standard deviation by default. Rewards
+    0.5 +- 0.001 (a judge that cannot tell the responses apart) keep advantages of 0.001 instead of
+    being blown up to about +-1."""
+    r = torch.tensor([[0.501, 0.499, 0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(L.group_advantages(r), torch.tensor([[0.001, -0.001, 0.0, 0.0]], dtype=torch.float64))
+    scaled = L.group_advantages(r, scale=True)  # sd = sqrt(2e-6 / 3) = 8.16e-4
+    assert float(scaled.abs().max()) == pytest.approx(0.001 / (math.sqrt(2e-6 / 3) + 1e-4), rel=1e-9)
+    assert float(scaled.abs().max()) > 1.0
 
 
 def test_kl_penalty_loss_is_k3_and_vanishes_at_the_reference():
@@ -320,6 +331,47 @@ def test_grpo_reward_is_the_weighted_sum_of_its_parts(engine, tiny_chat, prompt_
     cut = torch.tensor([0.0 if x.ended else 0.25 for x in samples])
     torch.testing.assert_close(total, 0.5 * torch.tensor(want) + 2.0 * fn - cut, rtol=1e-6, atol=1e-6)
     assert m["judge/pairs"] == 64 and len(judged) == 16
+
+
+class NoiseOracle(OracleEngine):
+    """A judge that cannot tell responses apart: logit P(A) is a fixed pseudo-random number in
+    [-scale, scale] for each ordered pair of texts, so P(A) = 1/2 +- scale / 4."""
+
+    scale: float = 0.004
+
+    def _score(self, req, options):
+        import hashlib
+
+        first, second = shown_responses(req.messages[-1]["content"])
+        self.scored.append((first, second))
+        u = int.from_bytes(hashlib.sha256(f"{first}\0{second}".encode()).digest()[:8], "big") / 2.0**64
+        z = self.scale * (2.0 * u - 1.0)
+        return [-math.log1p(math.exp(-z)), -math.log1p(math.exp(z))]
+
+
+@pytest.mark.vllm
+def test_grpo_default_does_not_blow_judge_noise_up_to_full_size_gradients(engine, tiny_chat, prompt_file, tmp_path):
+    """With a judge that answers 1/2 plus noise of about 0.001, GRPO's default (Dr. GRPO: advantages
+    not divided by the group's standard deviation) gives a policy gradient whose norm before the
+    optimiser step is at most 1% of the norm with scale_rewards: true on the same batch (same seeds,
+    same samples, same judge answers). The gradient norm, not a weight change, is what tells them apart:
+    AdamW steps by about lr whatever the gradient's scale."""
+    from rlaif.train import grpo
+
+    norms, rewards = {}, {}
+    for name, extra in (("default", ()), ("scaled", ("scale_rewards=true",))):
+        # 4 prompts x 4 responses = 16 = batch_size x grad_accum: one optimiser step, taken from the
+        # starting policy; no KL term (its gradient at the reference is rounding noise)
+        cfg = _cfg("grpo", tiny_chat, prompt_file, tmp_path, f"noise-{name}", "max_steps=1", "probe_size=0",
+                   "rollout_batch_size=4", "grad_accum=2", "kl_coef=0", *extra)
+        s = grpo.setup(cfg, engine=engine, judge=NoiseOracle())
+        m = grpo.iteration(s, 0)
+        grpo.cleanup(s)
+        norms[name], rewards[name] = m["train/grad_norm"], (m["train/reward"], m["train/reward_std"])
+    print(norms, rewards)
+    assert rewards["default"] == rewards["scaled"]  # the same batch, judged the same
+    assert 0 < rewards["default"][1] < 0.005  # the rewards differ, by the judge's noise only
+    assert 0 < norms["default"] <= 0.01 * norms["scaled"]
 
 
 # ------------------------------------------------------------ real vLLM, the default model
