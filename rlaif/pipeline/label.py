@@ -28,6 +28,17 @@ FINALISE_ONLY = ("length_control", "keep_ties")
 of the run's fingerprint, so changing them rebuilds the outputs without scoring again."""
 
 
+def finalise_record(finalise: dict[str, Any]) -> dict[str, Any]:
+    """What a run's manifest records of how its labels became outputs: the :data:`FINALISE_ONLY`
+    settings and, with length control, the method of its fit, so that a folder finalised by
+    another method is rebuilt (from its committed scores, with no model) when run again."""
+    if finalise.get("length_control"):
+        from rlaif.pipeline.length_control import METHOD
+
+        return {**finalise, "length_model": METHOD}
+    return dict(finalise)
+
+
 def label_to_row(lab: PairLabel) -> dict[str, Any]:
     row = asdict(lab)
     row["flags"] = list(lab.flags)
@@ -239,7 +250,7 @@ def label_run(
     engine loads the model itself (replicas then ask Ray for a GPU where there are some)."""
     t_start = time.time()
     label_settings = asdict(settings)
-    finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
+    finalise = finalise_record({k: label_settings.pop(k) for k in FINALISE_ONLY})
     run_settings = {
         "kind": "label",
         "pairs_sha256": fingerprint([[p.id, list(p.prompt), p.response_a, p.response_b] for p in pairs]),
