@@ -215,3 +215,30 @@ def test_unbounded_means_edge_cases():
         paired_difference([1.0], [1.0, 2.0], seed=0)
     d = paired_difference([3.0, 4.0, 6.0, 5.0, 9.0], [1.0, 1.0, 2.0, 2.0, 3.0], seed=0, n_boot=500)
     assert d["mean"] == pytest.approx(3.6) and d["lo"] < 3.6 < d["hi"]
+
+
+def test_the_readme_numbers_are_what_the_intervals_give():
+    """The README's demo counts with today's intervals (8 of 8 harmless, 10 of 24 and 5 of 8 wins)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for k, n, text in ((8, 8, "100.0% [63.1%, 100.0%]"), (10, 24, "41.7% [22.1%, 63.4%]"), (5, 8, "62.5% [24.5%, 91.5%]")):
+        ci = clopper_pearson(k, n)
+        assert f"{100 * ci['mean']:.1f}% [{100 * ci['lo']:.1f}%, {100 * ci['hi']:.1f}%]" == text and text in readme
+    assert "n=8 on harmful  (undecided 0 / 0)" in readme
+
+
+def test_distribution_and_histogram_against_numpy():
+    import statistics
+
+    from rlaif.pipeline.eval_stats import distribution, histogram
+
+    x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    d = distribution(x)
+    assert d["n"] == 8 and d["mean"] == pytest.approx(statistics.fmean(x)) and d["sd"] == pytest.approx(statistics.stdev(x))
+    assert (d["min"], d["max"], d["p50"]) == (1.0, 9.0, pytest.approx(statistics.median(x)))
+    assert (d["p10"], d["p90"]) == pytest.approx(tuple(statistics.quantiles(x, n=10, method="inclusive")[i] for i in (0, 8)))
+    assert distribution([])["mean"] is None and distribution([2.0])["sd"] == 0.0
+    h = histogram(x, edges=[0, 2, 4, 10])
+    assert h["counts"] == [2, 2, 4]  # [0, 2): 1, 1; [2, 4): 3, 2; [4, 10]: 4, 5, 9, 6
+    assert histogram([1.0, 1.0])["edges"][0] == 0.5 and sum(histogram(x, bins=5)["counts"]) == 8

@@ -7,25 +7,24 @@ with a length term and the label keeps everything but that term. The model is of
     logit P_k(a) = b0 + beta * d + r,     d = log((1 + chars of a) / (1 + chars of b))
 
 where r is the comparison's content (what the judge sees besides length), taken to vary across
-pairs independently of d with a standard logistic distribution; equivalently, the length-free
-probability sigmoid(r) is uniform on (0, 1) over the pairs, the least informative assumption
-about a probability. ``beta`` and ``b0`` are fitted by maximum likelihood over every comparison
-of the run's judged pairs (:func:`fit_length_model`). The likelihood's score equations say what
-the fit achieves: the corrected probabilities ``sigmoid(logit P_k - b0 - beta d)`` average one
-half and do not follow d (``sum d (sigmoid(.) - 1/2) = 0``). The corrected comparison is
-``P'_k = sigmoid(logit P_k - beta d)`` (and ``- b0`` with one order, where b0 is the position
-bias; with both orders b0 is a real preference for one side and stays), and the corrected label
-is the mean of the corrected comparisons, as the judge's own label is the mean of its
-comparisons: ``p_a = mean_k P'_k`` exactly.
+pairs independently of d with a logistic distribution of scale s. ``b0``, ``beta`` and ``s``
+are fitted by maximum likelihood over the comparisons of the run's judged pairs
+(:func:`fit_length_model`). The corrected comparison is ``P'_k = sigmoid(logit P_k - beta d)``
+(and ``- b0`` with one order, where b0 is the position bias; with both orders b0 is a real
+preference for one side and stays), and the corrected label is the mean of the corrected
+comparisons, as the judge's own label is the mean of its comparisons: ``p_a = mean_k P'_k``
+exactly. A comparison at the clip (P within 1e-6 of 0 or 1: log-odds +-13.8) says only that
+the judge is certain; it is left out of the fit (a mass of them would stretch the fitted
+scale until the fit is least squares again) and corrected like the others.
 
 Why this likelihood and not a logistic regression on the soft labels (the fractional logit):
 a logistic regression fits E[P(a) | d], and averaging sigmoid(beta d + r) over a content r that
 varies flattens the curve, so its coefficient is smaller than beta, the more so the surer the
 judge is about content (benchmarks/results/length-control.md: an injected beta of 1.5 comes
-out near 0.9 with a mixed content spread and near 0.15 with a confident judge), and the
-correction would leave most of the length bias in the labels. This likelihood recovers beta
-itself, and each comparison's influence on it is bounded (``|2 sigmoid(.) - 1| < 1``), so
-log-odds clipped at +-13.8 cannot dominate the fit as they dominate least squares.
+out near 0.9 with mixed content and at 0.1-0.4 with a confident judge), and the correction
+would leave most of the length bias in the labels. This likelihood recovers beta itself
+(consistent whenever r is independent of d and symmetric, logistic or not), and each
+comparison's influence on it is bounded (``|tanh|`` at the fitted scale), unlike least squares'.
 
 The correction is applied only when the length coefficient is distinguishable from zero:
 ``|beta| / se(beta) >= 1.96``, with a sandwich standard error clustered by pair (the
@@ -87,7 +86,12 @@ class LengthFit:
     """Standard error of beta (sandwich, clustered by pair); 0 when the log-odds are exactly linear in d."""
     z: float | None = None
     """beta / stderr (None when stderr is 0)."""
+    scale: float | None = None
+    """s: the fitted scale of the content log-odds."""
     comparisons: int = 0
+    """Comparisons the fit used."""
+    clipped: int = 0
+    """Comparisons left out of the fit: at the clip (P within 1e-6 of 0 or 1), the judge certain."""
     r2: float | None = None
     """Share of the variance of the judge's log-odds that ``b0 + beta d`` explains (descriptive)."""
     reason: str | None = None
@@ -104,9 +108,13 @@ class LengthFit:
         return self.coef * d + (self.intercept if self.with_intercept else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "n": self.n, "comparisons": self.comparisons, "coef": self.coef,
+        return {"applied": self.applied, "n": self.n, "comparisons": self.comparisons, "clipped": self.clipped, "coef": self.coef,
                 "intercept": self.intercept, "with_intercept": self.with_intercept, "stderr": self.stderr, "z": self.z,
-                "r2": self.r2, "reason": self.reason, "caution": self.caution, "method": METHOD}
+                "scale": self.scale, "r2": self.r2, "reason": self.reason, "caution": self.caution, "method": METHOD}
+
+
+CLIP = log_odds(1.0)
+"""The largest log-odds a label can have (P clipped at 1 - 1e-6)."""
 
 
 def _log_f(u: np.ndarray) -> np.ndarray:
@@ -115,44 +123,59 @@ def _log_f(u: np.ndarray) -> np.ndarray:
     return -a - 2.0 * np.log1p(np.exp(-a))
 
 
-def _ml_fit(y: np.ndarray, x: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Maximum likelihood of ``y = x @ theta + r``, r standard logistic, by Newton's method with step
-    halving; the log-likelihood ``sum log f(y - x @ theta)`` is concave (f is log-concave), so the
-    maximum is unique. ``x``: ``(n, 2)`` rows (1, d)."""
+def _ml_fit(y: np.ndarray, d: np.ndarray, start: np.ndarray) -> np.ndarray | None:
+    """Maximum likelihood of ``y = b0 + beta d + s e``, e standard logistic, by Newton's method in
+    (a0, a1, tau) = (b0 / s, beta / s, 1 / s), where the log-likelihood
+    ``n log tau + sum log f(tau y - a0 - a1 d)`` is concave (f is log-concave), so the maximum
+    is unique and Newton with step halving reaches it. None if it runs away (no finite maximum)."""
+    n = y.size
+    x = np.stack([-np.ones_like(d), -d, y], axis=1)          # du / d(a0, a1, tau), u = tau y - a0 - a1 d
     theta = start.astype(np.float64)
-    ll = float(_log_f(y - x @ theta).sum())
-    for _ in range(200):
-        sig = 1.0 / (1.0 + np.exp(-(y - x @ theta)))
-        grad = x.T @ (2.0 * sig - 1.0)                       # d/dtheta of sum log f(u), u = y - x theta
-        hess = -(x * (2.0 * sig * (1.0 - sig))[:, None]).T @ x
-        step = np.linalg.solve(hess, -grad)
+
+    def loglik(t):
+        return n * math.log(t[2]) + float(_log_f(x @ t).sum())
+
+    ll = loglik(theta)
+    for _ in range(300):
+        sig = 1.0 / (1.0 + np.exp(-(x @ theta)))
+        grad = x.T @ (1.0 - 2.0 * sig) + np.array([0.0, 0.0, n / theta[2]])
+        hess = -(x * (2.0 * sig * (1.0 - sig))[:, None]).T @ x - np.diag([0.0, 0.0, n / theta[2] ** 2])
+        try:
+            step = np.linalg.solve(hess, -grad)
+        except np.linalg.LinAlgError:
+            return None
         t = 1.0
         while t > 1e-10:
             new = theta + t * step
-            if (new_ll := float(_log_f(y - x @ new).sum())) >= ll - 1e-12:
+            if new[2] > 0 and (new_ll := loglik(new)) >= ll - 1e-12:
                 break
             t *= 0.5
         else:
-            break
+            return theta
         theta, ll = new, new_ll
-        if np.max(np.abs(t * step)) < 1e-12 * (1.0 + np.max(np.abs(theta))):
-            break
+        if theta[2] > 1e12:
+            return None
+        if np.max(np.abs(t * step)) < 1e-11 * (1.0 + np.max(np.abs(theta))):
+            return theta
     return theta
 
 
-def _cluster_stderr(y: np.ndarray, x: np.ndarray, clusters: np.ndarray, theta: np.ndarray) -> float:
-    """Sandwich standard error of beta, the score summed over each pair's comparisons (CR1: times
-    G / (G - 1) for G pairs). It does not rely on the logistic model being right."""
-    sig = 1.0 / (1.0 + np.exp(-(y - x @ theta)))
-    scores = x * (2.0 * sig - 1.0)[:, None]
-    hess = -(x * (2.0 * sig * (1.0 - sig))[:, None]).T @ x
+def _cluster_stderr(y: np.ndarray, d: np.ndarray, clusters: np.ndarray, theta: np.ndarray) -> float:
+    """Sandwich standard error of beta = a1 / tau, the score summed over each pair's comparisons
+    (CR1: times G / (G - 1) for G pairs), by the delta method. It does not rely on the logistic
+    model being right."""
+    x = np.stack([-np.ones_like(d), -d, y], axis=1)
+    sig = 1.0 / (1.0 + np.exp(-(x @ theta)))
+    scores = x * (1.0 - 2.0 * sig)[:, None] + np.array([0.0, 0.0, 1.0 / theta[2]])
+    hess = -(x * (2.0 * sig * (1.0 - sig))[:, None]).T @ x - np.diag([0.0, 0.0, y.size / theta[2] ** 2])
     _, inverse = np.unique(clusters, return_inverse=True)
     groups = int(inverse.max()) + 1
-    per = np.zeros((groups, x.shape[1]))
+    per = np.zeros((groups, 3))
     np.add.at(per, inverse, scores)
     bread = np.linalg.inv(hess)
     cov = bread @ (per.T @ per * (groups / (groups - 1))) @ bread
-    return float(math.sqrt(max(cov[1, 1], 0.0)))
+    grad = np.array([0.0, 1.0 / theta[2], -theta[1] / theta[2] ** 2])    # of beta = a1 / tau
+    return float(math.sqrt(max(grad @ cov @ grad, 0.0)))
 
 
 def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], remove_intercept: bool,
@@ -172,13 +195,22 @@ def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], remo
     clusters = list(range(m)) if clusters is None else list(clusters)
     if len(clusters) != m:
         raise ValueError("fit_length_model needs one cluster per comparison")
+    # a comparison at the clip (P within 1e-6 of 0 or 1) says the judge is certain, whatever the
+    # length: its log-odds are not the judge's measure of the pair, so it is left out of the fit
+    # (and still corrected); kept, a mass of them would inflate the fitted scale
+    keep = [i for i, y in enumerate(log_odds_) if abs(y) < CLIP - 1e-9]
+    clipped = m - len(keep)
+    y = np.asarray([log_odds_[i] for i in keep], dtype=np.float64)
+    d = np.asarray([features[i] for i in keep], dtype=np.float64)
+    clusters = [clusters[i] for i in keep]
+    m = len(keep)
     n = len(set(clusters))
     if n < MIN_PAIRS:
-        return LengthFit(False, n, comparisons=m, reason=f"too few judged pairs to fit ({n} < {MIN_PAIRS})")
-    y, d = np.asarray(log_odds_, dtype=np.float64), np.asarray(features, dtype=np.float64)
+        return LengthFit(False, n, comparisons=m, clipped=clipped,
+                         reason=f"too few judged pairs to fit ({n} < {MIN_PAIRS}" + (f", {clipped} comparisons at the clip left out)" if clipped else ")"))
     spread, md = float(d.std()), float(d.mean())
     if spread < MIN_SPREAD:
-        return LengthFit(False, n, comparisons=m,
+        return LengthFit(False, n, comparisons=m, clipped=clipped,
                          reason=f"the length ratio barely varies across pairs (sd {spread:.3f} < {MIN_SPREAD})")
     caution = None
     if abs(md) > spread:
@@ -186,23 +218,28 @@ def fit_length_model(log_odds_: Sequence[float], features: Sequence[float], remo
         caution = (f"response {side} is the longer one in most pairs (mean log length ratio {md:+.2f}, sd {spread:.2f}), "
                    f"so length is confounded with the a/b side: a real preference for the longer side may be removed too")
     x = np.stack([np.ones_like(d), d], axis=1)
-    start, *_ = np.linalg.lstsq(x, y, rcond=None)           # least squares: where Newton starts
-    theta = _ml_fit(y, x, start)
-    b0, beta = float(theta[0]), float(theta[1])
-    se = _cluster_stderr(y, x, np.asarray(clusters), theta)
+    (b0, beta), *_ = np.linalg.lstsq(x, y, rcond=None)      # least squares: where the likelihood's search starts
+    resid = y - b0 - beta * d
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float(((y - x @ theta) ** 2).sum()) / ss_tot if ss_tot > 0 else None
-    if se <= 1e-12 * (1.0 + abs(beta)):
+    if float(np.abs(resid).max()) <= 1e-9 * (1.0 + float(np.abs(y).max())):
         # the judge's log-odds are exactly linear in the length ratio: nothing else to separate
         applied = abs(beta) > 1e-12
-        return LengthFit(applied, n, beta, b0, remove_intercept, 0.0, None, m, r2,
+        return LengthFit(applied, n, float(beta), float(b0), remove_intercept, 0.0, None, 0.0, m, clipped, 1.0 if ss_tot > 0 else None,
                          reason=None if applied else "the judge's log-odds do not depend on length at all",
                          caution=caution if applied else None)
-    z = beta / se
-    applied = abs(z) >= Z_MIN
+    s0 = float(resid.std()) * math.sqrt(3.0) / math.pi
+    theta = _ml_fit(y, d, np.array([b0 / s0, beta / s0, 1.0 / s0]))
+    if theta is None:
+        return LengthFit(False, n, comparisons=m, clipped=clipped, reason="the likelihood has no maximum; the labels are the judge's own")
+    b0, beta = float(theta[0] / theta[2]), float(theta[1] / theta[2])
+    se = _cluster_stderr(y, d, np.asarray(clusters), theta)
+    r2 = 1.0 - float(((y - b0 - beta * d) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+    z = beta / se if se > 0 else None
+    applied = z is None or abs(z) >= Z_MIN
     reason = None if applied else (f"the length coefficient {beta:+.2f} +- {se:.2f} is not distinguishable from zero "
                                    f"(z {z:+.2f}, |z| < {Z_MIN})")
-    return LengthFit(applied, n, beta, b0, remove_intercept, se, z, m, r2, reason, caution if applied else None)
+    return LengthFit(applied, n, beta, b0, remove_intercept, se, z, float(1.0 / theta[2]), m, clipped, r2, reason,
+                     caution if applied else None)
 
 
 def apply_length_control(pairs: Sequence[Any], labels: Sequence[Any], both_orders: bool, tie_band: float) -> tuple[list[Any], LengthFit]:
