@@ -50,7 +50,7 @@ def exact_rates(lines):
         # the percentile bootstrap of 0/1 values: k = 0 gives [0, 0], which never holds 0.02
         boot = 1 - binom_pmf(0, n, 0.02) - binom_pmf(n, n, 0.02)
         lines.append(f"| {n} | {cov[0]:.4f} | {cov[1]:.4f} | {cov[2]:.4f} | {wil:.4f} | at most {boot:.4f} |")
-    lines += ["", "Every cell is at least 0.95. The percentile bootstrap's column is an upper bound: at k = 0 its interval is "
+    lines += ["", "Every Clopper-Pearson cell is at least 0.95. The percentile bootstrap's column is an upper bound: at k = 0 its interval is "
               "the point [0, 0]."]
 
 

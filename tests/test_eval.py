@@ -244,6 +244,11 @@ def test_command_prints_intervals_undecided_checks_and_the_kl_warning(tmp_path, 
     assert "warning" not in err and "warning" not in out  # temperature 1, top-p 1: the KL estimate is unbiased
     r = json.loads((tmp_path / "useless" / "eval.json").read_text())
     assert r["over_refusal"]["policy"] == {"n": 0, "mean": None, "lo": None, "hi": None, "undecided": 5, "mean_p": pytest.approx(0.5)}
+    # the report shows them too, and names the interval methods
+    assert main(["report", str(tmp_path / "useless"), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    assert '<th class="n">undecided</th>' in html and '<td class="n">5 / 5</td>' in html
+    assert "rates Clopper-Pearson (exact); win rates Clopper-Pearson at wins + ties/2" in html
 
 
 def test_a_finished_eval_with_older_intervals_is_rebuilt_without_a_model(tmp_path):
