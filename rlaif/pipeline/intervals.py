@@ -20,9 +20,13 @@
   upper bound likewise with ``1 - l_i (x_i - m)``. The guarantee holds for *every*
   distribution on the range at every n (ties, many values at one point, n = 5), which no
   bootstrap and no normal approximation gives. The bets depend on the order of the values;
-  here the capital is averaged over ``N_ORDERS`` seeded random orders of the sorted values (an
-  average of such capitals is still one, so the guarantee stands), which makes the interval a
-  function of the values alone, not of the prompts' order.
+  here the capital is averaged over ``N_ORDERS`` seeded random orders of the sorted values (for
+  prompts drawn independently, a random order of the sorted values is distributed as the sample
+  itself, and an average of such capitals is still one, so the guarantee stands), which makes
+  the interval a function of the values alone, not of the prompts' order. Why not
+  Clopper-Pearson here too: these values concentrate (a weak judge's P near 1/2; most prompts
+  get the same verdict from both models, a difference of 0), and the bets grow with that
+  concentration, where an interval with a binomial's variance stays as wide as for 0/1 values.
 * **Means of unbounded values** (reward scores and their paired difference, the KL
   log-ratios): the bootstrap-t (studentized bootstrap; Efron and Tibshirani 1993, ch. 12.5):
   the prompts are resampled ``n_boot`` times and ``t* = (mean* - mean) / se*`` gives the
