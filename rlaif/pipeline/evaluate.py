@@ -16,7 +16,9 @@ folder and finished before the next starts, so only the engines a stage needs ar
 
 The results (:mod:`rlaif.pipeline.eval_results`) are built from the committed chunks:
 ``answers/`` + ``answers.jsonl`` (one row per prompt: both answers and every judgement),
-``eval.json`` (the numbers with their bootstrap intervals) and ``manifest.json``.
+``eval.json`` (the numbers with their 95% intervals) and ``manifest.json``. A finished run whose
+results were built with other interval methods (an older rlaif) has them built again from
+its chunks, with no model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rlaif.data.records import PromptRecord
 from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.pipeline.eval_judge import run_checks
+from rlaif.pipeline.eval_stats import METHODS
 from rlaif.pipeline.judge import LabelSettings, Pair, label_pairs
 from rlaif.seeds import derive_seed
 
@@ -57,7 +60,8 @@ class EvalSettings:
     chunk_size: int = 64
     """Prompts per committed chunk (one batched engine call per stage and chunk)."""
     n_boot: int = 2000
-    """Bootstrap resamples per interval."""
+    """Resamples of the bootstrap-t intervals (the means of unbounded values: rewards, KL); the
+    other intervals need none (:mod:`rlaif.pipeline.eval_stats`)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -223,14 +227,19 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
     stages = [st for st in STAGES if st != "reward" or reward]
     dirs = {st: RunDir(out, chunks=f"chunks/{st}") for st in stages}
     if state == "done" and not any(transient_failures(st, dirs[st]) for st in stages if dirs[st].chunks.is_dir()):
-        log(f"{run.path} is already complete: nothing to do.")
-        return run.read_manifest()
+        manifest = run.read_manifest()
+        if (manifest.get("results") or {}).get("interval", {}).get("methods") == METHODS:
+            log(f"{run.path} is already complete: nothing to do.")
+            return manifest
+        # answered and judged before the intervals changed: the numbers are rebuilt from the chunks, no model needed
+        log(f"{run.path}: every answer is already judged; building the results again with the current intervals")
+        state = "rebuild"
     for d in dirs.values():
         d.chunks.mkdir(parents=True, exist_ok=True)
         for tmp in d.chunks.glob(".*.tmp"):  # half-written files of a process that died mid-write
             tmp.unlink(missing_ok=True)
     todo = {st: [i for i in range(len(chunks)) if i not in dirs[st].committed()] for st in stages}
-    if state != "new":
+    if state not in ("new", "rebuild"):
         done = {st: len(chunks) - len(todo[st]) for st in stages}
         failed = {st: sum(len(v) for v in transient_failures(st, dirs[st]).values()) for st in stages}
         log(f"resuming {run.path}: chunks committed per stage {done} of {len(chunks)}"

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import rlaif
 from rlaif.pipeline.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
-from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels,
+from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels, finalise_record,
                              keep_for_dataset, label_from_row)
 from rlaif.engine.base import Engine
 from rlaif.data.prompts import read_prompts
@@ -165,7 +165,7 @@ def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptR
 def finalise_settings(cfg: GenerateConfig) -> dict[str, Any]:
     """The label settings applied when outputs are built (left out of the fingerprint)."""
     lc = cfg.to_dict()["label"]
-    return {k: lc[k] for k in FINALISE_ONLY}
+    return finalise_record({k: lc[k] for k in FINALISE_ONLY})
 
 
 def generate(

@@ -28,6 +28,17 @@ FINALISE_ONLY = ("length_control", "keep_ties")
 of the run's fingerprint, so changing them rebuilds the outputs without scoring again."""
 
 
+def finalise_record(finalise: dict[str, Any]) -> dict[str, Any]:
+    """What a run's manifest records of how its labels became outputs: the :data:`FINALISE_ONLY`
+    settings and, with length control, the method of its fit, so that a folder finalised by
+    another method is rebuilt (from its committed scores, with no model) when run again."""
+    if finalise.get("length_control"):
+        from rlaif.pipeline.length_control import METHOD
+
+        return {**finalise, "length_model": METHOD}
+    return dict(finalise)
+
+
 def label_to_row(lab: PairLabel) -> dict[str, Any]:
     row = asdict(lab)
     row["flags"] = list(lab.flags)
@@ -258,7 +269,7 @@ def label_run(
     (``--calibration``) only shapes the outputs, like length control (see :func:`finalise_labels`)."""
     t_start = time.time()
     label_settings = asdict(settings)
-    finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
+    finalise = finalise_record({k: label_settings.pop(k) for k in FINALISE_ONLY})
     if calibration is not None:  # absent when unset: runs made before keep their finalise settings
         finalise["calibration"] = {"coef": list(calibration.coef), "target": calibration.target, "n": calibration.n}
     run_settings = {
