@@ -11,6 +11,7 @@ refuses to start while any problem remains.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -21,6 +22,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from rlaif.constitution.cases import PrincipleCase, example_repeats, read_cases
 from rlaif.data import textio
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -84,6 +86,8 @@ class Principle:
     description: str = ""
     examples: tuple[Demonstration, ...] = ()
     path: str = ""
+    tests: tuple[PrincipleCase, ...] = ()
+    """Test cases of the judge under this principle (``rlaif constitution test``; :mod:`rlaif.constitution.cases`)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ def _schema_problems(doc: _YamlDoc, kind: str) -> list[Problem]:
             msg = f"weight must be positive, got {err.instance!r}"
         elif err.validator == "required":
             msg = err.message.replace("is a required property", "is required")
+        elif err.validator == "oneOf" and isinstance(err.instance, dict) and where[:1] == ["tests"]:
+            msg = "a test case needs exactly one of 'prompt' or 'messages'"
         elif err.validator == "oneOf" and isinstance(err.instance, dict):
             msg = "a principle selection needs exactly one of 'id' or 'tag'"
         elif err.validator == "anyOf" and isinstance(err.instance, dict) and "revision" in err.instance:
@@ -355,7 +361,9 @@ def check_principle_file(path: Path) -> _Checked:
         problems.append(
             Problem(str(path), doc.line(["id"]), f"id {doc.data['id']!r} does not match the file name {path.stem!r}")
         )
-    return _Checked(doc, _principle_from(doc.data, path), problems)
+    cases, found = read_cases(doc.data, str(path), doc.line)
+    problems.extend(Problem(str(path), line, msg) for line, msg in found)
+    return _Checked(doc, dataclasses.replace(_principle_from(doc.data, path), tests=cases), problems)
 
 
 # --------------------------------------------------------------------------- constitutions
@@ -455,6 +463,9 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
             problems.append(
                 Problem(str(path), doc.line(["comparison_examples", i, "principle"]), f"unknown principle id {ex['principle']!r}")
             )
+    for case, j in example_repeats((c for p, _ in selected for c in p.tests), doc.data.get("comparison_examples", [])):
+        problems.append(Problem(case.path, case.line, f"test case {case.name} repeats comparison example {j} of {path} "
+                                f"(line {doc.line(['comparison_examples', j])}), which --few-shot shows to the judge"))
     if problems:
         return None, problems
     # Worked examples carried by the selected principles join the shared few-shot block,
@@ -462,8 +473,10 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
     for p, _ in selected:
         demos.extend(p.examples)
     used_raw = {p.id: pset.raw[p.id] for p, _ in selected}
+    # test cases change no request, so they are not part of the hash (adding one keeps runs resumable)
+    hashed = {pid: {k: v for k, v in raw.items() if k != "tests"} for pid, raw in used_raw.items()}
     digest = hashlib.sha256(
-        json.dumps({"constitution": doc.data, "principles": used_raw}, sort_keys=True, ensure_ascii=False).encode()
+        json.dumps({"constitution": doc.data, "principles": hashed}, sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
     texts = {f"constitution/{path.name}": doc.text}
     texts.update({f"principles/{Path(p.path).name}": pset.texts[p.id] for p, _ in selected})
