@@ -86,7 +86,7 @@ class Principle:
     description: str = ""
     examples: tuple[Demonstration, ...] = ()
     path: str = ""
-    tests: tuple[PrincipleCase, ...] = ()
+    tests: tuple[PrincipleCase, ...] = field(default=(), compare=False)
     """Test cases of the judge under this principle (``rlaif constitution test``; :mod:`rlaif.constitution.cases`)."""
 
 
