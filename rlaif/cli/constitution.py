@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,24 @@ def _settings(args: argparse.Namespace, run_label: dict[str, Any] | None = None)
                          cot_clamp=tuple(clamp), seed=args.seed)
 
 
+@contextlib.contextmanager
+def _stdout_for(args: argparse.Namespace):
+    """With --json, everything the engines print (vLLM logs to stdout, its workers too) goes to
+    stderr, so that stdout holds the JSON document only."""
+    if not args.json:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _bar(args: argparse.Namespace, total: int, unit: str):
     from tqdm.auto import tqdm
 
@@ -169,13 +189,14 @@ def _test(args: argparse.Namespace) -> int:
         raise UserError(f"no test cases in {', '.join(p.id for p in principles)}: add tests: to the principle files "
                         "(docs/constitution-testing.md)")
     settings = _settings(args)
-    engine, model_id = _judge(args, None)
-    try:
-        with _bar(args, sum(len(p.tests) for p in with_cases), "case") as bar:
-            results = judge_cases(engine, const, with_cases, settings, on_principle=lambda p: bar.update(len(p.tests)))
-        answered = answered_by(engine)
-    finally:
-        engine.close()
+    with _stdout_for(args):
+        engine, model_id = _judge(args, None)
+        try:
+            with _bar(args, sum(len(p.tests) for p in with_cases), "case") as bar:
+                results = judge_cases(engine, const, with_cases, settings, on_principle=lambda p: bar.update(len(p.tests)))
+            answered = answered_by(engine)
+        finally:
+            engine.close()
     rep = report(results, args.level, args.min_pass)
     code = exit_status(rep, args.strict)
     rep = {"constitution": {"name": const.name, "path": const.path, "sha256": const.sha256},
@@ -307,14 +328,15 @@ def _audit(args: argparse.Namespace) -> int:
         settings, run_judge = _settings(args), None
     if not items:
         raise UserError(f"nothing to audit in {run_dir}")
-    paraphrases = _paraphrases(args, probed_answers(items, args.seed)) if args.policy_models else None
-    engine, model_id = _judge(args, run_judge)
-    try:
-        with _bar(args, len(items) * 9, "request") as bar:
-            measured = measure(engine, const, items, settings, args.seed, paraphrases, on_batch=bar.update, principles=extra)
-        answered = answered_by(engine)
-    finally:
-        engine.close()
+    with _stdout_for(args):
+        paraphrases = _paraphrases(args, probed_answers(items, args.seed)) if args.policy_models else None
+        engine, model_id = _judge(args, run_judge)
+        try:
+            with _bar(args, len(items) * 9, "request") as bar:
+                measured = measure(engine, const, items, settings, args.seed, paraphrases, on_batch=bar.update, principles=extra)
+            answered = answered_by(engine)
+        finally:
+            engine.close()
     summary = summarise(measured, args.level, args.threshold)
     judge = {"model": model_id, "answered_by": answered, "backend": args.__dict__.get("engine.backend") or "vllm"}
     card = judge_card(measured, summary, source=source, judge=judge, const=const, settings=settings, level=args.level,
