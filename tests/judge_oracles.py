@@ -11,11 +11,12 @@ scores follow a known rule, so a test knows which case must pass and which shift
   pair apart and falls back on the slot.
 * :class:`ProbeOracle` injects known biases on top of a content judge (marker words count):
 
-      logit P(A) = content * (markers(A) - markers(B)) + position + verbose * (sentences(A) - sentences(B))
-                   + markdown * (md(A) - md(B)) + own * (own(A) - own(B)) + item(conversation) + noise
+      logit P(A) = (content + item) * (markers(A) - markers(B)) + position + verbose * (sentences(A) - sentences(B))
+                   + markdown * (md(A) - md(B)) + own * (own(A) - own(B)) + noise
 
-  ``item`` is a per-conversation offset (the same for every request about one pair: what pairing
-  removes) and ``noise`` a per-request Gaussian (what an interval must cover).
+  ``item`` varies the content strength per conversation (how much better one answer is: the
+  same for every request about one pair, what pairing removes) and ``noise`` is a per-request
+  Gaussian (what an interval must cover).
 """
 
 from __future__ import annotations
@@ -99,11 +100,12 @@ class ProbeOracle(FakeEngine):
             return t.count(MARKER), sum(t.count(ch) for ch in ".!?"), md, 1.0 if t.startswith(self.own_word) else 0.0
 
         (m1, s1, d1, o1), (m2, s2, d2, o2) = feats(first), feats(second)
-        z = (self.content * (m1 - m2) + self.position + self.verbose * (s1 - s2) + self.markdown * (d1 - d2)
-             + self.own * (o1 - o2))
-        if self.item_sd:  # the conversation: the same offset for every request about this pair
+        content = self.content
+        if self.item_sd:  # the conversation's own strength: the same for every request about this pair
             conv = text.split("\n\nResponse A:", 1)[0]
-            z += self.item_sd * random.Random(hashlib.sha256(conv.encode()).digest()).gauss(0, 1)
+            content += self.item_sd * random.Random(hashlib.sha256(conv.encode()).digest()).gauss(0, 1)
+        z = (content * (m1 - m2) + self.position + self.verbose * (s1 - s2) + self.markdown * (d1 - d2)
+             + self.own * (o1 - o2))
         if self.noise_sd:
             z += self.noise_sd * random.Random(hashlib.sha256(f"{self.noise_seed}|{text}".encode()).digest()).gauss(0, 1)
         return _logprobs(z)
