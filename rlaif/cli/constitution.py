@@ -167,10 +167,10 @@ def _stdout_for(args: argparse.Namespace):
         os.close(saved)
 
 
-def _bar(args: argparse.Namespace, total: int, unit: str):
+def _bar(args: argparse.Namespace, total: int | None, unit: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, desc="judging", disable=args.quiet or args.json, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc="judging", disable=args.quiet, file=sys.stderr)
 
 
 # ------------------------------------------------------------------ rlaif constitution test
@@ -332,7 +332,7 @@ def _audit(args: argparse.Namespace) -> int:
         paraphrases = _paraphrases(args, probed_answers(items, args.seed)) if args.policy_models else None
         engine, model_id = _judge(args, run_judge)
         try:
-            with _bar(args, len(items) * 9, "request") as bar:
+            with _bar(args, None, "request") as bar:  # the number of requests is known only as they are built
                 measured = measure(engine, const, items, settings, args.seed, paraphrases, on_batch=bar.update, principles=extra)
             answered = answered_by(engine)
         finally:
