@@ -59,6 +59,7 @@ def test_the_answer_key_passes_every_shipped_case(monkeypatch, capsys):
         assert c["p_better"] == pytest.approx(sig2, rel=1e-9)  # logit +2 in both orders, unswapped
     assert rep["total"]["order_consistency"] == 1.0 and rep["total"]["decided_by_position"] == 0.0
     assert rep["total"]["interval"][0] > 0.96  # Wilson, 120 of 120
+    assert rep["total"]["length_controlled_pass_rate"] == 1.0
     # each case judged in both orders, under its own principle's comparison question
     const = load_constitution("default")
     questions = {c.name: const.principle(c.principle).comparison for c in SHIPPED}
@@ -107,6 +108,12 @@ def test_a_length_judge_fails_exactly_the_cases_built_against_length(monkeypatch
     assert rep["total"]["causes"] == {"length": len(expected)}
     assert code == TEST_FAILED_EXIT  # 77 of 120 pass: below the default --min-pass of 80%
     assert rep["total"]["order_consistency"] == 1.0  # a length preference is consistent across orders
+    # every length case has its better answer shorter: the strata show the length judge for what it is
+    shorter = [c for c in SHIPPED if len(c.better_text) < len(c.worse_text)]
+    by_length = rep["total"]["by_length"]
+    assert by_length["longer"]["agreement"] == 1.0 and by_length["shorter"]["n"] == len(shorter)
+    assert by_length["shorter"]["agreement"] == pytest.approx((len(shorter) - len(expected)) / len(shorter))
+    assert rep["total"]["length_controlled_pass_rate"] == pytest.approx(0.5 * (1 + by_length["shorter"]["agreement"]))
 
 
 def test_the_requests_are_the_ones_rlaif_label_sends(tmp_path):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from rlaif.constitution import Constitution, Principle
 from rlaif.constitution.cases import PrincipleCase, traps
 from rlaif.engine.base import Engine
-from rlaif.pipeline.diagnostics import judge_diagnostics, order_consistency, warning_line
+from rlaif.pipeline.diagnostics import judge_diagnostics, length_split_agreement, order_consistency, warning_line
 from rlaif.pipeline.intervals import wilson
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 
@@ -156,8 +156,12 @@ def summary(results: Sequence[CaseResult], level: float = 0.95) -> dict[str, Any
     def share(hits) -> float | None:
         return sum(hits) / n if n else None
 
+    # pass rates where the better answer is the longer and where it is the shorter one, and their
+    # mean: a judge that follows length alone scores 50% on it whatever the mix of cases
+    split = length_split_agreement((len(r.case.better_text), len(r.case.worse_text), r.passed) for r in judged)
     return {
         "cases": len(results), "judged": n, "errors": len(results) - n, "passed": k,
+        "length_controlled_pass_rate": split["length_controlled"], "by_length": split,
         "pass_rate": k / n if n else None, "interval": list(ci) if ci else None,
         "order_consistency": share(r.consistent for r in judged),
         "decided_by_position": share(r.by_position for r in judged),
@@ -230,6 +234,10 @@ def format_report(rep: dict[str, Any], max_failed: int = 40) -> str:
              f"{'confidence':>12}{'by position':>13}"]
     lines += [_row(pid, s) for pid, s in rep["principles"].items()]
     lines.append(_row("total", rep["total"]))
+    bl, lc = rep["total"]["by_length"], rep["total"]["length_controlled_pass_rate"]
+    strata = "; ".join(f"{name}: {bl[key]['agreement']:.0%} of {bl[key]['n']}" for key, name in
+                       (("longer", "better answer longer"), ("shorter", "shorter"), ("equal", "equal")) if bl[key]["n"])
+    lines.append(f"length-controlled pass rate {_pct(lc)} ({strata})")
     failed = [c for c in rep["cases"] if c["error"] is None and not c["passed"]]
     if failed:
         causes = ", ".join(f"{k} {v}" for k, v in rep["total"]["causes"].items())
