@@ -241,10 +241,26 @@ def test_transformers_backend_on_the_default_model(default_model, tmp_path, monk
 
 
 @pytest.mark.vllm
-def test_vllm_backend_on_the_default_model(default_model, tmp_path, capsys):
+def test_vllm_backend_on_the_default_model(default_model, vllm_engine, tmp_path, monkeypatch, capsys):
+    """The audit on the session's shared in-process vLLM engine (the command line builds it through
+    create_engine; starting vLLM from the command line is tested once, for rlaif constitution test)."""
+    import rlaif.engine
+
+    class Shared:
+        def __init__(self, engine):
+            self.engine, self.model = engine, engine.model
+
+        def score_options(self, *a, **kw):
+            return self.engine.score_options(*a, **kw)
+
+        def close(self):
+            pass  # the session's engine outlives the command
+
+    asked = []
+    monkeypatch.setattr(rlaif.engine, "create_engine", lambda model, cfg, **kw: asked.append((model, cfg.backend)) or Shared(vllm_engine))
     const = _cases_constitution(tmp_path, n=1)
-    code = main(["constitution", "audit", "p-one", "--constitution", str(const), "--kv-cache-gib", "0.25", "--max-model-len", "2048",
-                 "--dtype", "float32", "--quiet", "--json"])
+    code = main(["constitution", "audit", "p-one", "--constitution", str(const), "--quiet", "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert json.loads(out.out)["counts"]["failed_requests"] == 0
+    card = json.loads(out.out)
+    assert asked == [(default_model, "vllm")] and card["counts"]["failed_requests"] == 0 and card["overall"]["swap"]["n"] == 1

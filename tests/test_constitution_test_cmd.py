@@ -248,10 +248,13 @@ def test_transformers_backend_on_the_default_model(default_model, tmp_path, monk
 
 
 @pytest.mark.vllm
-def test_vllm_backend_on_the_default_model(default_model, tmp_path, monkeypatch, capsys):
+def test_vllm_backend_on_the_default_model(default_model, tmp_path):
+    """As a user types it (a subprocess: vLLM and its workers log to the real stdout, which --json must keep clean)."""
     const = _principles(tmp_path, {"p-one": [True, True]})
-    code, out, err = run_cli(monkeypatch, capsys, ["constitution", "test", const, "--json", "--quiet", "--min-pass", "0",
-                                                   "--kv-cache-gib", 0.25, "--max-model-len", 2048, "--dtype", "float32"])
-    assert code == 0, err
-    rep = json.loads(out)  # vLLM's own log lines went to stderr: stdout is the JSON document
+    res = subprocess.run([sys.executable, "-m", "rlaif", "constitution", "test", str(const), "--json", "--quiet", "--min-pass", "0",
+                          "--kv-cache-gib", "0.25", "--max-model-len", "2048", "--dtype", "float32"],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout)  # vLLM's own log lines went to stderr: stdout is the JSON document
     assert rep["judge"]["model"] == default_model and rep["total"]["judged"] == 2
+    assert "the default judge, SmolLM2-135M-Instruct, does not judge content" in res.stderr
