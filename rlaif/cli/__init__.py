@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--force", action="store_true", help="replace files that already exist")
     cs = csub.add_parser("show", help="list a constitution's principles and weights")
     cs.add_argument("name", nargs="?", default="default", help="constitution name or path")
+    from rlaif.cli.constitution import add_audit_arguments, add_test_arguments
+
+    add_test_arguments(csub.add_parser("test", help="judge every principle's test cases under it (pass rates, exit 5 below --min-pass)"))
+    add_audit_arguments(csub.add_parser("audit", help="how the judge's preference moves when nothing but the presentation changes"))
 
     _add_generate(sub)
     _add_label(sub)

@@ -38,6 +38,10 @@ def cmd_model(args: argparse.Namespace) -> int:
 def cmd_constitution(args: argparse.Namespace) -> int:
     from rlaif.constitution import ConstitutionError, load_constitution
 
+    if args.constitution_command in ("test", "audit"):
+        from rlaif.cli.constitution import run
+
+        return run(args)
     if args.constitution_command == "import":
         from rlaif.constitution.hf_import import ImportErrorHF, import_hf_constitution
 

@@ -11,6 +11,7 @@ refuses to start while any problem remains.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -21,6 +22,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from rlaif.constitution.cases import PrincipleCase, example_repeats, read_cases
 from rlaif.data import textio
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -84,6 +86,8 @@ class Principle:
     description: str = ""
     examples: tuple[Demonstration, ...] = ()
     path: str = ""
+    tests: tuple[PrincipleCase, ...] = field(default=(), compare=False)
+    """Test cases of the judge under this principle (``rlaif constitution test``; :mod:`rlaif.constitution.cases`)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,11 @@ def _validator(kind: str):
     return cls(schema)
 
 
+# libyaml's safe loader where PyYAML has it (the same documents, about 10x faster: principle files
+# with test cases are long), else the pure-Python one. Both construct plain data only: no code runs.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class _YamlDoc:
     """A parsed YAML file that remembers where each value starts, for line-numbered messages."""
 
@@ -190,8 +199,12 @@ class _YamlDoc:
             self.error = Problem(str(path), 1, str(exc).removeprefix(f"{path}: "))
             return
         try:
-            self.node = yaml.compose(self.text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(self.text)
+            try:
+                self.node = yaml.compose(self.text, Loader=_LOADER)
+                self.data = yaml.load(self.text, Loader=_LOADER)  # noqa: S506 - a safe loader
+            except yaml.YAMLError:  # read again by the pure-Python loader, whose messages say more
+                self.node = yaml.compose(self.text, Loader=yaml.SafeLoader)
+                self.data = yaml.safe_load(self.text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line = mark.line + 1 if mark is not None else 1
@@ -237,6 +250,8 @@ def _schema_problems(doc: _YamlDoc, kind: str) -> list[Problem]:
             msg = f"weight must be positive, got {err.instance!r}"
         elif err.validator == "required":
             msg = err.message.replace("is a required property", "is required")
+        elif err.validator == "oneOf" and isinstance(err.instance, dict) and where[:1] == ["tests"]:
+            msg = "a test case needs exactly one of 'prompt' or 'messages'"
         elif err.validator == "oneOf" and isinstance(err.instance, dict):
             msg = "a principle selection needs exactly one of 'id' or 'tag'"
         elif err.validator == "anyOf" and isinstance(err.instance, dict) and "revision" in err.instance:
@@ -355,7 +370,9 @@ def check_principle_file(path: Path) -> _Checked:
         problems.append(
             Problem(str(path), doc.line(["id"]), f"id {doc.data['id']!r} does not match the file name {path.stem!r}")
         )
-    return _Checked(doc, _principle_from(doc.data, path), problems)
+    cases, found = read_cases(doc.data, str(path), doc.line)
+    problems.extend(Problem(str(path), line, msg) for line, msg in found)
+    return _Checked(doc, dataclasses.replace(_principle_from(doc.data, path), tests=cases), problems)
 
 
 # --------------------------------------------------------------------------- constitutions
@@ -455,6 +472,9 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
             problems.append(
                 Problem(str(path), doc.line(["comparison_examples", i, "principle"]), f"unknown principle id {ex['principle']!r}")
             )
+    for case, j in example_repeats((c for p, _ in selected for c in p.tests), doc.data.get("comparison_examples", [])):
+        problems.append(Problem(case.path, case.line, f"test case {case.name} repeats comparison example {j} of {path} "
+                                f"(line {doc.line(['comparison_examples', j])}), which --few-shot shows to the judge"))
     if problems:
         return None, problems
     # Worked examples carried by the selected principles join the shared few-shot block,
@@ -462,8 +482,10 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
     for p, _ in selected:
         demos.extend(p.examples)
     used_raw = {p.id: pset.raw[p.id] for p, _ in selected}
+    # test cases change no request, so they are not part of the hash (adding one keeps runs resumable)
+    hashed = {pid: {k: v for k, v in raw.items() if k != "tests"} for pid, raw in used_raw.items()}
     digest = hashlib.sha256(
-        json.dumps({"constitution": doc.data, "principles": used_raw}, sort_keys=True, ensure_ascii=False).encode()
+        json.dumps({"constitution": doc.data, "principles": hashed}, sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
     texts = {f"constitution/{path.name}": doc.text}
     texts.update({f"principles/{Path(p.path).name}": pset.texts[p.id] for p, _ in selected})

@@ -35,6 +35,13 @@
   this one corrects for skewness (a KL log-ratio is right-skewed) and, unlike the percentile
   bootstrap, widens at small n (measured in benchmarks/results/eval-intervals.md).
 
+For the judge's tests and audit (:mod:`rlaif.pipeline.audit`): :func:`mean_interval`, the mean of
+paired differences d_i (one per item: the judge's log-odds with a probe minus without it, on the
+same item) with Student's t interval ``mean +- t_{1 - a/2, n - 1} * sd / sqrt(n)``. Pairing removes
+what items share, so only the probe's effect and the judge's noise are left in d_i; its coverage
+on judge-like data is checked by simulation in tests/test_audit.py. Pass rates use the Wilson
+interval of :mod:`rlaif.stats_intervals`.
+
 The beta quantiles come from a regularised incomplete beta function (continued fraction,
 ``math.lgamma``) and bisection, so nothing beyond numpy is needed.
 """
@@ -42,6 +49,7 @@ The beta quantiles come from a regularised incomplete beta function (continued f
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -235,3 +243,50 @@ def bootstrap_t(values: Sequence[float], seed: int, n_boot: int = 2000, level: f
     lo = mean - q_hi * se if np.isfinite(q_hi) else None
     hi = mean - q_lo * se if np.isfinite(q_lo) else None
     return {"n": n, "mean": mean, "lo": None if lo is None else float(lo), "hi": None if hi is None else float(hi)}
+
+
+# ------------------------------------------------------------------ Student's t (the judge audit)
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom: 1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2 for t >= 0."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+@lru_cache(maxsize=4096)
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t (bisection on :func:`t_cdf`, to 1e-12)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_interval(xs: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
+    """Mean of ``xs`` with Student's t interval: ``{"n", "mean", "sd", "lo", "hi"}``.
+
+    With one value the interval is unknown (None); with values that are all equal it is that
+    value (sd 0).
+    """
+    n = len(xs)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "lo": None, "hi": None}
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": None, "lo": None, "hi": None}
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
