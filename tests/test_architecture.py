@@ -27,7 +27,6 @@ TOO_LONG = {
     "rlaif.constitution",
     "rlaif.engine.openai_server",
     "rlaif.engine.vllm_local",
-    "rlaif.models.model_zoo",
     "rlaif.review.data",
     "rlaif.train.common",
     "rlaif.train.data",
