@@ -28,7 +28,6 @@ TOO_LONG = {
     "rlaif.engine.openai_server",
     "rlaif.engine.vllm_local",
     "rlaif.review.data",
-    "rlaif.train.data",
 }
 
 # Private names imported across modules (importer, module, name); keep it empty.

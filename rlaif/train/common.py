@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
-from .data import length_grouped_batches
+from .batches import length_grouped_batches
 from .distributed import layout, resume_position
 from .model_setup import (  # noqa: F401  (the recipes import the model set-up from here)
     Dist, apply_lora, autocast_context, autocast_dtype, is_fsdp, load_pretrained, load_tokenizer, prepare_model,
@@ -311,7 +311,7 @@ def load_splits(cfg: TrainConfig, tok, kind: str, rank: int = 0) -> tuple[list[d
 def preference_data_report(s: Session) -> dict[str, float]:
     """Completion lengths of chosen vs rejected over the training pairs (``data/...``): printed,
     and logged to ``metrics.jsonl`` at step 0 of a fresh run. Returns the summary."""
-    from .data import describe_lengths, length_summary
+    from .batches import describe_lengths, length_summary
 
     summary = length_summary(s.train)
     if s.dist.rank == 0:
@@ -331,7 +331,7 @@ def fit_preferences(s: Session, spec: LoopSpec) -> dict[str, float]:
 def recipe_main(cfg: TrainConfig, setup, train, save, what: str) -> int:
     """The ``main`` of an offline recipe (SFT, RM, DPO): set up, train, save the final model, clean
     up, and say (rank 0) where ``what`` went, the last metrics and, for pairs, their lengths."""
-    from .data import describe_lengths
+    from .batches import describe_lengths
 
     s, spec = setup(cfg)
     metrics = train(s, spec)
