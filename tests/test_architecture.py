@@ -27,7 +27,6 @@ TOO_LONG = {
     "rlaif.constitution",
     "rlaif.engine.openai_server",
     "rlaif.engine.vllm_local",
-    "rlaif.review.data",
 }
 
 # Private names imported across modules (importer, module, name); keep it empty.
