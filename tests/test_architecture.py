@@ -26,7 +26,6 @@ MAX_LINES = 400
 TOO_LONG = {
     "rlaif.constitution",
     "rlaif.engine.openai_server",
-    "rlaif.engine.vllm_local",
 }
 
 # Private names imported across modules (importer, module, name); keep it empty.
