@@ -500,7 +500,7 @@ def test_vllm_replica_gives_the_rows_of_one_process(cluster, default_model, tmp_
     """The default model through in-process vLLM inside a Ray replica (one: two vLLM engines do not
     fit beside the test suite on the 2-core machine), against the session's vLLM engine in this
     process; both in float32, so that the texts can be compared exactly."""
-    from rlaif.cli.commands import make_engine_factory
+    from rlaif.cli.engines import make_engine_factory
     from rlaif.engine.base import SamplingConfig
     from rlaif.engine.config import EngineConfig
 

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from rlaif.cli import commands
+    from rlaif.cli.errors import UserError
     from rlaif.cli.failures import stopped_line
     from rlaif.engine.failures import FAILED_EXIT, ServerGone
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130
-    except commands.UserError as exc:
+    except UserError as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
 

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.commands.UserError`."""
-    from rlaif.cli.commands import UserError, connect_server, make_engine_factory, model_name
+    """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.errors.UserError`."""
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
+    from rlaif.cli.errors import UserError
     from rlaif.cli.engine_flags import engine_config
     from rlaif.settings import SettingsError as ConfigError
     from rlaif.models.model_zoo import ModelError, resolve_model
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rlaif.cli.bon ...``: parse, run, and turn input errors into exit status 2."""
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.cli.settings_flags import apply_settings
     from rlaif.engine.failures import FAILED_EXIT, ServerGone
     from rlaif.settings import SettingsError

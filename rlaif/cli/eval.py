@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _engines(args, engine_cfg, clients: list):
     """(factories by role, model ids by role) for the policy, the baseline and the judge."""
-    from rlaif.cli.commands import connect_server, make_engine_factory, model_name
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
     from rlaif.models.model_zoo import resolve_model
 
     specs = {"policy": args.policy, "baseline": args.baseline, "judge": args.feedback_model}
@@ -66,8 +66,8 @@ def _engines(args, engine_cfg, clients: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``rlaif eval``; input problems raise :class:`rlaif.cli.commands.UserError`."""
-    from rlaif.cli.commands import UserError
+    """Body of ``rlaif eval``; input problems raise :class:`rlaif.cli.errors.UserError`."""
+    from rlaif.cli.errors import UserError
     from rlaif.constitution import ConstitutionError, load_constitution
     from rlaif.data.prompts import PromptError
     from rlaif.data.runs import RunFolderError

@@ -64,7 +64,7 @@ def _pct(x: float | None) -> str:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.pipeline.calibrate import CalibrationError, calibrated_row, fit_calibration, observations
     from rlaif.pipeline.derived import DerivedError, check_out, derived_manifest, write_derived
     from rlaif.pipeline.ratings import RatingsError, principle_reliability, read_rated_run, reliability_file
@@ -132,7 +132,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.pipeline.derived import DerivedError, check_out, derived_manifest, write_derived
     from rlaif.pipeline.gold import gold_rows
     from rlaif.pipeline.ratings import RatingsError, read_rated_run

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rlaif.engine.failures import ServerGone
-from rlaif.pipeline.distributed import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
+from rlaif.pipeline.chunk_jobs import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
 
 POLL_S = 0.5
 
