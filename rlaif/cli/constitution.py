@@ -61,7 +61,7 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.constitution import ConstitutionError
     from rlaif.models.model_zoo import ModelError
     from rlaif.settings import SettingsError
@@ -98,7 +98,7 @@ def _is_constitution(spec: str) -> bool:
 
 def resolve_targets(targets: list[str], constitution: str | None, principles_dir: str | None):
     """(constitution, principles to test): a constitution's principles, or the named ones."""
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.constitution import load_constitution, load_principle_dir, principles_dir_for
 
     consts = [t for t in targets if _is_constitution(t)]
@@ -124,7 +124,7 @@ def resolve_targets(targets: list[str], constitution: str | None, principles_dir
 
 def _judge(args: argparse.Namespace, spec: str | None):
     """(engine, model id) of the judge: --feedback-model (else ``spec``), else the server's or the default model."""
-    from rlaif.cli.commands import connect_server, make_engine_factory
+    from rlaif.cli.engines import connect_server, make_engine_factory
     from rlaif.cli.engine_flags import engine_config
     from rlaif.models.model_zoo import resolve_model
 
@@ -177,7 +177,7 @@ def _bar(args: argparse.Namespace, total: int | None, unit: str):
 
 
 def _test(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.engine import answered_by
     from rlaif.pipeline.constitution_test import exit_status, format_report, judge_cases, report
 
@@ -230,7 +230,7 @@ def _is_run(spec: str) -> bool:
 def run_items(run_dir: Path, const, limit: int, seed: int):
     """The audit items of a labelled run: its AI-labelled, decided pairs (first ``limit``), each
     under every principle of the constitution it was labelled with, in a coin-flipped orientation."""
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.data import textio
     from rlaif.pipeline.audit import AuditItem
     from rlaif.seeds import derive_seed
@@ -258,7 +258,7 @@ def run_items(run_dir: Path, const, limit: int, seed: int):
 
 def _run_context(run_dir: Path, args: argparse.Namespace):
     """(constitution, the run's label settings, its judge, its manifest) from a labelled run's manifest."""
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.constitution import load_constitution
     from rlaif.data import textio
 
@@ -277,7 +277,7 @@ def _run_context(run_dir: Path, args: argparse.Namespace):
 
 
 def _paraphrases(args: argparse.Namespace, texts: list[str]) -> dict[str, tuple[str, str]]:
-    from rlaif.cli.commands import connect_server, make_engine_factory
+    from rlaif.cli.engines import connect_server, make_engine_factory
     from rlaif.cli.engine_flags import engine_config
     from rlaif.models.model_zoo import resolve_model
     from rlaif.pipeline.audit import paraphrase
@@ -298,7 +298,7 @@ def _paraphrases(args: argparse.Namespace, texts: list[str]) -> dict[str, tuple[
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.data.runs import atomic_write_text
     from rlaif.engine import answered_by
     from rlaif.pipeline.audit import CARD_NAME, AuditItem, format_card, judge_card, measure, probed_answers, summarise
