@@ -127,7 +127,8 @@ def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Co
         counts["label_revision_preferred"] += cfg.label.pairs == "revision" and lab.error is None and lab.chosen == "b"
         if not keep_for_dataset(lab, settings):
             continue
-        src = by_id[pair.meta["a"].split(":")[0]]
+        # "a" is the trajectory id (ends in "#<sample>"), with ":initial" in revision pairs; a prompt id may hold ":"
+        src = by_id[pair.meta["a"].removesuffix(":initial")]
         row = ai_preference_row(pair, lab, judge_name)
         prov = _provenance(src, const, model_id)
         row.update({k: prov[k] for k in ("prompt_id", "category", "constitution", "constitution_sha256", "principle_ids", "model", "rounds")})
