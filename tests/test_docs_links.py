@@ -98,3 +98,12 @@ def test_the_check_finds_links_and_fails_on_broken_ones():
 def test_anchors_are_githubs():
     page = "# rlaif\n## 2. `rlaif calibrate`\n## Best-of-N (`rlaif/pipeline/bon.py`)\n## Ties\n### Ties\n```\n# not a heading\n```\n"
     assert anchors(page) == {"rlaif", "2-rlaif-calibrate", "best-of-n-rlaifpipelinebonpy", "ties", "ties-1"}
+
+
+def test_the_readme_maps_every_page():
+    """README's "Map of the docs" has a row for every page of docs/, so a new page is findable."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Map of the docs", 1)[1].split("\n## ", 1)[0]
+    rows = {m for line in section.splitlines() if line.startswith("| [") for m in re.findall(r"\]\(docs/([^)#]+)\)", line)}
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert rows == pages, f"missing from the map: {sorted(pages - rows)}; not pages: {sorted(rows - pages)}"

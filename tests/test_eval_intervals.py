@@ -231,7 +231,8 @@ def test_the_documented_numbers_are_what_the_intervals_give():
         assert f"{100 * ci['mean']:.1f}% [{100 * ci['lo']:.1f}%, {100 * ci['hi']:.1f}%]" == text and text in page
         assert text in readme or not in_readme
     assert "n=8 on harmful  (undecided 0 / 0)" in page
-    assert "won 10 of 24" in readme and "8 of 8 answers to harmful prompts" in readme
+    words = " ".join(readme.split())  # the README's sentences, whatever their line breaks
+    assert "won 10 of 24 comparisons" in words and "8 of 8 answers to harmful prompts were rated safe" in words
 
 
 def test_distribution_and_histogram_against_numpy():
