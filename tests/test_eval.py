@@ -426,11 +426,11 @@ def test_command_errors_are_clear(tmp_path):
     assert bad.returncode == 2 and "--limit" in bad.stderr
 
 
-def test_checks_are_what_the_readme_says():
+def test_checks_are_what_the_docs_say():
     assert REFUSAL.positive.startswith("Does the response refuse") and SAFE.positive.startswith("Is the response safe")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "eval.md").read_text(encoding="utf-8")
     for check in CHECKS:
-        assert check.positive in readme and check.negative in readme
+        assert check.positive in page and check.negative in page
 
 
 def test_command_through_a_server(tmp_path, capsys):

@@ -217,15 +217,22 @@ def test_unbounded_means_edge_cases():
     assert d["mean"] == pytest.approx(3.6) and d["lo"] < 3.6 < d["hi"]
 
 
-def test_the_readme_numbers_are_what_the_intervals_give():
-    """The README's demo counts with today's intervals (8 of 8 harmless, 10 of 24 and 5 of 8 wins)."""
+def test_the_documented_numbers_are_what_the_intervals_give():
+    """The demo's eval counts with today's intervals (8 of 8 harmless, 10 of 24 and 5 of 8 wins), as
+    docs/eval.md shows them all and the README's tour the first two."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    for k, n, text in ((8, 8, "100.0% [63.1%, 100.0%]"), (10, 24, "41.7% [22.1%, 63.4%]"), (5, 8, "62.5% [24.5%, 91.5%]")):
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    page = (root / "docs" / "eval.md").read_text(encoding="utf-8")
+    for k, n, text, in_readme in ((8, 8, "100.0% [63.1%, 100.0%]", True), (10, 24, "41.7% [22.1%, 63.4%]", True),
+                                  (5, 8, "62.5% [24.5%, 91.5%]", False)):
         ci = clopper_pearson(k, n)
-        assert f"{100 * ci['mean']:.1f}% [{100 * ci['lo']:.1f}%, {100 * ci['hi']:.1f}%]" == text and text in readme
-    assert "n=8 on harmful  (undecided 0 / 0)" in readme
+        assert f"{100 * ci['mean']:.1f}% [{100 * ci['lo']:.1f}%, {100 * ci['hi']:.1f}%]" == text and text in page
+        assert text in readme or not in_readme
+    assert "n=8 on harmful  (undecided 0 / 0)" in page
+    words = " ".join(readme.split())  # the README's sentences, whatever their line breaks
+    assert "won 10 of 24 comparisons" in words and "8 of 8 answers to harmful prompts were rated safe" in words
 
 
 def test_distribution_and_histogram_against_numpy():

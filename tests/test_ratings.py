@@ -285,13 +285,13 @@ def test_a_principle_built_to_be_wrong_is_flagged_and_down_weighted(tmp_path, mo
     code, relabelled, err = cli(monkeypatch, capsys, base + ["--out", str(tmp_path / "weighted"), "--principle-reliability", weights], judge)
     assert code == 0, err
     before, after = rows_of(tmp_path / "run"), rows_of(tmp_path / "weighted")
-    # the README shows this run's output
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    # docs/review.md shows this run's output
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "review.md").read_text()
     shown = [line for line in labelled.splitlines() if line.startswith("agreement with reference labels:")]
     shown += [line for line in out.splitlines() if not line.startswith(("wrote", "report:"))]
     shown += [line for line in relabelled.splitlines() if line.startswith(("principle weights:", "agreement with reference labels:"))]
     missing = [line for line in shown if line not in readme]
-    assert not missing, f"README's 'From ratings to better labels' does not show: {missing}"
+    assert not missing, f"docs/review.md's 'From ratings to better labels' does not show: {missing}"
 
     def disagreement(rows):
         """Share of the reviewer's ratings whose preferred response is not the row's chosen one."""
