@@ -16,10 +16,10 @@ import pytest
 from fixtures_server import Reply, ScriptedServer, chat_completion
 
 from rlaif.cli import main
-from rlaif.cli.label_steps import FAILED_EXIT
 from rlaif.constitution import load_constitution
 from rlaif.data.records import PromptRecord
 from rlaif.data.steps import StepSplitter
+from rlaif.engine.failures import FAILED_EXIT
 from rlaif.engine.base import SamplingConfig
 from rlaif.engine.fake import FakeEngine
 from rlaif.pipeline.label_steps import StepLabelSettings, run_label_steps
@@ -295,7 +295,7 @@ def test_label_steps_command_with_the_openai_backend_judge_and_monte_carlo(tmp_p
     p = prompts_file(tmp_path, 4)
     with StepServer() as srv:
         base = ["label-steps", "--prompts", str(p), "--samples", "1", "--backend", "openai", "--base-url", srv.url,
-                "--max-retries", "0", "--quiet"]
+                "--max-retries", "0", "--max-concurrency", "4", "--quiet"]  # within the test server's listen backlog
         assert main([*base, "--out", str(tmp_path / "j"), "--source", "judge", "--ensemble", "2"]) == 0
         rows = check_stepwise_schema(tmp_path / "j", "judge")
         for r in rows:  # the oracle rejects the marked second step of the odd prompts, and only that
@@ -305,8 +305,17 @@ def test_label_steps_command_with_the_openai_backend_judge_and_monte_carlo(tmp_p
         assert main([*base, "--out", str(tmp_path / "mc"), "--source", "mc", "--k", "4",
                      "--reward-fn", "test_label_steps:right"]) == FAILED_EXIT
         err = capsys.readouterr().err
-        assert "1 of 4 solutions have no step labels" in err and "run the same command again" in err
+        assert "rlaif: incomplete: missing 1 of 4 solutions (1 failed for now: run the same command again" in err
+        m = json.loads((tmp_path / "mc" / "manifest.json").read_text())
+        assert m["missing"] == [{"what": "solutions", "of": 4, "missing": 1, "to_retry": 1}]
         assert len(check_stepwise_schema(tmp_path / "mc", "mc")) == 3
+        calls = srv.count("/v1/chat/completions")  # a rerun retries the failed solution; the server is still down
+        assert main([*base, "--out", str(tmp_path / "mc"), "--source", "mc", "--k", "4",
+                     "--reward-fn", "test_label_steps:right", "--allow-failures", "0.2"]) == FAILED_EXIT
+        assert srv.count("/v1/chat/completions") - calls == 1
+        assert main([*base, "--out", str(tmp_path / "mc"), "--source", "mc", "--k", "4",
+                     "--reward-fn", "test_label_steps:right", "--allow-failures", "0.25"]) == 0  # 1 of 4 is accepted
+        assert "rlaif: warning: missing 1 of 4 solutions" in capsys.readouterr().err
         srv.down = False
         calls = srv.count("/v1/chat/completions")
         assert main([*base, "--out", str(tmp_path / "mc"), "--source", "mc", "--k", "4",
@@ -353,20 +362,6 @@ def test_the_arithmetic_task_and_its_checker():
     assert final_number("3 + 4 = 7, so the answer is: 1,204 apples") == 1204 and final_number("7 then 9") == 9
     assert check([[{"role": "user", "content": "What is 2 + 2 + 2?"}]], ["6"]) == [1.0]
     assert check([[{"role": "user", "content": "unrelated"}]], ["6"]) == [0.0]
-
-
-def test_the_docs_option_table_matches_the_parser():
-    """docs/process.md's `rlaif label-steps` table names every flag of the command (the engine flags apart,
-    as in the README's tables) and no flag the command lacks."""
-    from rlaif.cli import build_parser
-
-    text = (Path(__file__).resolve().parent.parent / "docs" / "process.md").read_text()
-    table = text.split("`rlaif label-steps` options", 1)[1].split("\n\n", 2)[1]
-    shown = {w.rstrip(",") for cell in re.findall(r"`([^`]*)`", table) for w in cell.split() if w.startswith("--")}
-    p = build_parser().subcommands["label-steps"]
-    engine = {o for a in p._actions if a.dest.startswith("engine.") for o in a.option_strings}
-    flags = {o for a in p._actions for o in a.option_strings if o.startswith("--")} - engine - {"--help"}
-    assert shown == flags, (sorted(flags - shown), sorted(shown - flags))
 
 
 def test_a_killed_run_resumes_from_its_committed_chunks_and_matches_an_uninterrupted_one(tmp_path):

@@ -6,10 +6,8 @@ import sys
 from typing import Any
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import add_allow_failures, finish
 from rlaif.cli.settings_flags import add_config_flag
-
-FAILED_EXIT = 4
-"""Exit status when some solutions could not be labelled (their requests failed); the outputs hold the others."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,13 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", dest="chunk_size", type=int, default=32, help="rows per committed chunk (default 32)")
     add_engine_flags(p)
     add_config_flag(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _engines(args, engine_cfg, roles: dict[str, str], clients: list) -> tuple[dict[str, Any], dict[str, str]]:
     """(factories by role, model ids by role); roles naming the same model share one engine."""
-    from rlaif.cli.commands import connect_server, make_engine_factory, model_name
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
     from rlaif.models.model_zoo import resolve_model
 
     factories: dict[str, Any] = {}
@@ -81,8 +80,8 @@ def _engines(args, engine_cfg, roles: dict[str, str], clients: list) -> tuple[di
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``rlaif label-steps``; input problems raise :class:`rlaif.cli.commands.UserError`."""
-    from rlaif.cli.commands import UserError
+    """Body of ``rlaif label-steps``; input problems raise :class:`rlaif.cli.errors.UserError`."""
+    from rlaif.cli.errors import UserError
     from rlaif.cli.engine_flags import engine_config
     from rlaif.constitution import ConstitutionError, load_constitution
     from rlaif.data.prompts import PromptError, read_prompts
@@ -139,11 +138,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for client in clients:
             client.close()
-    return report(manifest)
+    return report(manifest, args.allow_failures)
 
 
-def report(m: dict[str, Any]) -> int:
-    """Print the summary; the exit status (FAILED_EXIT when solutions are missing)."""
+def report(m: dict[str, Any], allow_failures: float = 0.0) -> int:
+    """Print the summary; the exit status (:func:`rlaif.cli.failures.finish`: 4 when solutions are
+    missing because their requests failed, unless ``--allow-failures`` accepts them)."""
     c = m["counts"]
     share = f"{c['steps_correct'] / c['steps']:.1%}" if c["steps"] else "n/a"
     print(f"solutions {c['solutions']}   labelled {c['labelled']}   failed {c['failed']}   steps {c['steps']}   "
@@ -156,11 +156,4 @@ def report(m: dict[str, Any]) -> int:
     for w in m.get("warnings", []):
         print(f"rlaif: warning: {w}", file=sys.stderr)
     print(f"dataset: {m['outputs']['steps']}")
-    if c["failed"]:
-        again = (f"{c['retryable']} failed for a transient reason; run the same command again to redo them"
-                 if c["retryable"] else "none of them will succeed if run again")
-        first = m["failures"][0]["error"] if m.get("failures") else ""
-        print(f"rlaif: error: {c['failed']} of {c['solutions']} solutions have no step labels ({again}); first error: {first}",
-              file=sys.stderr)
-        return FAILED_EXIT
-    return 0
+    return finish(m, allow_failures)

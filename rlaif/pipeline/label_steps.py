@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from rlaif.data.records import PromptRecord
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.data.steps import StepSplitter
 from rlaif.engine.base import Engine, SamplingConfig, describe
 from rlaif.reward.judge import StepJudgeSettings, diagnostics, judge_steps, judge_warnings
@@ -162,8 +162,8 @@ def run_label_steps(items: Sequence[PromptRecord] | Sequence[Solution], out: str
     run = RunDir(out)
     state = run.open(settings, fp, overwrite=overwrite)
     chunks = chunked(list(items), s.chunk_size)
-    retry = {i: {r["id"]: r for r in run.read_chunk(i) if r.get("error") and r.get("retryable")} for i in sorted(run.committed())}
-    retry = {i: rows for i, rows in retry.items() if rows}
+    redo = run.to_redo(key="id") if state != "new" else {}  # solutions that failed for now
+    retry = {i: {r["id"]: r for r in run.read_chunk(i) if r["id"] in ids} for i, ids in redo.items()}
     if state == "done" and not retry:
         log(f"{run.path} is already complete: nothing to do.")
         return run.read_manifest()
@@ -213,6 +213,7 @@ def finalise(run: RunDir, s: StepLabelSettings, models: dict[str, str], fp: str,
                    "retryable": sum(bool(r.get("retryable")) for r in failed), "steps": steps,
                    "steps_correct": sum(sum(r["labels"]) for r in rows),
                    "continuation_tokens": sum(r.get("continuation_tokens", 0) for r in done)},
+        "missing": [missing("solutions", raw)],
         "diagnostics": diag, "warnings": judge_warnings(diag) if diag else [],
         "failures": [{"id": r["id"], "error": r["error"], "retryable": bool(r.get("retryable"))} for r in failed[:20]],
         "timing": {"label_wall_s": round(wall, 2), "this_invocation_wall_s": round(time.time() - t_start, 2)},

@@ -16,6 +16,10 @@ finished when its last request ended by itself (the end token), when it has used
 of Snell et al. 2024 (sec. 5.2); Math-Shepherd and Lightman et al. rerank whole samples instead
 (best-of-N).
 
+A prompt any of whose requests failed gets candidates without rewards that record the error
+(``error``, ``retryable``): the run's manifest counts them missing and a rerun searches that prompt
+again (:func:`rlaif.pipeline.bon.run_bon`).
+
 The answer is the best finished beam. Every generated token is counted (``generated_tokens``:
 the tokens of every expansion, kept or not), so the search can be compared with best-of-N at an
 equal number of generated tokens. The chunk rows have best-of-N's shape (the final beams are the
@@ -86,6 +90,7 @@ def search_prompt_batch(engine: Engine, prm: StepScorer, prompts: Sequence[Promp
     stop = step_stop(prm.splitter)
     beams: list[list[Beam]] = [[Beam("")] for _ in prompts]
     generated = [0] * len(prompts)
+    failures: dict[int, Any] = {}  # a prompt's first failed request (its search is not what a run without failures finds)
     for rnd in range(s.max_steps):
         open_ = [(j, b) for j, bs in enumerate(beams) for b in bs if not b.finished]
         if not open_:
@@ -105,6 +110,7 @@ def search_prompt_batch(engine: Engine, prm: StepScorer, prompts: Sequence[Promp
         cands: list[list[Beam]] = [[b for b in bs if b.finished] for bs in beams]
         for (j, b, room), o in zip(owners, outs):
             if not o.ok:
+                failures.setdefault(j, o)
                 continue
             generated[j] += o.completion_tokens
             used = b.tokens + o.completion_tokens
@@ -124,6 +130,9 @@ def search_prompt_batch(engine: Engine, prm: StepScorer, prompts: Sequence[Promp
         final = sorted(beams[j], key=lambda c: -(c.score if c.score is not None else float("-inf")))
         cands = [{"sample": i, "text": c.text, "finish_reason": c.finish_reason if c.finished else "length",
                   "completion_tokens": c.tokens, "reward": c.score} for i, c in enumerate(final)]
+        if j in failures:  # no reward: the datasets leave the prompt out, the manifest counts it missing, a rerun redoes it
+            o = failures[j]
+            cands = [{**c, "reward": None, "error": o.error or "a request failed", "retryable": bool(o.retryable)} for c in cands]
         rows.append({"prompt_id": p.id, "prompt": [dict(m) for m in p.messages], "category": str(p.meta.get("category", "")),
                      "candidates": cands, "generated_tokens": generated[j]})
     return rows
