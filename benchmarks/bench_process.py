@@ -1,7 +1,7 @@
 """Process feedback measured end to end on this machine: Monte-Carlo step labels, a PRM trained on them,
 and best-of-N / beam search under four scorers on held-out problems.
 
-    python benchmarks/bench_process.py [--kind sum2] [--train 64] [--heldout 64] [--work runs/bench-process]
+    python benchmarks/bench_process.py [--kind chain3] [--train 64] [--heldout 64] [--work runs/bench-process]
 
 Generation runs on the transformers backend in float32 with one thread per process
 (``OMP_NUM_THREADS=1``): on this shared 2-core machine that was several times faster than two
@@ -93,13 +93,14 @@ def markdown_table(result: dict) -> str:
 
     lines = ["| scorer | N = 4 | N = 16 |", "|---|---|---|"]
     for name, cells in result["table"].items():
-        lines.append(f"| {name} | {cell(cells['4'] if '4' in cells else cells[4])} | {cell(cells['16'] if '16' in cells else cells[16])} |")
+        got = {str(k): v for k, v in cells.items()}
+        lines.append(f"| {name} | " + " | ".join(cell(got[n]) if n in got else "not run" for n in ("4", "16")) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kind", default="sum2")
+    ap.add_argument("--kind", default="chain3")
     ap.add_argument("--train", type=int, default=64)
     ap.add_argument("--heldout", type=int, default=64)
     ap.add_argument("--samples", type=int, default=2, help="solutions per training problem")
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--beam-at", dest="beam_at", default="4,16", help="the N (4, 16) at which beam search is run")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-process"))
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "process.json"))
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and stop")
@@ -178,6 +180,8 @@ def main() -> None:
     texts = [[outs[i * 16 + j].text for j in range(16)] for i in range(len(held))]
     tokens = [[outs[i * 16 + j].completion_tokens for j in range(16)] for i in range(len(held))]
     right = [check([c] * 16, ts) for c, ts in zip(convs, texts)]
+    write_jsonl(work / "heldout-samples.jsonl", [{"id": p["id"], "texts": ts, "tokens": t, "right": r}
+                                                 for p, ts, t, r in zip(held, texts, tokens, right)])
     t0 = time.time()
     prm = ProcessRewardModel(str(work / "prm" / "final"), batch_size=16, aggregate="min")
     orm = ProcessRewardModel(str(work / "orm" / "final"), batch_size=16, aggregate="last")
@@ -233,10 +237,10 @@ def main() -> None:
                                                                          "tokens_per_problem": sum(sum(t[:n]) for t in tokens) / len(held)}
 
     # -- beam search at the same number of requests per round
-    for n, (beam, expand) in ((4, (2, 2)), (16, (4, 4))):
+    for n, (beam, expand) in ((n, be) for n, be in ((4, (2, 2)), (16, (4, 4))) if str(n) in args.beam_at.split(",")):
         out = work / f"beam-{n}"
         walls[f"beam_{n}"] = rlaif("bon", "--prompts", held_file, "--out", out, "--search", "beam", "--prm", work / "prm" / "final",
-                                   "--beam", beam, "--expand", expand, "--max-steps", 12, *sampling, "--quiet", "--overwrite",
+                                   "--beam", beam, "--expand", expand, "--max-steps", 6, *sampling, "--quiet", "--overwrite",
                                    log=work / f"beam-{n}.log")
         chunks = [json.loads(line) for f in sorted((out / "chunks").glob("[0-9]*.jsonl")) for line in f.read_text().splitlines()]
         by_id = {c["prompt_id"]: c for c in chunks}

@@ -111,11 +111,14 @@ class SolutionServer(ScriptedServer):
     partial solution: the next step (with the marker by seed), the third step ending the solution."""
 
     def __init__(self):
+        self.down = False
         super().__init__(self._answer)
 
     def _answer(self, method, path, body, attempt):
         if path == "/v1/models":
             return Reply(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 4096}]})
+        if self.down and body["messages"][0]["content"] == "add 1" and body.get("continue_final_message"):
+            return Reply(503, {"error": {"message": "overloaded"}})  # prompt p1's second round fails
         seed = body["seed"]
         done = body["messages"][-1]["content"].count("\n") if body.get("continue_final_message") else 0
         steps = [f"one two{' ' + WRONG if coin(seed, i) else ''}" for i in range(done, 3)]
@@ -144,6 +147,32 @@ def test_bon_with_a_prm_and_beam_search_through_the_command(prm, tmp_path, capsy
         assert m["settings"]["reward_model"].startswith("prm:") and m["counts"]["generated_tokens"] > 0
     assert json.loads((tmp_path / "beam" / "manifest.json").read_text())["settings"]["search"]["beam"] == 2
     assert "generated tokens" in capsys.readouterr().out
+
+
+def test_a_beam_search_whose_requests_failed_exits_4_and_a_rerun_searches_those_prompts_again(prm, tmp_path, capsys):
+    from rlaif.engine.failures import FAILED_EXIT
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"add {i}"}) + "\n" for i in range(3)))
+    argv = ["bon", "--prompts", str(prompts), "--backend", "openai", "--prm", str(prm / "final"), "--out", str(tmp_path / "beam"),
+            "--search", "beam", "--beam", "2", "--expand", "2", "--max-steps", "3", "--max-retries", "0",
+            "--max-concurrency", "4", "--quiet"]
+    with SolutionServer() as srv:
+        assert main([*argv, "--base-url", srv.url, "--out", str(tmp_path / "whole")]) == 0
+    with SolutionServer() as srv:
+        srv.down = True
+        assert main([*argv, "--base-url", srv.url]) == FAILED_EXIT
+        assert "rlaif: incomplete: missing 2 of 6 responses (2 failed for now: run the same command again" in capsys.readouterr().err
+        m = json.loads((tmp_path / "beam" / "manifest.json").read_text())
+        assert m["missing"] == [{"what": "responses", "of": 6, "missing": 2, "to_retry": 2}]  # p1's two final beams
+        assert len(datasets.load_from_disk(str(tmp_path / "beam" / "sft"))) == 2
+        srv.down = False
+        first = len(srv.hits)
+        assert main([*argv, "--base-url", srv.url]) == 0
+        again = {b["messages"][0]["content"] for _, path, b in srv.hits[first:] if path == "/v1/chat/completions"}
+        assert again == {"add 1"}  # only the failed prompt is searched again
+    assert (tmp_path / "beam" / "sft.jsonl").read_text() == (tmp_path / "whole" / "sft.jsonl").read_text()
+    capsys.readouterr()
 
 
 def test_bon_with_a_prm_and_the_fake_backend(prm, tmp_path, capsys):

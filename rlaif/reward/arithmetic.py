@@ -11,11 +11,15 @@ Kinds (each prompt ends with an instruction to work one step per line):
 
 * ``sum2``: "What is A + B?" (single digits);
 * ``sum3``: "What is A + B + C?" (single digits);
+* ``chain3``: "Find A + B + C." (single digits) with a worked example of the one-step-per-line form
+  (two running sums, then "The answer is N."), so that solutions have several steps;
 * ``shop``: "A shop has A apples. It sells B of them and then gets C more. ..." (A - B + C);
 * ``minutes``: "How many minutes are there in H hours and M minutes?" (60 H + M).
 
 Measured one-try accuracy of the default model (SmolLM2-135M-Instruct, temperature 0.7, 32 problems,
-up to 96 tokens): sum2 25%, sum3 3-12%, shop 0-9% (benchmarks/results/process.md).
+up to 96 tokens): sum2 25%, sum3 3-12%, shop 0-9%. sum2's solutions are mostly one line (one step);
+chain3's follow the example's steps more often; its one-try accuracy is measured by
+benchmarks/bench_process.py (benchmarks/results/process.md).
 """
 from __future__ import annotations
 
@@ -24,12 +28,15 @@ import re
 from typing import Any, Sequence
 
 INSTRUCTIONS = {"sum2": "Add the numbers one at a time, one step per line.", "sum3": "Add the numbers one at a time, one step per line.",
+                "chain3": "Add the numbers one at a time, one step per line, as in this example for 2 + 3 + 4:\n"
+                          "2 + 3 = 5\n5 + 4 = 9\nThe answer is 9.",
                 "shop": "Work it out one step per line.", "minutes": "Work it out one step per line."}
 KINDS = {
     "shop": (r"A shop has (\d+) apples\. It sells (\d+) of them and then gets (\d+) more\. How many apples does it have now\?",
              "A shop has {a} apples. It sells {b} of them and then gets {c} more. How many apples does it have now?",
              lambda a, b, c: a - b + c),
     "sum3": (r"What is (\d+) \+ (\d+) \+ (\d+)\?", "What is {a} + {b} + {c}?", lambda a, b, c: a + b + c),
+    "chain3": (r"Find (\d+) \+ (\d+) \+ (\d+)\.", "Find {a} + {b} + {c}.", lambda a, b, c: a + b + c),
     "sum2": (r"What is (\d+) \+ (\d+)\?", "What is {a} + {b}?", lambda a, b: a + b),
     "minutes": (r"How many minutes are there in (\d+) hours and (\d+) minutes\?",
                 "How many minutes are there in {a} hours and {b} minutes?", lambda a, b: 60 * a + b),
@@ -49,7 +56,7 @@ def problems(n: int, seed: int = 0, kind: str = "shop") -> list[dict[str, Any]]:
         if kind == "shop":
             a = rng.randint(3, 12)
             args = {"a": a, "b": rng.randint(1, a - 1), "c": rng.randint(1, 6)}
-        elif kind == "sum3":
+        elif kind in ("sum3", "chain3"):
             args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9), "c": rng.randint(1, 9)}
         elif kind == "sum2":
             args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9)}
