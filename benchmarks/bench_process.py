@@ -1,7 +1,7 @@
 """Process feedback measured end to end on this machine: Monte-Carlo step labels, a PRM trained on them,
 and best-of-N / beam search under four scorers on held-out problems.
 
-    python benchmarks/bench_process.py [--kind chain3] [--train 64] [--heldout 64] [--work runs/bench-process]
+    python benchmarks/bench_process.py [--kind sum2ex] [--train 64] [--heldout 64] [--work runs/bench-process]
 
 Generation runs on the transformers backend in float32 with one thread per process
 (``OMP_NUM_THREADS=1``): on this shared 2-core machine that was several times faster than two
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -41,31 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval, by bisection on the binomial tail sums (no scipy)."""
-    if n == 0:
-        return (0.0, 1.0)
-    a = (1 - level) / 2
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """The exact 95% binomial interval (rlaif's own, :func:`rlaif.pipeline.intervals.clopper_pearson`)."""
+    from rlaif.pipeline.intervals import clopper_pearson as exact
 
-    def tail_ge(p):  # P(X >= k)
-        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
-
-    def tail_le(p):  # P(X <= k)
-        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(0, k + 1))
-
-    def solve(f, target, increasing):
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if (f(mid) < target) == increasing:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    lower = 0.0 if k == 0 else solve(tail_ge, a, True)
-    upper = 1.0 if k == n else solve(tail_le, a, False)
-    return lower, upper
+    ci = exact(k, n)
+    return (0.0, 1.0) if n == 0 else (ci["lo"], ci["hi"])
 
 
 def rlaif(*argv, log=None) -> float:
@@ -100,7 +80,7 @@ def markdown_table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kind", default="chain3")
+    ap.add_argument("--kind", default="sum2ex")
     ap.add_argument("--train", type=int, default=64)
     ap.add_argument("--heldout", type=int, default=64)
     ap.add_argument("--samples", type=int, default=2, help="solutions per training problem")

@@ -350,7 +350,7 @@ def test_the_pointwise_judge_as_a_reward():
 def test_the_arithmetic_task_and_its_checker():
     from rlaif.reward.arithmetic import answer_of, check, final_number, problems
 
-    for kind in ("shop", "sum3", "sum2", "minutes", "chain3"):
+    for kind in ("shop", "sum3", "sum2", "minutes", "sum2ex"):
         probs = problems(20, seed=1, kind=kind)
         assert len({p["prompt"] for p in probs}) >= 18 and probs == problems(20, seed=1, kind=kind)
         for p in probs:
@@ -362,9 +362,9 @@ def test_the_arithmetic_task_and_its_checker():
     assert final_number("3 + 4 = 7, so the answer is: 1,204 apples") == 1204 and final_number("7 then 9") == 9
     assert check([[{"role": "user", "content": "What is 2 + 2 + 2?"}]], ["6"]) == [1.0]
     assert check([[{"role": "user", "content": "unrelated"}]], ["6"]) == [0.0]
-    # chain3's worked example (2 + 3 + 4 = 9) is not the problem: its answer is the problem's
-    p = problems(1, 0, "chain3")[0]
-    assert "2 + 3 = 5\n5 + 4 = 9" in p["prompt"] and p["answer"] != 9 and answer_of(p["prompt"]) == p["answer"]
+    # sum2ex's worked example (2 + 3 = 5) is not the problem: its answer is the problem's
+    p = next(p for p in problems(20, 0, "sum2ex") if p["answer"] != 5)
+    assert "What is 2 + 3?\n2 + 3 = 5" in p["prompt"] and answer_of(p["prompt"]) == p["answer"]
 
 
 def test_a_killed_run_resumes_from_its_committed_chunks_and_matches_an_uninterrupted_one(tmp_path):

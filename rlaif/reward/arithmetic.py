@@ -11,15 +11,17 @@ Kinds (each prompt ends with an instruction to work one step per line):
 
 * ``sum2``: "What is A + B?" (single digits);
 * ``sum3``: "What is A + B + C?" (single digits);
-* ``chain3``: "Find A + B + C." (single digits) with a worked example of the one-step-per-line form
-  (two running sums, then "The answer is N."), so that solutions have several steps;
+* ``sum2ex``: sum2 after a worked example of the one-step-per-line form ("2 + 3 = 5", then "The
+  answer is 5."), so that solutions have several steps;
 * ``shop``: "A shop has A apples. It sells B of them and then gets C more. ..." (A - B + C);
 * ``minutes``: "How many minutes are there in H hours and M minutes?" (60 H + M).
 
 Measured one-try accuracy of the default model (SmolLM2-135M-Instruct, temperature 0.7, 32 problems,
-up to 96 tokens): sum2 25%, sum3 3-12%, shop 0-9%. sum2's solutions are mostly one line (one step);
-chain3's follow the example's steps more often; its one-try accuracy is measured by
-benchmarks/bench_process.py (benchmarks/results/process.md).
+up to 96 tokens): sum2 25%, sum3 3-12%, shop 0-9%. sum2's solutions are mostly one line (one step),
+which leaves a PRM nothing to do; sum2ex measured 28% (16 problems x 4 samples, up to 48 tokens)
+with 2.5 steps per solution on average, and its one-try accuracy on the benchmark's held-out
+problems is in benchmarks/results/process.md. The same worked example before three numbers
+measured 3%.
 """
 from __future__ import annotations
 
@@ -28,15 +30,15 @@ import re
 from typing import Any, Sequence
 
 INSTRUCTIONS = {"sum2": "Add the numbers one at a time, one step per line.", "sum3": "Add the numbers one at a time, one step per line.",
-                "chain3": "Add the numbers one at a time, one step per line, as in this example for 2 + 3 + 4:\n"
-                          "2 + 3 = 5\n5 + 4 = 9\nThe answer is 9.",
+                "sum2ex": "Add the numbers, one step per line.",
                 "shop": "Work it out one step per line.", "minutes": "Work it out one step per line."}
 KINDS = {
     "shop": (r"A shop has (\d+) apples\. It sells (\d+) of them and then gets (\d+) more\. How many apples does it have now\?",
              "A shop has {a} apples. It sells {b} of them and then gets {c} more. How many apples does it have now?",
              lambda a, b, c: a - b + c),
     "sum3": (r"What is (\d+) \+ (\d+) \+ (\d+)\?", "What is {a} + {b} + {c}?", lambda a, b, c: a + b + c),
-    "chain3": (r"Find (\d+) \+ (\d+) \+ (\d+)\.", "Find {a} + {b} + {c}.", lambda a, b, c: a + b + c),
+    "sum2ex": (r"What is (\d+) \+ (\d+)\?", "Example:\nWhat is 2 + 3?\n2 + 3 = 5\nThe answer is 5.\n\nNow solve:\nWhat is {a} + {b}?",
+               lambda a, b: a + b),
     "sum2": (r"What is (\d+) \+ (\d+)\?", "What is {a} + {b}?", lambda a, b: a + b),
     "minutes": (r"How many minutes are there in (\d+) hours and (\d+) minutes\?",
                 "How many minutes are there in {a} hours and {b} minutes?", lambda a, b: 60 * a + b),
@@ -56,9 +58,9 @@ def problems(n: int, seed: int = 0, kind: str = "shop") -> list[dict[str, Any]]:
         if kind == "shop":
             a = rng.randint(3, 12)
             args = {"a": a, "b": rng.randint(1, a - 1), "c": rng.randint(1, 6)}
-        elif kind in ("sum3", "chain3"):
+        elif kind == "sum3":
             args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9), "c": rng.randint(1, 9)}
-        elif kind == "sum2":
+        elif kind in ("sum2", "sum2ex"):
             args = {"a": rng.randint(1, 9), "b": rng.randint(1, 9)}
         else:
             args = {"a": rng.randint(1, 3), "b": rng.randint(1, 30)}
@@ -69,9 +71,9 @@ def problems(n: int, seed: int = 0, kind: str = "shop") -> list[dict[str, Any]]:
 def answer_of(prompt: str) -> int | None:
     """The answer of a problem this module wrote (None for any other text)."""
     for pattern, _, fn in KINDS.values():
-        m = re.search(pattern, prompt)
-        if m:
-            return fn(*(int(x) for x in m.groups()))
+        found = list(re.finditer(pattern, prompt))
+        if found:  # the last: a worked example comes before the problem
+            return fn(*(int(x) for x in found[-1].groups()))
     return None
 
 
