@@ -24,7 +24,8 @@ threads, and than starting vLLM, which took six minutes under the load of the da
 5. **Intervals**: Clopper-Pearson 95% over problems (random choice: a percentile bootstrap over problems
    of its expected accuracy).
 
-Everything random is seeded; results go to benchmarks/results/process.md and process.json.
+Everything random is seeded; the result goes to --save (benchmarks/results/process.json); `--table JSON` prints
+its markdown table (benchmarks/results/process.md holds it with the discussion).
 """
 from __future__ import annotations
 
