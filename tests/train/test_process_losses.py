@@ -1,5 +1,6 @@
 """Process supervision maths: the PRM's step loss, step rewards on tokens, GRPO's process advantages, the
-step metrics, and the PRM's data layout -- each against an independent computation."""
+step metrics, and the PRM's data layout -- each against an independent computation; and rlaif train prm resumed from a
+checkpoint against the run never stopped."""
 import json
 import math
 
@@ -104,3 +105,38 @@ def test_training_on_steps_cut_another_way_than_the_prm_will_cut_warns(tmp_path,
     assert capsys.readouterr().out == ""
     check_splitter(PRMConfig(data=str(tmp_path)))
     assert "warning" in capsys.readouterr().out
+
+
+def test_prm_training_resumed_from_a_checkpoint_repeats_the_uninterrupted_run(tmp_path):
+    """rlaif train prm stopped after step 2 and run again ends with the weights and losses of a run never stopped."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from process_fixtures import make_tiny_lm, rule_rows
+    from rlaif.cli import main
+
+    lm = make_tiny_lm(tmp_path / "lm")
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rule_rows(32)))
+    args = ["train", "prm", f"model={lm}", f"data={tmp_path / 'steps.jsonl'}", f"runs_dir={tmp_path}", "max_steps=4",
+            "save_every=2", "keep_checkpoints=5", "lr=1e-3", "batch_size=4", "eval_fraction=0", "warmup_ratio=0.0",
+            "tensorboard=false"]
+    assert main([*args, "name=a"]) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000004")
+    shutil.rmtree(tmp_path / "b" / "final")
+    kept = tmp_path / "b" / "checkpoints" / "step-000002" / "model.safetensors"
+    before = kept.stat().st_mtime_ns
+    assert main([*args, "name=b"]) == 0  # resume: auto (the latest checkpoint, step 2)
+    assert kept.stat().st_mtime_ns == before  # resumed from it (a fresh start deletes the run's checkpoints)
+
+    def losses(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    la, lb = losses("a"), losses("b")
+    assert sorted(la) == sorted(lb) == [1, 2, 3, 4] and la[1] != la[4]
+    assert [lb[s] for s in (3, 4)] == pytest.approx([la[s] for s in (3, 4)], rel=1e-6)
+    wa, wb = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("a", "b"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7)
