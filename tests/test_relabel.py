@@ -1,0 +1,292 @@
+"""``rlaif relabel`` and ``rlaif diff`` through the real command line, against an oracle judge whose
+verdict depends on the principle's text: it prefers the response holding the marker, unless the
+principle's question holds the word INVERTED, which makes it prefer the other one strongly. So
+editing one principle's question flips exactly the pairs that drew it (ensemble 2: 0.9 and 0.012
+average below 0.5), and the test knows from the original run's own labels which pairs those are,
+how many requests must be sent again, and which stored lines must come back byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from oracles import MARKER, shown_responses
+from rlaif.cli import main
+from rlaif.engine.fake import FakeEngine
+from rlaif.pipeline.label_diff import MAX_FLIP_EXIT
+
+INVERT = "INVERTED"
+EDITED = "clear-and-concise"  # drawn by some pairs; named by no comparison example and not the first principle
+N_PAIRS = 24
+
+
+def cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@dataclass
+class PrincipleOracle(FakeEngine):
+    """P(option A) = sigmoid(2.2 * (marked(A) - marked(B))), the sign turned and doubled when the
+    question after the two responses holds INVERTED. ``asked``: every scored question; ``fail_at``:
+    raise KeyboardInterrupt at that score call (1-based), before answering it."""
+
+    model: str = "principle-oracle"
+    asked: list[str] = field(default_factory=list)
+    fail_at: int | None = None
+    score_calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.scorer = self._score
+
+    def score_options(self, requests, options, desc=""):
+        self.score_calls += 1
+        if self.fail_at is not None and self.score_calls >= self.fail_at:
+            raise KeyboardInterrupt
+        return super().score_options(requests, options, desc)
+
+    def _score(self, req, options):
+        text = req.messages[-1]["content"]
+        first, second = shown_responses(text)
+        q = text.rsplit("\n\n", 1)[1]
+        self.asked.append(q)
+        z = 2.2 * ((MARKER in first) - (MARKER in second)) * (-2.0 if INVERT in q else 1.0)
+        return [-math.log1p(math.exp(-z)), -math.log1p(math.exp(z))]
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """Every engine the command line starts is a PrincipleOracle; ``engines`` lists them."""
+    import rlaif.engine
+
+    engines: list[PrincipleOracle] = []
+    fail = {"at": None}
+
+    def create(model, engine, **kw):
+        engines.append(PrincipleOracle(model=model, fail_at=fail["at"]))
+        return engines[-1]
+
+    monkeypatch.setattr(rlaif.engine, "create_engine", create)
+    return engines, fail
+
+
+def write_pairs(folder: Path, n: int = N_PAIRS) -> Path:
+    path = folder / "pairs.jsonl"
+    rows = []
+    for i in range(n):
+        good, bad = f"{MARKER} pack water and a map {i:03d}", f"just go, it will be fine {i:03d}"
+        bad += "." * (len(good) - len(bad))
+        a, b = (good, bad) if i % 2 == 0 else (bad, good)
+        rows.append({"id": f"m{i}", "prompt": f"What should I pack for hike {i}?", "response_a": a, "response_b": b,
+                     "label": "a" if i % 2 == 0 else "b"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def edit_comparison(const_dir: Path, pid: str, new: str) -> None:
+    path = const_dir / "principles" / f"{pid}.yaml"
+    text = path.read_text()
+    head, rest = re.split(r"comparison: >-[ \t]*\n", text, maxsplit=1)
+    lines = rest.split("\n")
+    body_end = next(i for i, line in enumerate(lines) if not line.startswith("  "))
+    path.write_text(head + "comparison: >-\n" + "".join(f"  {x}\n" for x in new.split("\n")) + "\n".join(lines[body_end:]))
+
+
+def comparison_text(const_dir: Path, pid: str) -> str:
+    from rlaif.constitution import load_constitution
+
+    return load_constitution(str(const_dir / "constitution" / "default.yaml")).principle(pid).comparison
+
+
+def labels(run: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, (run / "labels.jsonl").read_text().splitlines())}
+
+
+def judgement_lines(run: Path) -> list[bytes]:
+    return [line for f in sorted((run / "chunks").glob("*.judgements.jsonl")) for line in f.read_bytes().splitlines()]
+
+
+def numbers(out: str) -> tuple[int, int, int, int]:
+    """(re-sent, reused, flipped, compared) from the printed summary."""
+    j = re.search(r"judgements: (\d+) re-sent, (\d+) reused", out)
+    f = re.search(r"labels: (\d+) of (\d+) pairs flipped", out)
+    assert j and f, out
+    return int(j[1]), int(j[2]), int(f[1]), int(f[2])
+
+
+def label_old(tmp_path, const_dir, *extra) -> Path:
+    old = tmp_path / "old"
+    assert cli("label", "--pairs", write_pairs(tmp_path), "--out", old, "--backend", "fake", "--ensemble", 2, "--chunk-size", 8,
+               "--constitution", const_dir / "constitution" / "default.yaml", *extra, "--quiet") == 0
+    return old
+
+
+def relabel(const_dir, old, new, *extra) -> int:
+    return cli("relabel", old, "--constitution", const_dir / "constitution" / "default.yaml", "--out", new, *extra, "--quiet")
+
+
+def test_relabel_sends_only_the_edited_principle_and_counts_flips_exactly(tmp_path, const_dir, oracle, capsys):
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir)
+    before = labels(old)
+    assert all(r["p_a"] > 0.5 if i % 2 == 0 else r["p_a"] < 0.5 for i, r in enumerate(before.values()))  # the oracle's side
+    drew = {pid for pid, r in before.items() if EDITED in r["per_principle"]}  # from the run's own labels
+    assert 0 < len(drew) < N_PAIRS
+    old_lines = judgement_lines(old)
+    assert len(old_lines) == N_PAIRS * 2 * 2
+    capsys.readouterr()
+
+    edit_comparison(const_dir, EDITED, f"{INVERT}: which response is worse?")
+    assert relabel(const_dir, old, tmp_path / "new") == 0
+    out = capsys.readouterr().out
+    # exactly the edited principle's comparisons were sent, both orders of every pair that drew it
+    assert numbers(out) == (2 * len(drew), len(old_lines) - 2 * len(drew), len(drew), N_PAIRS)
+    asked = engines[-1].asked
+    assert len(asked) == 2 * len(drew) and all(q.startswith(f"{INVERT}:") for q in asked)
+    # every other stored line is copied byte for byte; the edited ones are new
+    new_lines = judgement_lines(tmp_path / "new")
+    kept = [x for x in old_lines if f'"principle": "{EDITED}"'.encode() not in x]
+    assert [x for x in new_lines if f'"principle": "{EDITED}"'.encode() not in x] == kept
+    assert len(new_lines) == len(old_lines) and len(set(new_lines) - set(old_lines)) == 2 * len(drew)
+    # the flipped labels are exactly the pairs that drew the edited principle, and the printout says so
+    after = labels(tmp_path / "new")
+    assert {pid for pid in before if (before[pid]["p_a"] > 0.5) != (after[pid]["p_a"] > 0.5)} == drew
+    assert re.search(rf"{EDITED}\s+{len(drew)}\s+{len(drew)}\s+{len(drew)}", out), out
+    assert f"agreement 100.0% -> {1 - len(drew) / N_PAIRS:.1%}" in out  # the reference labels are the marker's side
+    saved = json.loads((tmp_path / "new" / "relabel.json").read_text())
+    assert saved["comparison"]["labels"]["flipped"] == len(drew)
+
+    # rlaif diff: the same comparison; --max-flip-rate gives the exit status
+    rate = len(drew) / N_PAIRS
+    assert cli("diff", old, tmp_path / "new", "--max-flip-rate", rate - 0.01) == MAX_FLIP_EXIT
+    assert "more than --max-flip-rate" in capsys.readouterr().err
+    assert cli("diff", old, tmp_path / "new", "--max-flip-rate", rate) == 0
+    assert numbers(capsys.readouterr().out) == numbers(out)
+    assert cli("diff", old, tmp_path / "new", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["labels"]["by_principle"][EDITED]["verdict_flipped"] == len(drew)
+
+    # run again: complete, nothing sent
+    n = len(engines)
+    assert relabel(const_dir, old, tmp_path / "new") == 0
+    assert len(engines) == n or engines[-1].asked == []
+
+
+def test_whitespace_and_non_judge_edits_send_nothing(tmp_path, const_dir, oracle, capsys):
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir)
+    text = comparison_text(const_dir, EDITED)
+    path = const_dir / "principles" / f"{EDITED}.yaml"
+    # a comment, trailing whitespace in the folded question and a new critique: the judge sees none of them
+    path.write_text("# reworded the critique\n" + path.read_text().replace("comparison: >-\n", "comparison: >-   \n")
+                    .replace("critique: >-\n", "critique: >-\n  Be brief about it.\n"))
+    assert comparison_text(const_dir, EDITED) == text
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "same") == 0
+    assert numbers(capsys.readouterr().out)[:3] == (0, N_PAIRS * 4, 0)
+    assert judgement_lines(tmp_path / "same") == judgement_lines(old)
+    # a space inside the question is a change: the judge reads other tokens
+    edit_comparison(const_dir, EDITED, text.replace(" ", "  ", 1))
+    assert relabel(const_dir, old, tmp_path / "space") == 0
+    drew = sum(EDITED in r["per_principle"] for r in labels(old).values())
+    assert numbers(capsys.readouterr().out)[:3] == (2 * drew, N_PAIRS * 4 - 2 * drew, 0)
+
+
+def test_few_shot_edits_reach_every_request_that_quotes_them(tmp_path, const_dir, oracle, capsys):
+    """With --few-shot every request shows the comparison examples, whose questions are their
+    principles' (refuse-only-real-harm is one): editing it sends every comparison again. Editing a
+    principle no example quotes sends only its own comparisons."""
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir, "--few-shot")
+    total = len(judgement_lines(old))
+    drew = sum(EDITED in r["per_principle"] for r in labels(old).values())
+    edit_comparison(const_dir, EDITED, "Which response is shorter and clearer?")
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "own") == 0
+    assert numbers(capsys.readouterr().out)[:2] == (2 * drew, total - 2 * drew)
+    edit_comparison(const_dir, "refuse-only-real-harm", f"{INVERT}: which response refuses worse?")
+    assert relabel(const_dir, old, tmp_path / "quoted") == 0
+    resent, reused, *_ = numbers(capsys.readouterr().out)
+    assert (resent, reused) == (total, 0) and len(engines[-1].asked) == total
+
+
+def test_removed_principle_is_dropped_and_resample_counts_new_draws(tmp_path, const_dir, oracle, capsys):
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir)
+    before = labels(old)
+    drew = {pid for pid, r in before.items() if EDITED in r["per_principle"]}
+    const = const_dir / "constitution" / "default.yaml"
+    const.write_text(const.read_text() + f"exclude:\n  - {EDITED}\n")
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "removed") == 0
+    out = capsys.readouterr().out
+    # no request changed: the pairs that drew it keep their other principle only
+    assert numbers(out)[:3] == (0, N_PAIRS * 4 - 2 * len(drew), 0)
+    assert f"removed principles {EDITED}: their comparisons are dropped ({2 * len(drew)})" in out
+    assert f"{2 * len(drew)} dropped" in out
+    after = labels(tmp_path / "removed")
+    assert all(EDITED not in r["per_principle"] for r in after.values())
+    assert all(len(after[p]["per_principle"]) == (1 if p in drew else 2) for p in before)
+    assert engines[-1].asked == []
+
+    # a new principle: not drawn without --resample; --resample draws afresh and says how many draws changed
+    new_p = const_dir / "principles" / "zz-new.yaml"
+    new_p.write_text("id: zz-new\ntitle: New\ntags: [helpful]\ncritique: Critique it.\nrevision: Revise it.\n"
+                     f"comparison: Which response holds the word {MARKER}?\nweight: 5.0\n")
+    assert relabel(const_dir, old, tmp_path / "kept") == 0
+    out = capsys.readouterr().out
+    assert "new principles zz-new: not drawn" in out and numbers(out)[0] == 0
+    n_engines = len(engines)
+    assert relabel(const_dir, old, tmp_path / "resampled", "--resample") == 0
+    out = capsys.readouterr().out
+    old_draw = {p: set(r["per_principle"]) for p, r in before.items()}
+    new_draw = {p: set(r["per_principle"]) for p, r in labels(tmp_path / "resampled").items()}
+    changed = sum(old_draw[p] != new_draw[p] for p in before)
+    assert changed > 0 and f"--resample: {changed} of {N_PAIRS} pairs changed their principle draw" in out
+    new_comparisons = 2 * sum(len(new_draw[p] - old_draw[p]) for p in before)  # (pair, principle) not judged before
+    assert numbers(out)[0] == new_comparisons == len(engines[n_engines].asked)
+
+
+def test_killed_relabel_continues_and_sends_nothing_twice(tmp_path, const_dir, oracle, capsys):
+    """Killed (KeyboardInterrupt from the engine) when the second chunk's requests go out, then run
+    again: the same files as a relabel that was never stopped, and every request answered once."""
+    engines, fail = oracle
+    old = label_old(tmp_path, const_dir, "--few-shot")  # an edit of a quoted principle changes every request
+    edit_comparison(const_dir, "refuse-only-real-harm", "Which response refuses only what is truly harmful?")
+    assert relabel(const_dir, old, tmp_path / "whole") == 0
+    whole = len(engines[-1].asked)
+    # killed at the second chunk's request (after the first chunk was committed), then run again
+    fail["at"] = 2
+    assert relabel(const_dir, old, tmp_path / "resumed") == 130
+    first = len(engines[-1].asked)
+    fail["at"] = None
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "resumed") == 0
+    assert "resuming" in capsys.readouterr().out
+    assert first + len(engines[-1].asked) == whole and 0 < first < whole
+    for name in ("labels.jsonl", "preferences.jsonl"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert judgement_lines(tmp_path / "resumed") == judgement_lines(tmp_path / "whole")
+
+
+def test_relabel_refuses_runs_it_cannot_reuse_and_diff_refuses_other_pairs(tmp_path, const_dir, oracle, capsys):
+    old = label_old(tmp_path, const_dir)
+    assert relabel(const_dir, old, old) == 2
+    assert "--out must be a new folder" in capsys.readouterr().err
+    assert relabel(const_dir, tmp_path / "nowhere", tmp_path / "n") == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    # a run labelled before rlaif kept its judge requests
+    for f in (old / "chunks").glob("*.judgements.jsonl"):
+        f.unlink()
+    assert relabel(const_dir, old, tmp_path / "n") == 2
+    err = capsys.readouterr().err
+    assert "did not keep its pairs and judge requests" in err and "rlaif diff" in err and "Traceback" not in err
+    # rlaif diff still works on it, and refuses runs of other pairs
+    assert cli("diff", old, old) == 0
+    assert cli("label", "--pairs", write_pairs(tmp_path, 10), "--out", tmp_path / "other", "--backend", "fake", "--quiet") == 0
+    assert cli("diff", old, tmp_path / "other") == 2
+    assert "did not label the same pairs" in capsys.readouterr().err
