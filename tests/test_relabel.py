@@ -79,8 +79,8 @@ def write_pairs(folder: Path, n: int = N_PAIRS) -> Path:
     path = folder / "pairs.jsonl"
     rows = []
     for i in range(n):
-        good, bad = f"{MARKER} pack water and a map {i:03d}", f"just go, it will be fine {i:03d}"
-        bad += "." * (len(good) - len(bad))
+        # the better (marked) response is the longer one when i % 4 < 2, the shorter one otherwise
+        good, bad = f"{MARKER} pack water and a map {i:03d}", f"just go {i:03d}" + ("; it will be fine, trust me" * (i % 4 >= 2))
         a, b = (good, bad) if i % 2 == 0 else (bad, good)
         rows.append({"id": f"m{i}", "prompt": f"What should I pack for hike {i}?", "response_a": a, "response_b": b,
                      "label": "a" if i % 2 == 0 else "b"})
@@ -119,6 +119,17 @@ def numbers(out: str) -> tuple[int, int, int, int]:
     return int(j[1]), int(j[2]), int(f[1]), int(f[2])
 
 
+def rate_marker_side(run: Path, pair_ids: list[str]) -> list[str]:
+    """Ratings as rlaif review stores them: reviewer ann prefers the response holding the marker,
+    which the original run chose (its preference row's chosen response), shown on the left."""
+    from rlaif.review.data import Review, ReviewStore
+
+    store = ReviewStore(run / "reviews.jsonl", dict.fromkeys(labels(run)))
+    for k, pid in enumerate(pair_ids):
+        assert store.append(Review(f"sub{k:08d}", "ann", f"2025-01-01T00:00:{k:02d}", pid, rating_shown=1, left="chosen", likert=8))
+    return pair_ids
+
+
 def label_old(tmp_path, const_dir, *extra) -> Path:
     old = tmp_path / "old"
     assert cli("label", "--pairs", write_pairs(tmp_path), "--out", old, "--backend", "fake", "--ensemble", 2, "--chunk-size", 8,
@@ -139,6 +150,7 @@ def test_relabel_sends_only_the_edited_principle_and_counts_flips_exactly(tmp_pa
     assert 0 < len(drew) < N_PAIRS
     old_lines = judgement_lines(old)
     assert len(old_lines) == N_PAIRS * 2 * 2
+    rated = rate_marker_side(old, [f"m{i}" for i in range(0, N_PAIRS, 2)])  # a reviewer who agrees with the original judge
     capsys.readouterr()
 
     edit_comparison(const_dir, EDITED, f"{INVERT}: which response is worse?")
@@ -158,6 +170,13 @@ def test_relabel_sends_only_the_edited_principle_and_counts_flips_exactly(tmp_pa
     assert {pid for pid in before if (before[pid]["p_a"] > 0.5) != (after[pid]["p_a"] > 0.5)} == drew
     assert re.search(rf"{EDITED}\s+{len(drew)}\s+{len(drew)}\s+{len(drew)}", out), out
     assert f"agreement 100.0% -> {1 - len(drew) / N_PAIRS:.1%}" in out  # the reference labels are the marker's side
+    # by hand: ann's choice is the longer answer for i % 4 == 0, the shorter for i % 4 == 2; a flipped pair disagrees
+    longer = [p for p in rated if int(p[1:]) % 4 == 0]
+    shorter = [p for p in rated if int(p[1:]) % 4 == 2]
+    hit = lambda ps: sum(p not in drew for p in ps) / len(ps)  # noqa: E731
+    agree, lc = 1 - len(drew & set(rated)) / len(rated), (hit(longer) + hit(shorter)) / 2
+    assert f"human ratings ({len(rated)} of {len(rated)} pairs): length-controlled agreement 100.0% -> {lc:.1%}" in out, out
+    assert f"agreement 100.0% -> {agree:.1%}" in out
     saved = json.loads((tmp_path / "new" / "relabel.json").read_text())
     assert saved["comparison"]["labels"]["flipped"] == len(drew)
 

@@ -210,11 +210,12 @@ def format_comparison(cmp: dict[str, Any]) -> list[str]:
     lines.append(f"labels: {L['flipped']} of {L['compared']} pairs flipped ({L['flip_rate']:.1%}); "
                  f"{L['became_tie']} became ties, {L['tie_resolved']} ties got a side"
                  + (f"; failed: {L['failed_a']} -> {L['failed_b']}" if L["failed_a"] or L["failed_b"] else ""))
-    changed = {p: c for p, c in L["by_principle"].items() if c["verdict_flipped"] or c["labels_flipped"]}
+    changed = dict(sorted(((p, c) for p, c in L["by_principle"].items() if c["verdict_flipped"]),
+                          key=lambda pc: (-pc[1]["verdict_flipped"], pc[0])))  # the principles whose own verdicts moved
     if changed:
-        lines.append(f"  {'principle':<28} {'judged':>7} {'verdict flipped':>16} {'labels flipped':>15}")
+        lines.append(f"  {'principle':<28} {'judged':>7} {'its verdict flipped':>20} {'pair labels flipped':>20}")
         for p, c in changed.items():
-            lines.append(f"  {p:<28} {c['judged_both']:>7} {c['verdict_flipped']:>16} {c['labels_flipped']:>15}")
+            lines.append(f"  {p:<28} {c['judged_both']:>7} {c['verdict_flipped']:>20} {c['labels_flipped']:>20}")
     for ex in L["examples"]:
         moved = ", ".join(f"{p} {_fmt(x, 'num')} -> {_fmt(y, 'num')}" for p, (x, y) in ex["principles"].items())
         lines.append(f"  e.g. {ex['id']}: {ex['from']} -> {ex['to']}, P(a) {ex['p_a'][0]:.3f} -> {ex['p_a'][1]:.3f}"
