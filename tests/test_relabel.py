@@ -18,10 +18,12 @@ import pytest
 
 from oracles import MARKER, shown_responses
 from rlaif.cli import main
+from rlaif.engine.base import OptionScores
 from rlaif.engine.fake import FakeEngine
 from rlaif.pipeline.label_diff import MAX_FLIP_EXIT
 
 INVERT = "INVERTED"
+FAIL = "FAILME"  # a question holding it is answered with a transient error
 EDITED = "clear-and-concise"  # drawn by some pairs; named by no comparison example and not the first principle
 N_PAIRS = 24
 
@@ -48,7 +50,9 @@ class PrincipleOracle(FakeEngine):
         self.score_calls += 1
         if self.fail_at is not None and self.score_calls >= self.fail_at:
             raise KeyboardInterrupt
-        return super().score_options(requests, options, desc)
+        out = super().score_options(requests, options, desc)
+        return [OptionScores((), o.prompt_tokens, error="server gave up", retryable=True)
+                if FAIL in r.messages[-1]["content"].rsplit("\n\n", 1)[1] else o for r, o in zip(requests, out)]
 
     def _score(self, req, options):
         text = req.messages[-1]["content"]
@@ -202,7 +206,9 @@ def test_whitespace_and_non_judge_edits_send_nothing(tmp_path, const_dir, oracle
     path = const_dir / "principles" / f"{EDITED}.yaml"
     # a comment, trailing whitespace in the folded question and a new critique: the judge sees none of them
     path.write_text("# reworded the critique\n" + path.read_text().replace("comparison: >-\n", "comparison: >-   \n")
-                    .replace("critique: >-\n", "critique: >-\n  Be brief about it.\n"))
+                    .replace("critique: >-\n", "critique: >-\n  Be brief about it.\n").replace("title: ", "title: Now "))
+    assert comparison_text(const_dir, EDITED) == text
+    edit_comparison(const_dir, EDITED, text.replace(" ", "\n", 2))  # the folded block wrapped differently
     assert comparison_text(const_dir, EDITED) == text
     capsys.readouterr()
     assert relabel(const_dir, old, tmp_path / "same") == 0
@@ -309,3 +315,49 @@ def test_relabel_refuses_runs_it_cannot_reuse_and_diff_refuses_other_pairs(tmp_p
     assert cli("label", "--pairs", write_pairs(tmp_path, 10), "--out", tmp_path / "other", "--backend", "fake", "--quiet") == 0
     assert cli("diff", old, tmp_path / "other") == 2
     assert "did not label the same pairs" in capsys.readouterr().err
+
+
+def test_failed_requests_exit_1_and_a_rerun_redoes_them(tmp_path, const_dir, oracle, capsys, monkeypatch):
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir)
+    drew = sum(EDITED in r["per_principle"] for r in labels(old).values())
+    edit_comparison(const_dir, EDITED, f"{FAIL}: which response is clearer?")
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "new") == 1
+    err = capsys.readouterr().err
+    assert f"rlaif: {drew} of {N_PAIRS} pairs failed; run the same command again to redo them" in err
+    assert len(judgement_lines(tmp_path / "new")) == N_PAIRS * 4 - 2 * drew  # no line for a failed comparison
+    # the server is back (the same question is now answered): only the failed comparisons go out again,
+    # the failed pairs' other comparisons come from the original run
+    import rlaif.engine
+
+    monkeypatch.setattr(rlaif.engine, "create_engine", lambda model, engine, **kw: _no_fail(PrincipleOracle(model=model), engines))
+    assert relabel(const_dir, old, tmp_path / "new") == 0
+    assert len(engines[-1].asked) == 2 * drew and all(q.startswith(FAIL) for q in engines[-1].asked)
+    assert len(judgement_lines(tmp_path / "new")) == N_PAIRS * 4
+
+
+def _no_fail(engine, engines):
+    """The oracle, but a FAILME question is answered like any other."""
+    engine.score_options = lambda requests, options, desc="": FakeEngine.score_options(engine, requests, options, desc)
+    engines.append(engine)
+    return engine
+
+
+def test_another_judge_reuses_nothing_and_length_control_keeps_only_the_comparisons(tmp_path, const_dir, oracle, capsys):
+    old = label_old(tmp_path, const_dir, "--length-control")
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "judge", "--feedback-model", "another-judge") == 0
+    out, err = capsys.readouterr()
+    assert "the judge is not the run's (model 'default' -> 'another-judge')" in err
+    assert numbers(out)[:2] == (N_PAIRS * 4, 0)
+    # with length control the fit is redone over the whole relabelled run; the reused comparisons stay byte-identical
+    edit_comparison(const_dir, EDITED, f"{INVERT}: which response is worse?")
+    assert relabel(const_dir, old, tmp_path / "lc") == 0
+    mark = f'"principle": "{EDITED}"'.encode()
+    assert [x for x in judgement_lines(tmp_path / "lc") if mark not in x] == [x for x in judgement_lines(old) if mark not in x]
+    for run in (old, tmp_path / "lc"):
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["settings"]["label"].get("length_control") is None and manifest["finalise"]["length_control"] is True
+        assert manifest["length_control"]["n"] == N_PAIRS
+    assert all("judge_p_a" in r for r in labels(tmp_path / "lc").values())
