@@ -361,3 +361,26 @@ def test_another_judge_reuses_nothing_and_length_control_keeps_only_the_comparis
         assert manifest["settings"]["label"].get("length_control") is None and manifest["finalise"]["length_control"] is True
         assert manifest["length_control"]["n"] == N_PAIRS
     assert all("judge_p_a" in r for r in labels(tmp_path / "lc").values())
+
+
+def test_docs_option_tables_match_the_parser():
+    """docs/relabel.md lists every flag of rlaif relabel and rlaif diff but the shared engine and Ray
+    flags (which it points to), and no flag the parser lacks."""
+    import argparse
+
+    from rlaif.cli import build_parser
+    from rlaif.cli.engine_flags import add_engine_flags
+    from rlaif.cli.ray_flags import add_ray_flags
+
+    shared = argparse.ArgumentParser()
+    add_engine_flags(shared)
+    add_ray_flags(shared)
+    shared_flags = {o for a in shared._actions for o in a.option_strings}
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "relabel.md").read_text()
+    parser = build_parser()
+    for cmd in ("relabel", "diff"):
+        section = docs.split(f"## `rlaif {cmd}` options", 1)[1].split("\n## ", 1)[0]
+        rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+        shown = {f for cell in rows for f in re.findall(r"`(--[a-z-]+)`", cell)}
+        flags = {o for a in parser.subcommands[cmd]._actions for o in a.option_strings if o not in ("-h", "--help")}
+        assert shown == flags - shared_flags, cmd
