@@ -245,6 +245,9 @@ def test_removed_principle_is_dropped_and_resample_counts_new_draws(tmp_path, co
     before = labels(old)
     drew = {pid for pid, r in before.items() if EDITED in r["per_principle"]}
     const = const_dir / "constitution" / "default.yaml"
+    one = tmp_path / "one"  # one principle per pair
+    assert cli("label", "--pairs", tmp_path / "pairs.jsonl", "--out", one, "--backend", "fake", "--ensemble", 1,
+               "--constitution", const, "--quiet") == 0
     const.write_text(const.read_text() + f"exclude:\n  - {EDITED}\n")
     capsys.readouterr()
     assert relabel(const_dir, old, tmp_path / "removed") == 0
@@ -257,6 +260,13 @@ def test_removed_principle_is_dropped_and_resample_counts_new_draws(tmp_path, co
     assert all(EDITED not in r["per_principle"] for r in after.values())
     assert all(len(after[p]["per_principle"]) == (1 if p in drew else 2) for p in before)
     assert engines[-1].asked == []
+    # with one principle per pair, a pair whose principle was removed draws afresh (and is judged anew)
+    alone = {p for p, r in labels(one).items() if EDITED in r["per_principle"]}
+    capsys.readouterr()
+    assert relabel(const_dir, one, tmp_path / "one-removed") == 0
+    out = capsys.readouterr().out
+    assert f"; {len(alone)} pairs had no principle left and drew afresh" in out and numbers(out)[0] == 2 * len(alone)
+    assert all(len(r["per_principle"]) == 1 and EDITED not in r["per_principle"] for r in labels(tmp_path / "one-removed").values())
 
     # a new principle: not drawn without --resample; --resample draws afresh and says how many draws changed
     new_p = const_dir / "principles" / "zz-new.yaml"

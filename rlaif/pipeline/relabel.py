@@ -80,7 +80,7 @@ def plan_relabel(src: LabelledRun, const: Constitution, resample: bool = False) 
         fresh = lambda: sample_label_principles(const, pid, s.ensemble, s.seed)  # noqa: E731
         if resample:
             plan.draws[pid] = fresh()
-            plan.draws_changed += [p.id for p in plan.draws[pid]] != old.get(pid)
+            plan.draws_changed += {p.id for p in plan.draws[pid]} != set(old.get(pid, ()))
             continue
         kept = [by_id[x] for x in old.get(pid, ()) if x in by_id]
         if not kept:
