@@ -193,10 +193,13 @@ def test_relabel_sends_only_the_edited_principle_and_counts_flips_exactly(tmp_pa
     assert cli("diff", old, tmp_path / "new", "--json") == 0
     assert json.loads(capsys.readouterr().out)["labels"]["by_principle"][EDITED]["verdict_flipped"] == len(drew)
 
-    # run again: complete, nothing sent
+    # run again: complete, nothing sent; --json prints what relabel.json holds
     n = len(engines)
-    assert relabel(const_dir, old, tmp_path / "new") == 0
-    assert len(engines) == n or engines[-1].asked == []
+    assert relabel(const_dir, old, tmp_path / "new", "--json") == 0
+    assert len(engines) == n
+    printed = json.loads(capsys.readouterr().out)  # stdout holds the JSON only
+    assert printed == json.loads((tmp_path / "new" / "relabel.json").read_text())
+    assert printed["plan"]["removed"] == [] and printed["comparison"]["labels"]["flipped"] == len(drew)
 
 
 def test_whitespace_and_non_judge_edits_send_nothing(tmp_path, const_dir, oracle, capsys):

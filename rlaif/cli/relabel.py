@@ -66,11 +66,11 @@ def _engine_defaults(args: argparse.Namespace, src) -> None:
         setattr(args, "engine.base_url", (src.manifest.get("engine") or {}).get("base_url"))
 
 
-def _report(cmp: dict[str, Any], args: argparse.Namespace, extra: list[str] = ()) -> int:
+def _report(cmp: dict[str, Any], args: argparse.Namespace, extra: list[str] = (), as_json: dict[str, Any] | None = None) -> int:
     from rlaif.pipeline.label_diff import MAX_FLIP_EXIT, format_comparison
 
     if args.json:
-        print(json.dumps(cmp, indent=2))
+        print(json.dumps(cmp if as_json is None else as_json, indent=2))
     else:
         print("\n".join([*extra, *format_comparison(cmp)]))
     rate = cmp["labels"]["flip_rate"]
@@ -145,16 +145,18 @@ def run_relabel(args: argparse.Namespace) -> int:
         try:
             manifest, plan = relabel_run(src, args.out, const, factory, model_id, ident, resample=args.resample,
                                          overwrite=args.overwrite, show_progress=not args.quiet, ray=ray,
+                                         log=(lambda m: print(m, file=sys.stderr)) if args.json else print,  # stdout: the JSON only
                                          in_process_model=e.backend in ("vllm", "transformers"))
         finally:
             if judge is not None:
                 judge.close()
         new = _read(args.out)
         cmp = compare_runs(src, new, examples=args.examples)
-        atomic_write_text(Path(args.out) / "relabel.json", json.dumps({"plan": plan.to_dict(), "comparison": cmp}, indent=2))
+        summary = {"plan": plan.to_dict(), "comparison": cmp}
+        atomic_write_text(Path(args.out) / "relabel.json", json.dumps(summary, indent=2))
     except (ConstitutionError, ModelError, RunFolderError, RunReadError, DistributedError, SettingsError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    code = _report(cmp, args, plan_lines(plan))
+    code = _report(cmp, args, plan_lines(plan), summary)
     failed = manifest["counts"]["failed"]
     if failed:
         print(f"rlaif: {failed} of {manifest['counts']['pairs']} pairs failed; run the same command again to redo them", file=sys.stderr)
