@@ -397,3 +397,27 @@ def test_docs_option_tables_match_the_parser():
         shown = {f for cell in rows for f in re.findall(r"`(--[a-z-]+)`", cell)}
         flags = {o for a in parser.subcommands[cmd]._actions for o in a.option_strings if o not in ("-h", "--help")}
         assert shown == flags - shared_flags, cmd
+
+
+def test_chain_of_thought_reasoning_is_reused_with_its_comparison(tmp_path, const_dir, oracle, capsys):
+    """With --cot a comparison is a reasoning request and a scoring request: a reused one sends
+    neither, and its reasoning comes back unchanged in the label."""
+    engines, _ = oracle
+    old = label_old(tmp_path, const_dir, "--cot")
+    before = labels(old)
+    drew = {p for p, r in before.items() if EDITED in r["per_principle"]}
+    edit_comparison(const_dir, EDITED, f"{INVERT}: which response is worse?")
+    capsys.readouterr()
+    assert relabel(const_dir, old, tmp_path / "new") == 0
+    assert numbers(capsys.readouterr().out)[:3] == (2 * len(drew), N_PAIRS * 4 - 2 * len(drew), 0)  # CoT clamps: no flips
+    engine = engines[-1]
+    assert len(engine.asked) == 2 * len(drew)
+    assert sum(n for desc, n in engine.calls if desc.endswith("reasoning")) == 2 * len(drew)
+    after = labels(tmp_path / "new")
+    for pid, r in before.items():
+        for principle, text in r["reasoning"].items():
+            if principle != EDITED:
+                assert after[pid]["reasoning"][principle] == text and text.startswith("reply ")
+    mark = f'"principle": "{EDITED}"'.encode()
+    assert [x for x in judgement_lines(tmp_path / "new") if mark not in x] == [x for x in judgement_lines(old) if mark not in x]
+    assert all(b'"reasoning": "reply ' in x for x in judgement_lines(old))
