@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,126 @@ def test_a_late_result_of_an_expired_lease_is_discarded(cluster, tmp_path):
     assert stats["lease"] != "0.1"  # committed from a later lease
 
 
+def _count_commits(monkeypatch) -> Counter:
+    """Every commit of a chunk file in this process (the driver), by chunk index: a chunk committed
+    twice rewrites the same file, so counting ids in the folder would not see it."""
+    from rlaif.data.runs import RunDir
+
+    counts: Counter = Counter()
+    commit = RunDir.commit_chunk
+
+    def counting(self, index, *args, **kwargs):
+        counts[index] += 1
+        return commit(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "commit_chunk", counting)
+    return counts
+
+
+def _finishes(fn, timeout: float = 120):
+    """``fn()``'s result or error; fails if it is still running after ``timeout`` s (a driver that spins)."""
+    t, box = _run_in_thread(fn)
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout:g} s"
+    return box
+
+
+def test_a_lease_timeout_shorter_than_a_chunk_commits_each_chunk_once(cluster, tmp_path, monkeypatch):
+    """One replica whose chunks take ~1.2 s against a 0.4 s lease: every lease expires, and since the
+    replica is the only one, each late result comes back while no other lease holds its chunk: it is
+    committed, once, and the chunk is not leased again."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    commits = _count_commits(monkeypatch)
+    cfg = _cfg(tmp_path / "ray", RayConfig(address="local", replicas=1, lease_timeout_s=0.4), limit=6)
+    logs: list[str] = []
+    box = _finishes(lambda: generate(cfg, load_constitution("default"), lambda: SlowEngine(str(marks), delay=0.4),
+                                     "fake-model", show_progress=False, log=logs.append))
+    assert "error" not in box, box.get("error")
+    assert commits == {0: 1, 1: 1, 2: 1}, logs
+    summary = box["result"]["engine"]["ray"]
+    assert summary["chunks_committed"] == 3 and summary["expired"] == 3 and summary["late_results_accepted"] == 3, logs
+    assert summary["leases"] == 3  # a late result takes its chunk out of the queue
+    commits.clear()
+    assert _rows(tmp_path / "ray") == _rows(_one_process(tmp_path, limit=6))
+
+
+class ScriptedJob:
+    """A chunk job whose n-th lease of chunk i does ``script[i][n]`` (the last entry once the list runs
+    out): ``(seconds, "ok")`` returns one row after sleeping, ``(seconds, "raise")`` raises after it.
+    Attempts are numbered across processes by creating ``<marks>/<chunk>.<n>`` exclusively."""
+
+    def __init__(self, marks: str, script: dict[int, list[tuple[float, str]]]):
+        self.marks, self.script = Path(marks), script
+
+    def start(self):
+        return (None,)
+
+    def describe(self, engines):
+        return {}
+
+    def close(self, engines):
+        pass
+
+    def run(self, engines, task):
+        from rlaif.pipeline.distributed import ChunkResult
+
+        n = 0
+        while True:
+            try:
+                os.close(os.open(self.marks / f"{task.index}.{n}", os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                n += 1
+        steps = self.script.get(task.index, [(0.0, "ok")])
+        seconds, what = steps[min(n, len(steps) - 1)]
+        time.sleep(seconds)
+        if what == "raise":
+            raise RuntimeError(f"attempt {n + 1} of chunk {task.index + 1} failed")
+        return ChunkResult(rows=[{"id": f"c{task.index}"}], stats={"attempt": n + 1})
+
+
+def _scripted(tmp_path, script, ray_cfg):
+    from rlaif.pipeline.distributed import ChunkTask, run_chunks
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    commits: list[tuple[int, str]] = []
+    logs: list[str] = []
+    tasks = [ChunkTask(i, [f"p{i}"]) for i in range(2)]
+    box = _finishes(lambda: run_chunks(ScriptedJob(str(marks), script), tasks,
+                                       lambda task, result: commits.append((task.index, result.stats["lease"])),
+                                       ray_cfg, log=logs.append))
+    return box, commits, logs
+
+
+def test_an_expired_lease_that_raises_is_counted_once(cluster, tmp_path):
+    """Chunk 1's first two leases outlive the lease and then raise; its third outlives it and returns.
+    Each of the three counts once against max_attempts 4 (an expiry, not an expiry and an error), so
+    the third lease's late result, with no other lease on the chunk, is committed."""
+    slow_error, slow_ok = (1.2, "raise"), (1.2, "ok")
+    box, commits, logs = _scripted(tmp_path, {0: [slow_error, slow_error, slow_ok]},
+                                   RayConfig(address="local", replicas=1, lease_timeout_s=0.4, max_attempts=4))
+    assert "error" not in box, (box.get("error"), logs)
+    assert sorted(commits) == [(0, "0.3"), (1, "1.1")], logs
+    summary = box["result"]["ray"]
+    assert summary["expired"] == 3 and summary["late_results_accepted"] == 1
+    assert summary["replicas"][0]["failures"] == 2
+    assert sum("expired before" in line for line in logs) == 2, logs
+
+
+def test_leases_that_keep_expiring_stop_the_run(cluster, tmp_path):
+    """Two replicas, chunk 1 never done within the lease: its second expired lease stops the run with
+    one clear message instead of leasing it for ever."""
+    box, commits, logs = _scripted(tmp_path, {0: [(60.0, "ok")]},
+                                   RayConfig(address="local", replicas=2, lease_timeout_s=0.4, max_attempts=2))
+    error = box.get("error")
+    assert isinstance(error, DistributedError), (error, logs)
+    assert "chunk 1 failed 2 times (max_attempts 2): lease 0.2 expired after 0.4 s" in str(error)
+    assert "run the same command again" in str(error)
+    assert 0 not in {i for i, _ in commits}
+
+
 def test_a_replica_that_fails_to_start_is_reported_and_the_others_go_on(cluster, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -301,6 +422,42 @@ def test_replicas_as_clients_of_served_models(cluster, tmp_path):
         assert (tmp_path / "l-ray" / name).read_text() == (tmp_path / "l-one" / name).read_text()
 
 
+
+def test_replicas_record_failed_requests_and_a_server_gone_stops_the_driver(cluster, tmp_path, capsys):
+    """rlaif label --ray against a server that answers 500 to the requests about two pairs: the
+    replicas record those labels as failed for now, the driver commits them and the run exits with
+    status 4. The server then answers 500 to everything: a replica's engine stops (3 in a row here)
+    and the driver stops the run with the same status and one line. Against the server restarted on
+    the same port the run completes, asking only for the two pairs, with the files of a run that never failed."""
+    from fixtures_server import FaultyOracle, OracleServer
+    from test_cli_backends import write_pairs
+
+    from rlaif.engine.failures import FAILED_EXIT
+
+    pairs = write_pairs(tmp_path, 8)
+    broken = ("Question 3?", "Question 5?")
+    fails = lambda body: any(q in m["content"] for m in body.get("messages", ()) for q in broken)  # noqa: E731
+    base = ["label", "--pairs", str(pairs), "--chunk-size", "2", "--ensemble", "2", "--backend", "openai", "--max-retries", "1",
+            "--request-timeout", "1", "--quiet"]
+    ray_run = [*base, "--out", str(tmp_path / "ray"), "--ray", "--replicas", "2"]
+    with FaultyOracle("500", fail=fails) as bad:
+        assert cli([*ray_run, "--base-url", bad.url]) == FAILED_EXIT
+        port = bad.port
+    assert "missing 2 of 8 pairs (2 failed for now" in capsys.readouterr().err
+    labels = [json.loads(line) for p in sorted((tmp_path / "ray" / "chunks").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(r["pair_id"] for r in labels if r["error"] and r["retryable"]) == ["x3", "x5"]
+    with FaultyOracle("500", port=port) as dead:
+        assert cli([*ray_run, "--base-url", dead.url, "--max-consecutive-failures", "3"]) == FAILED_EXIT
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlaif:")]
+    assert len(lines) == 1 and lines[0].startswith("rlaif: stopped early:") and "3 requests in a row" in lines[0]
+    with OracleServer(port=port) as good:
+        assert cli([*ray_run, "--base-url", good.url]) == 0
+        assert len(good.requests("score")) == 2 * 2 * 2
+    with OracleServer() as fresh:
+        assert cli([*base, "--out", str(tmp_path / "one"), "--base-url", fresh.url]) == 0
+    for name in ("preferences.jsonl", "labels.jsonl"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "one" / name).read_text()
+
 def test_ray_settings_are_checked_and_left_out_of_the_fingerprint(tmp_path):
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         RayConfig(address="local", replicas=0)
@@ -343,7 +500,7 @@ def test_vllm_replica_gives_the_rows_of_one_process(cluster, default_model, tmp_
     """The default model through in-process vLLM inside a Ray replica (one: two vLLM engines do not
     fit beside the test suite on the 2-core machine), against the session's vLLM engine in this
     process; both in float32, so that the texts can be compared exactly."""
-    from rlaif.cli.commands import make_engine_factory
+    from rlaif.cli.engines import make_engine_factory
     from rlaif.engine.base import SamplingConfig
     from rlaif.engine.config import EngineConfig
 

@@ -344,6 +344,12 @@ def test_server_refuses_requests_without_its_token(state_dir):
     url = f"http://127.0.0.1:{engine.state['port']}"
     assert httpx.get(f"{url}/health", trust_env=False).status_code == 403
     assert httpx.post(f"{url}/shutdown", headers={TOKEN_HEADER: "guess"}, trust_env=False).status_code == 403
+    # a page whose name was rebound to 127.0.0.1 is refused by name, even if it had the token
+    rebound = {TOKEN_HEADER: engine.state["token"], "Host": f"evil.example:{engine.state['port']}"}
+    assert httpx.get(f"{url}/health", headers=rebound, trust_env=False).status_code == 421
+    assert httpx.post(f"{url}/shutdown", headers=rebound, trust_env=False).status_code == 421
+    local = {TOKEN_HEADER: engine.state["token"], "Host": f"localhost:{engine.state['port']}"}
+    assert httpx.get(f"{url}/health", headers=local, trust_env=False).status_code == 200
     assert health(engine.state) is not None  # still running
 
 

@@ -4,7 +4,9 @@ Every dataset rlaif produces is in TRL's conversational format: an SFT row is ``
 (the prompt's turns plus one assistant turn), a preference row is ``prompt`` / ``chosen`` /
 ``rejected`` (``chosen`` and ``rejected`` hold one assistant turn each) with a
 ``label_source`` saying who decided: ``"revision"`` (critique and revision: the final
-revision wins), ``"ai"`` (the feedback model's label) or ``"reward-model"`` (best-of-N).
+revision wins), ``"ai"`` (the feedback model's label), ``"reward-model"`` (best-of-N) or
+``"human"`` (a person's rating in ``rlaif review``, made the label by ``rlaif export --prefer
+human``, which keeps the label it replaced beside it: see :mod:`rlaif.pipeline.gold`).
 Each producer adds its own provenance columns (``extra``); the core below is the same for
 ``generate``, ``label`` and ``bon``, and the Hugging Face ``Features`` are built from the
 same place so that the parquet/Arrow schema and the rows cannot drift apart.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-LABEL_SOURCES = ("revision", "ai", "reward-model")
+LABEL_SOURCES = ("revision", "ai", "reward-model", "human")
 PREFERENCE_CORE = ("prompt", "chosen", "rejected", "label_source")
 SFT_CORE = ("messages",)
 
@@ -39,6 +41,13 @@ def preference_row(prompt: Iterable[Mapping[str, Any]], chosen: str, rejected: s
         raise ValueError(f"label_source must be one of {LABEL_SOURCES}, not {label_source!r}")
     return {"prompt": copy_messages(prompt), "chosen": [turn(chosen)], "rejected": [turn(rejected)],
             "label_source": label_source, **extra}
+
+
+def relabelled_row(row: Mapping[str, Any], label_source: str, **changes: Any) -> dict[str, Any]:
+    """A copy of a preference row whose label now comes from ``label_source``, with ``changes``."""
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"label_source must be one of {LABEL_SOURCES}, not {label_source!r}")
+    return {**row, **changes, "label_source": label_source}
 
 
 def messages_feature():

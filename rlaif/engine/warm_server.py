@@ -10,7 +10,8 @@ by :func:`rlaif.engine.warm.connect`, never by hand. It
 3. answers ``GET /health`` (``?claim=1``: a client is about to use it, which restarts the idle
    clock) and ``POST /generate``, ``/score_options``, ``/shutdown``; every
    request must carry the token (``X-Rlaif-Token``), so another local user or a web page
-   posting to localhost cannot use it. Engine calls run one at a time (a lock); ``/health``
+   posting to localhost cannot use it, and name ``127.0.0.1`` or ``localhost`` as its Host
+   (421 otherwise: a page whose name was rebound to this machine never gets further). Engine calls run one at a time (a lock); ``/health``
    answers while one runs;
 4. exits after ``--idle-timeout`` seconds without a request, on ``/shutdown`` or SIGTERM, and
    then removes the state file if it is still its own.
@@ -36,6 +37,7 @@ from typing import Any
 from rlaif.engine.base import ChatRequest, SamplingConfig, ScoreRequest
 
 TOKEN_HEADER = "X-Rlaif-Token"
+LOCAL_NAMES = {"127.0.0.1", "localhost"}
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
@@ -77,6 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _authorised(self) -> bool:
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+        if host not in LOCAL_NAMES:
+            self._reply(421, {"error": "this server answers only to 127.0.0.1 and localhost"})
+            return False
         given = self.headers.get(TOKEN_HEADER, "")
         if hmac.compare_digest(given.encode(), self.server.token.encode()):
             return True

@@ -131,6 +131,7 @@ class GenerateConfig:
                 if d[section][key] == (dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default):
                     del d[section][key]
         del d["label"]["seed"]
+        del d["engine"]["max_consecutive_failures"]  # when a run stops for a server gone shapes no row
         return d
 
 

@@ -1,8 +1,11 @@
 """The driver of a Ray run (see :mod:`rlaif.pipeline.distributed`): replicas, leases, commits.
 
 The driver starts ``RayConfig.replicas`` actors, each holding the job's engines, leases each
-free replica one chunk at a time, and commits a returned chunk only while its lease is live.
-It is the only process that writes the run folder.
+free replica one chunk at a time, and commits a returned chunk while its lease is live, or late,
+when no other lease holds the chunk and it is not committed yet (every chunk is committed once).
+A lease that raises or expires is a failed attempt of its chunk, counted once however it ends:
+``max_attempts`` failed leases of one chunk stop the run. It is the only process that writes
+the run folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlaif.pipeline.distributed import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
+from rlaif.engine.failures import ServerGone
+from rlaif.pipeline.chunk_jobs import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
 
 POLL_S = 0.5
 
@@ -86,6 +90,7 @@ class Lease:
     task: ChunkTask
     replica: ReplicaState
     deadline: float | None
+    failed: str | None = None  # "expired" or "error": counted once against its chunk
 
 
 class RayDriver:
@@ -98,7 +103,8 @@ class RayDriver:
         self.live: dict[int, str] = {}  # chunk -> its live lease
         self.leases: dict[Any, Lease] = {}  # result ref -> lease (expired ones too, until they return)
         self.attempts: Counter[int] = Counter()
-        self.errors: Counter[int] = Counter()
+        self.failures: Counter[int] = Counter()  # chunk -> leases of it that raised or expired
+        self.committed: set[int] = set()
         self.counts: Counter[str] = Counter()
         self.driver_s = 0.0  # committing
         self.loop_s = self.wait_s = 0.0  # the whole loop; blocked in ray.wait
@@ -222,15 +228,24 @@ class RayDriver:
             return
         except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
             return self._failed(lease, exc)
-        if self.live.get(task.index) != lease_id:
-            r.discarded += 1
-            self.counts["late_results_discarded"] += 1
-            self.log(f"late result of chunk {task.index + 1} from replica {r.name} (expired lease {lease_id}) discarded")
-            return
+        holder = self.live.get(task.index)
+        if holder != lease_id:  # the lease expired: its result counts unless the chunk is done or held again
+            if task.index in self.committed or holder is not None:
+                r.discarded += 1
+                self.counts["late_results_discarded"] += 1
+                why = "committed already" if holder is None else f"held by lease {holder}"
+                self.log(f"late result of chunk {task.index + 1} from replica {r.name} (expired lease {lease_id}) "
+                         f"discarded: the chunk is {why}")
+                return
+            self.queue = deque(t for t in self.queue if t.index != task.index)  # waiting to be leased again: no more
+            self.counts["late_results_accepted"] += 1
+            self.log(f"late result of chunk {task.index + 1} from replica {r.name} (expired lease {lease_id}) committed: "
+                     "no other lease held the chunk")
         t0 = time.perf_counter()
         result.stats.update(replica=r.name, lease=lease_id)
         self.commit(task, result)
-        del self.live[task.index]
+        self.live.pop(task.index, None)
+        self.committed.add(task.index)
         self.driver_s += time.perf_counter() - t0
         self.counts["commits"] += 1
         r.chunks += 1
@@ -240,15 +255,30 @@ class RayDriver:
         r.output_tokens += info["output_tokens"]
 
     def _failed(self, lease: Lease, exc: BaseException) -> None:
-        """The chunk raised in a healthy replica: lease it again, up to ``max_attempts`` times."""
+        """The chunk raised in a healthy replica: lease it again, up to ``max_attempts`` failed leases.
+
+        The error is the raising lease's: one that had expired was counted then, and another
+        lease may hold the chunk now, so it changes nothing else."""
         r, task = lease.replica, lease.task
+        if isinstance(getattr(exc, "cause", None), ServerGone):  # the server is gone for every replica: stop
+            raise ServerGone(str(exc.cause)) from None
         r.failures += 1
-        self.errors[task.index] += 1
-        self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}): {short_error(exc)}")
-        if self.errors[task.index] >= self.cfg.max_attempts:
-            raise DistributedError(f"chunk {task.index + 1} failed {self.errors[task.index]} times; last error: "
-                                   f"{short_error(exc)}") from None
+        self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}"
+                 f"{', expired before' if lease.failed else ''}): {short_error(exc)}")
+        if lease.failed:
+            return
+        self._count_failure(lease, "error", f"last error: {short_error(exc)}")
         self._release(lease)
+
+    def _count_failure(self, lease: Lease, how: str, detail: str) -> None:
+        """One failed lease of its chunk; past ``max_attempts`` of them the run stops."""
+        lease.failed = how
+        index = lease.task.index
+        self.failures[index] += 1
+        if self.failures[index] >= self.cfg.max_attempts:
+            raise DistributedError(
+                f"chunk {index + 1} failed {self.failures[index]} times (max_attempts {self.cfg.max_attempts}): "
+                f"{detail}; committed chunks are kept: run the same command again to continue")
 
     def _release(self, lease: Lease) -> None:
         """Lease the chunk again (first in the queue) unless another lease already holds it."""
@@ -261,9 +291,11 @@ class RayDriver:
         now = time.time()
         for lease in list(self.leases.values()):
             if lease.deadline is not None and now > lease.deadline and self.live.get(lease.task.index) == lease.id:
+                self.counts["expired"] += 1
+                self._count_failure(lease, "expired", f"lease {lease.id} expired after {self.cfg.lease_timeout_s:g} s "
+                                    "(does a chunk take longer than --lease-timeout?)")
                 self.log(f"lease {lease.id} of chunk {lease.task.index + 1} on replica {lease.replica.name} expired "
                          f"after {self.cfg.lease_timeout_s:g} s; leasing the chunk again")
-                self.counts["expired"] += 1
                 self._release(lease)
 
     def _replace(self, dead: ReplicaState) -> None:
@@ -297,6 +329,7 @@ class RayDriver:
             "lease_timeout_s": self.cfg.lease_timeout_s, "wall_s": round(wall_s, 2), "chunks_committed": commits,
             "leases": self.counts["leases"], "leased_again": self.counts["released"], "expired": self.counts["expired"],
             "late_results_discarded": self.counts["late_results_discarded"],
+            "late_results_accepted": self.counts["late_results_accepted"],
             "driver_commit_s_per_chunk": round(self.driver_s / commits, 5) if commits else None,
             # everything the driver did that was not waiting for replicas: leasing, receiving, committing, bookkeeping
             "driver_busy_s_per_chunk": round((self.loop_s - self.wait_s) / commits, 5) if commits else None,
@@ -307,7 +340,8 @@ class RayDriver:
 def format_summary(s: dict[str, Any]) -> str:
     """The per-replica table printed at the end of a Ray run."""
     lines = [f"ray: {s['chunks_committed']} chunks in {s['wall_s']:.1f} s; {s['leases']} leases, {s['leased_again']} "
-             f"leased again, {s['expired']} expired, {s['late_results_discarded']} late results discarded",
+             f"leased again, {s['expired']} expired, {s['late_results_accepted']} late results committed, "
+             f"{s['late_results_discarded']} discarded",
              f"{'replica':<8}{'host':<16}{'pid':>8}  {'state':<16}{'chunks':>7}{'rows':>8}{'tok/s':>11}{'out tok/s':>11}{'failures':>9}"]
     for r in s["replicas"]:
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731

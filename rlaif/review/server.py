@@ -3,20 +3,10 @@ real one, also with ``--port 0``), in the foreground or in a thread (tests, benc
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
-from typing import Callable
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from typing import Callable, Sequence
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -82,24 +72,33 @@ class BackgroundServer:
 
 
 def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
-        print_fn: Callable[[str], None] | None = None) -> int:
-    """``rlaif review``: load the run, bind, print the URL, serve until Ctrl-C."""
+        allowed_hosts: Sequence[str] = (), print_fn: Callable[[str], None] | None = None,
+        order: str = "queue", target: float = 0.10) -> int:
+    """``rlaif review``: load the run, bind, print the URL (with the access secret off loopback), serve until Ctrl-C."""
+    from rlaif.review.access import WILDCARD, Access
     from rlaif.review.app import create_app
 
     print_fn = print_fn or (lambda m: print(m, flush=True))
-    app = create_app(run_dir, default_reviewer=reviewer, loopback_only=is_loopback(host))
+    access = Access.for_host(host, allowed_hosts)  # a bad --allowed-host raises ValueError before anything loads
+    app = create_app(run_dir, default_reviewer=reviewer, access=access, order=order, target=target)
     state = app.state.review
     import gc
 
     gc.freeze()  # the loaded run lives as long as the server: keep it out of every later collection
     sock = bind(host, port)
     url = url_of(sock)
+    if host.strip("[]") in WILDCARD:  # 0.0.0.0 is no address to open: name the machine instead
+        url = f"http://{socket.gethostname()}:{sock.getsockname()[1]}/"
     print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
+    print_fn(f"order: {order}; the page says when the agreement's 95% interval is within +-{100 * target:g} points")
     if state.store.latest:
         print_fn(f"ratings already stored: {len(state.store.latest)} (damaged lines skipped: {state.store.skipped})")
-    if not is_loopback(host):
-        print_fn(f"warning: listening on {host}: anyone who can reach this address can read the pairs and rate them")
-    print_fn(f"review at {url}   (Ctrl-C stops)")
+    if access.secret:
+        print_fn(f"listening on {host}: only those given this link can open it; it holds the server's access secret, "
+                 "which is printed only here")
+    print_fn(f"review at {access.link(url)}   (Ctrl-C stops)")
+    if host.strip("[]") in WILDCARD:
+        print_fn(f"(or put this machine's address in place of {socket.gethostname()}; other names need --allowed-host)")
     try:
         serve(app, sock)
     finally:

@@ -1,7 +1,7 @@
 """Training over several processes: checkpoints that any number of processes can resume.
 
 Under ``torchrun`` the recipes replicate the model (DDP) or shard it (FSDP2) across processes
-(:func:`rlaif.train.common.wrap_parallel`). A checkpoint's optimiser state is written as a
+(:func:`rlaif.train.model_setup.wrap_parallel`). A checkpoint's optimiser state is written as a
 **distributed checkpoint** (``torch.distributed.checkpoint``, folder ``optimizer/``): every
 process writes its own shards, keyed by parameter name, and a later run with another number of
 processes (or with DDP instead of FSDP2, or one process) reads back the pieces it needs. The
@@ -16,12 +16,18 @@ which settings would keep the global batch. Checkpoints written before this form
 ``optimizer.rankN.pt`` per process) resume only with the number of processes that wrote them.
 
 Reading a checkpoint runs no code from it: the distributed checkpoint's ``.metadata`` is a
-pickle, which is read here with an unpickler that admits only the checkpoint metadata classes
-(and refused otherwise) before ``torch.distributed.checkpoint`` reads it; the tensors are read
-by torch with ``weights_only=True``.
+pickle, read here once, as bytes, by an unpickler that admits only exact (module, name) pairs of
+the checkpoint metadata classes (a dotted name such as ``metadata.os.system`` is refused) and
+whose result must be a ``Metadata`` naming shard files inside the folder; ``torch.distributed.checkpoint``
+then gets that checked object from its storage reader and never unpickles the file
+itself, so a file swapped after the check is not read. Tensors are read by torch with
+``weights_only=True``, and so are the small non-tensor values (learning rates, betas), which
+torch's own planner would read with ``weights_only=False``.
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import pickle
 import warnings
@@ -114,16 +120,26 @@ def load_optimizer(model: torch.nn.Module, optimizer, folder: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    check_metadata(folder)
+    metadata = check_metadata(folder)
+    reader, planner = _reader_classes()
     state = {"optim": get_optimizer_state_dict(model, optimizer)}  # the current sharding, as a template
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ONE_PROCESS)
-        dcp.load(state, checkpoint_id=str(folder), no_dist=not _distributed())
+        planner = planner()
+        try:
+            dcp.load(state, storage_reader=reader(folder, metadata), planner=planner, no_dist=not _distributed())
+        except BaseException:  # torch wraps errors in its CheckpointException, a BaseException
+            if planner.refused:
+                raise ResumeError(f"{folder} holds optimiser values rlaif does not read "
+                                  f"({planner.refused}); not loaded") from None
+            raise
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
-_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+_METADATA_CLASSES = ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                     "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
 _METADATA_NAMES = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in _METADATA_CLASSES),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
@@ -133,24 +149,82 @@ _METADATA_NAMES = {
 
 
 class _MetadataUnpickler(pickle.Unpickler):
+    """Admits exact (module, name) pairs only. From protocol 4 on, pickle resolves a dotted name
+    attribute by attribute, so ``(metadata module, "os.system")`` would reach ``os`` through the
+    module's own import: dotted names are refused before anything is looked up."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if module in _METADATA_MODULES or (module, name) in _METADATA_NAMES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if "." not in name:
+            if (module, name) in _METADATA_NAMES:
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name}")
 
 
-def check_metadata(folder: Path) -> None:
-    """Refuse a distributed checkpoint whose ``.metadata`` would build anything but checkpoint metadata."""
+def check_metadata(folder: Path):
+    """The distributed checkpoint's metadata, read once and checked; refuse anything else.
+
+    Raises :class:`ResumeError` when ``.metadata`` is missing, would build anything but checkpoint
+    metadata, or names a shard file outside ``folder``.
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+
     path = Path(folder) / ".metadata"
     try:
-        with open(path, "rb") as f:
-            _MetadataUnpickler(f).load()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ResumeError(f"{folder} is not a complete distributed checkpoint (no .metadata)") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, KeyError) as exc:
         raise ResumeError(f"{path} is not checkpoint metadata rlaif reads (it names {exc}); not loaded") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise ResumeError(f"{path} is not checkpoint metadata rlaif reads (it holds {type(metadata).__name__}); not loaded")
+    for info in metadata.storage_data.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ResumeError(f"{path} names a shard file outside its folder ({name!r}); not loaded")
+    return metadata
+
+
+@functools.cache
+def _reader_classes():
+    """The storage reader and load planner, built on first use (importing torch.distributed.checkpoint is slow)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class CheckedReader(FileSystemReader):
+        """Hands ``dcp.load`` the metadata :func:`check_metadata` read, instead of unpickling the file again."""
+
+        def __init__(self, folder: Path, metadata) -> None:
+            super().__init__(str(folder))
+            self.checked = metadata
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            if getattr(self.checked, "storage_meta", None) is None:
+                self.checked.storage_meta = StorageMeta()
+            self.checked.storage_meta.load_id = self.load_id
+            return self.checked
+
+    class WeightsOnlyPlanner(DefaultLoadPlanner):
+        """Reads the non-tensor values with ``weights_only=True`` (torch's planner: ``False``)."""
+
+        refused = ""
+
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            try:
+                obj = torch.load(value, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                self.refused = str(exc).strip().splitlines()[-1][:200]
+                raise
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return CheckedReader, WeightsOnlyPlanner
 
 
 __all__ = ["OPTIMIZER_DIR", "ResumeError", "layout", "resume_position", "save_optimizer", "load_optimizer", "check_metadata"]
