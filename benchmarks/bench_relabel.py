@@ -15,7 +15,11 @@ pairs whose draw holds the edited principle (counted at the engine), every other
 comparison of A comes back in C byte for byte, and C's labels equal B's (the weights did not
 change, so the draws are the same).
 
-    python benchmarks/bench_relabel.py [--principle clear-and-concise] [--limit N]
+    python benchmarks/bench_relabel.py [--principle clear-and-concise] [--limit N] [--ensemble K] [--single-order]
+        [--dtype float32]
+
+On a 2-core CPU shared with other jobs the default settings (1,600 comparisons per labelling) take
+about an hour; the recorded run uses ``--ensemble 1`` (400 comparisons per labelling, both orders).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ def main() -> None:
     ap.add_argument("--principle", default="clear-and-concise", help="the principle whose comparison question is edited")
     ap.add_argument("--limit", type=int, help="use only the first N pairs")
     ap.add_argument("--backend", default="vllm", help="engine backend (vllm: the measurement; fake: a quick check of the script)")
+    ap.add_argument("--ensemble", type=int, default=4, help="principles per pair (default 4, rlaif label's)")
+    ap.add_argument("--single-order", action="store_true", help="judge each pair in one order only (default: both)")
+    ap.add_argument("--dtype", default="auto", help="model dtype (float32: vLLM's CPU kernels; bfloat16 falls back to slow ones on CPUs without it)")
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "relabel.json"))
     args = ap.parse_args()
 
@@ -80,12 +87,12 @@ def main() -> None:
         shutil.copytree(ROOT / d, work / d)
     const_path = work / "constitution" / "default.yaml"
     model = resolve_model("default")
-    cfg = EngineConfig(backend=args.backend, max_model_len=4096, kv_cache_gib=1)
+    cfg = EngineConfig(backend=args.backend, max_model_len=4096, kv_cache_gib=1, dtype=args.dtype)
     t0 = time.perf_counter()
     engine = Counting(create_engine(model, cfg, show_progress=False))
     startup = time.perf_counter() - t0
     ident = judge_identity(model, cfg.backend, cfg.dtype)
-    settings = LabelSettings()
+    settings = LabelSettings(ensemble=args.ensemble, both_orders=not args.single_order)
     quiet = lambda m: None  # noqa: E731
 
     def label(const, out):
@@ -115,9 +122,12 @@ def main() -> None:
     max_diff = max(abs(x["p_a"] - y["p_a"]) for x, y in zip(lab_b, lab_c))
     same_side = sum((x["p_a"] > 0.5) == (y["p_a"] > 0.5) for x, y in zip(lab_b, lab_c))
     fresh_s, relabel_s = b["timing"]["label_wall_s"], c["timing"]["label_wall_s"]
+    on_cpu = engine.info().get("on_cpu")
+    device = "CPU" if on_cpu else "GPU" if on_cpu is not None else "no device"
     result = {
         "pairs": len(pairs), "principles": len(const0.principles), "edited": args.principle, "ensemble": settings.ensemble,
-        "engine_startup_s": round(startup, 1), "device": "CPU" if engine.info().get("on_cpu") else "GPU", "dtype": cfg.dtype,
+        "both_orders": settings.both_orders,
+        "engine_startup_s": round(startup, 1), "device": device, "dtype": cfg.dtype,
         "original": {"requests": a_req, "judging_s": a["timing"]["label_wall_s"]},
         "afresh": {"requests": b_req, "judging_s": fresh_s, "invocation_s": b["timing"]["this_invocation_wall_s"]},
         "relabel": {"requests": c_req, "expected_requests": expected, "judging_s": relabel_s,
@@ -133,7 +143,7 @@ def main() -> None:
     engine_name = "in-process vLLM" if args.backend == "vllm" else f"the {args.backend} backend"
     table = "\n".join([
         f"{len(pairs)} pairs (prompts/reference-pairs*.jsonl), default constitution ({len(const0.principles)} principles), "
-        f"ensemble {settings.ensemble}, both orders; default model, {engine_name} on {result['device']} ({cfg.dtype}); "
+        f"ensemble {settings.ensemble}, {'both orders' if settings.both_orders else 'one order'}; default model, {engine_name} on {result['device']} ({cfg.dtype}); "
         f"engine start-up {startup:.0f} s, excluded. Edited: the comparison question of `{args.principle}`.",
         "",
         "| run | requests sent | judging time | whole invocation |",

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.errors import UserError
+from rlaif.cli.failures import EXIT_STATUS, add_allow_failures, finish
 from rlaif.cli.ray_flags import add_ray_flags
 
-FAILED_EXIT = 1
-"""Exit status of ``rlaif relabel`` when judge requests failed (the outputs are written; run the
-same command again to redo them)."""
+FLIP_STATUS = "6 more pairs flipped than --max-flip-rate allows (outputs written)."
 
 
 def _add_report_flags(p: argparse.ArgumentParser) -> None:
@@ -35,18 +35,20 @@ def add_relabel_arguments(p: argparse.ArgumentParser) -> None:
     _add_report_flags(p)
     add_engine_flags(p)
     add_ray_flags(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.epilog = f"{EXIT_STATUS} {FLIP_STATUS}"
 
 
 def add_diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_a", metavar="RUN_A", help="a labelled run folder")
     p.add_argument("run_b", metavar="RUN_B", help="a labelled run folder of the same pairs")
     _add_report_flags(p)
+    p.epilog = f"exit status: 0 done; 2 bad input (not labelled runs of the same pairs); {FLIP_STATUS}"
 
 
 def _read(path: str):
-    from rlaif.cli.commands import UserError
     from rlaif.pipeline.labelled_runs import RunReadError, read_labelled_run
 
     try:
@@ -81,7 +83,6 @@ def _report(cmp: dict[str, Any], args: argparse.Namespace, extra: list[str] = ()
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
     from rlaif.pipeline.label_diff import DiffError, compare_runs
 
     try:
@@ -107,8 +108,8 @@ def plan_lines(plan) -> list[str]:
 
 
 def run_relabel(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError, connect_server, make_engine_factory
     from rlaif.cli.engine_flags import engine_config
+    from rlaif.cli.engines import connect_server, make_engine_factory
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.constitution import ConstitutionError, load_constitution
     from rlaif.data.runs import RunFolderError, atomic_write_text
@@ -157,8 +158,5 @@ def run_relabel(args: argparse.Namespace) -> int:
     except (ConstitutionError, ModelError, RunFolderError, RunReadError, DistributedError, SettingsError, ValueError) as exc:
         raise UserError(str(exc)) from None
     code = _report(cmp, args, plan_lines(plan), summary)
-    failed = manifest["counts"]["failed"]
-    if failed:
-        print(f"rlaif: {failed} of {manifest['counts']['pairs']} pairs failed; run the same command again to redo them", file=sys.stderr)
-        return FAILED_EXIT
-    return code
+    # pairs whose comparisons failed: exit 4 unless --allow-failures (a rerun sends only what failed)
+    return finish(manifest, args.allow_failures) or code

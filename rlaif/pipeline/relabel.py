@@ -16,7 +16,8 @@ The rules (docs/relabel.md says them to users):
   example texts are stripped when loaded, so leading or trailing whitespace (or a YAML
   comment) changes nothing, and any other whitespace change is a change.
 * **What is the same.** NEW is a labelled run like ``rlaif label``'s output, with RUN's label
-  settings and pairs. Its labels are rebuilt from the comparisons; with length control the fit
+  settings, principle weights (``--principle-reliability``) and pairs (not its ``--calibration``,
+  fitted for RUN's constitution). Its labels are rebuilt from the comparisons; with length control the fit
   is redone over the whole run, so then only the comparisons are identical.
 
 NEW is written chunk by chunk like every run folder, so a killed relabel continues where it
@@ -110,7 +111,12 @@ def relabel_run(src: LabelledRun, out: str | Path, const: Constitution, engine_f
     plan = plan_relabel(src, const, resample)
     reuse = Reuse(plan.draws, index_records(src.records or ()),
                   {"from": src.fingerprint, "from_kind": src.kind, "resample": resample})
+    if (src.manifest.get("finalise") or {}).get("calibration"):
+        log(f"note: {src.path}'s labels were calibrated (--calibration), which was fitted for its constitution; "
+            "the relabel's are not, so calibration swaps count among the flips")
+    weights = src.settings.get("principle_reliability")  # --principle-reliability: kept, by principle id
     manifest = label_run(src.pairs or [], str(out), const, src.label_settings, engine_factory, feedback_model,
                          chunk_size=src.chunk_size, overwrite=overwrite, source=f"relabel of {src.path}", log=log,
-                         show_progress=show_progress, ray=ray, in_process_model=in_process_model, judge_id=judge_id, reuse=reuse)
+                         show_progress=show_progress, ray=ray, in_process_model=in_process_model,
+                         principle_weights=weights, judge_id=judge_id, reuse=reuse)
     return manifest, plan
