@@ -1,7 +1,7 @@
 """Relabelling after a one-principle edit vs labelling the run afresh, in one run, on one engine.
 
 On the 200 shipped reference pairs (tuning + held-out) with the 20-principle default constitution
-and the default label settings (ensemble 4, both orders), on the real default model in the
+and rlaif label's label settings (by default ensemble 4, both orders), on the real default model in the
 in-process vLLM engine (started once, its start-up excluded from every number):
 
   A. label the pairs (the original run; it also warms the engine and its prefix cache),
