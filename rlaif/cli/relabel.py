@@ -14,7 +14,7 @@ from rlaif.cli.errors import UserError
 from rlaif.cli.failures import EXIT_STATUS, add_allow_failures, finish
 from rlaif.cli.ray_flags import add_ray_flags
 
-FLIP_STATUS = "6 more pairs flipped than --max-flip-rate allows (outputs written)."
+FLIP_STATUS = "6 more pairs flipped than --max-flip-rate allows."
 
 
 def _add_report_flags(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_relabel_arguments(p: argparse.ArgumentParser) -> None:
     add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.epilog = f"{EXIT_STATUS} {FLIP_STATUS}"
+    p.epilog = f"{EXIT_STATUS} {FLIP_STATUS[:-1]} (outputs written)."
 
 
 def add_diff_arguments(p: argparse.ArgumentParser) -> None:
