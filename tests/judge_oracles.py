@@ -26,7 +26,10 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 from oracles import MARKER, shown_responses
 from rlaif.engine.base import ScoreRequest
@@ -118,3 +121,20 @@ def paraphraser(word: str) -> FakeEngine:
         return f"{word} {req.messages[-1]['content'].split('Answer:' + chr(10), 1)[1]}"
 
     return FakeEngine(model=f"paraphraser-{word}", script=script)
+
+
+def write_case_constitution(folder: Path, cases: dict[str, list[tuple[str, str]]]) -> Path:
+    """A constitution (tag t) of principles whose test cases are ``(better, worse)`` pairs, the
+    better answer alternating between A and B; returns the constitution file."""
+    (folder / "principles").mkdir(parents=True)
+    (folder / "constitution").mkdir()
+    for pid, pairs in cases.items():
+        tests = []
+        for i, (better, worse) in enumerate(pairs):
+            a, b = (better, worse) if i % 2 == 0 else (worse, better)
+            tests.append({"prompt": f"Which way, {pid} {i}?", "response_a": a, "response_b": b, "better": "A" if i % 2 == 0 else "B"})
+        (folder / "principles" / f"{pid}.yaml").write_text(yaml.safe_dump({
+            "id": pid, "title": pid, "tags": ["t"], "critique": "Critique it.", "revision": "Revise it.",
+            "comparison": f"Which response is better for {pid}?", "tests": tests}, sort_keys=False))
+    (folder / "constitution" / "tc.yaml").write_text(yaml.safe_dump({"name": "tc", "principles": [{"tag": "t"}]}))
+    return folder / "constitution" / "tc.yaml"

@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from fixtures_server import ORACLE_MARKER, OracleServer
-from judge_oracles import ProbeOracle, paraphraser
+from judge_oracles import ProbeOracle, paraphraser, write_case_constitution
 from oracles import MARKER, content_oracle
 
 from rlaif.cli import main
@@ -47,20 +46,11 @@ def test_probe_texts():
 def _cases_constitution(folder: Path, marker: str = MARKER, n: int = 8) -> Path:
     """Two principles with n cases each. The better answer holds the marker in every sentence
     (two or three of them, so cutting the last one loses a marker); the worse holds none."""
-    (folder / "principles").mkdir(parents=True)
-    (folder / "constitution").mkdir()
-    for pid in ("p-one", "p-two"):
-        tests = []
-        for i in range(n):
-            better = f"Take the {marker} path {i}. The {marker} sign points east." + (f" Follow the {marker} river." if i % 3 == 0 else "")
-            worse = f"Go any way you like {i}. It will be fine, trust me on this one."
-            a, b = (better, worse) if i % 2 == 0 else (worse, better)
-            tests.append({"prompt": f"Which way, {pid} {i}?", "response_a": a, "response_b": b, "better": "A" if i % 2 == 0 else "B"})
-        (folder / "principles" / f"{pid}.yaml").write_text(yaml.safe_dump({
-            "id": pid, "title": pid, "tags": ["t"], "critique": "Critique it.", "revision": "Revise it.",
-            "comparison": f"Which response is better for {pid}?", "tests": tests}, sort_keys=False))
-    (folder / "constitution" / "tc.yaml").write_text(yaml.safe_dump({"name": "tc", "principles": [{"tag": "t"}]}))
-    return folder / "constitution" / "tc.yaml"
+    def better(i: int) -> str:
+        return f"Take the {marker} path {i}. The {marker} sign points east." + (f" Follow the {marker} river." if i % 3 == 0 else "")
+
+    pairs = [(better(i), f"Go any way you like {i}. It will be fine, trust me on this one.") for i in range(n)]
+    return write_case_constitution(folder, {"p-one": pairs, "p-two": pairs})
 
 
 def _engines(monkeypatch, judge):

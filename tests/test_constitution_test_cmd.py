@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from fixtures_server import ORACLE_MARKER, OracleServer
-from judge_oracles import CaseOracle
+from judge_oracles import CaseOracle, write_case_constitution
 from oracles import MARKER, content_oracle, position_oracle
 
 from rlaif.cli import main
@@ -143,21 +142,11 @@ def test_the_requests_are_the_ones_rlaif_label_sends(tmp_path):
 def _principles(folder: Path, spec: dict[str, list[bool]], marker: str = MARKER) -> Path:
     """A constitution (tag t) and principles whose cases put the marker in the better answer
     (True) or in the worse one (False); the better side alternates A, B."""
-    (folder / "principles").mkdir(parents=True)
-    (folder / "constitution").mkdir()
-    for pid, good in spec.items():
-        tests = []
-        for i, ok in enumerate(good):
-            # the marked answer wins with the content oracle; the worse one is never the longer
-            better, worse = ((f"Take the {marker} path {i}.", f"Go the other way {i}.") if ok
-                             else (f"Take the long and winding path {i}.", f"Go the {marker} way {i}."))
-            a, b = (better, worse) if i % 2 == 0 else (worse, better)
-            tests.append({"prompt": f"Which way, {pid} {i}?", "response_a": a, "response_b": b, "better": "A" if i % 2 == 0 else "B"})
-        (folder / "principles" / f"{pid}.yaml").write_text(yaml.safe_dump({
-            "id": pid, "title": pid, "tags": ["t"], "critique": "Critique it.", "revision": "Revise it.",
-            "comparison": f"Which response is better for {pid}?", "tests": tests}, sort_keys=False))
-    (folder / "constitution" / "tc.yaml").write_text(yaml.safe_dump({"name": "tc", "principles": [{"tag": "t"}]}))
-    return folder / "constitution" / "tc.yaml"
+    # the marked answer wins with the content oracle; the worse one is never the longer
+    return write_case_constitution(folder, {
+        pid: [(f"Take the {marker} path {i}.", f"Go the other way {i}.") if ok
+              else (f"Take the long and winding path {i}.", f"Go the {marker} way {i}.") for i, ok in enumerate(good)]
+        for pid, good in spec.items()})
 
 
 def test_principles_with_ten_cases_gate_on_their_own(tmp_path, monkeypatch, capsys):

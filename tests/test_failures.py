@@ -252,7 +252,7 @@ def test_generate_stops_when_its_server_dies_and_the_rerun_completes(tmp_path, c
         assert generate(prompts, out, bad.url) == FAILED_EXIT
         port = bad.port
     assert_stopped(capsys, "connection refused after it had answered")
-    assert sorted(p.name for p in (out / "chunks").glob("0*.jsonl")) == ["00000.jsonl", "00000.labels.jsonl"]
+    assert sorted(p.name for p in (out / "chunks").glob("0*.jsonl")) == ["00000.jsonl", "00000.judgements.jsonl", "00000.labels.jsonl"]
     with OracleServer(port=port) as good:
         assert generate(prompts, out, good.url) == 0
         assert len(good.requests("generate")) == 2 * 2 * 3  # the two chunks left, nothing of the first

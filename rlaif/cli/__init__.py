@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_try_arguments(p)
 
+    p = sub.add_parser("relabel", help="judge a labelled run again with an edited constitution: only the changed requests are sent")
+    from rlaif.cli.relabel import add_diff_arguments, add_relabel_arguments
+
+    add_relabel_arguments(p)
+    _add_feedback_server_flags(p)
+    p = sub.add_parser("diff", help="what changed between two labelled runs of the same pairs: flips, agreement, judge")
+    add_diff_arguments(p)
+
     for name in ("bon", "eval", "label-steps"):
         epilog(sub.choices[name])
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo, grpo or prm "

@@ -93,6 +93,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.constitution import ConstitutionError, load_constitution
     from rlaif.pipeline.judge import LabelSettings
     from rlaif.pipeline.label import format_report, label_run
+    from rlaif.pipeline.judge_records import judge_identity
     from rlaif.models.model_zoo import ModelError, resolve_model
     from rlaif.data.prompts import PromptError, read_pairs
     from rlaif.data.runs import RunFolderError
@@ -132,6 +133,7 @@ def cmd_label(args: argparse.Namespace) -> int:
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
                 ray=ray, in_process_model=engine_cfg.backend in ("vllm", "transformers"),
                 principle_weights=weights, calibration=calibration,
+                judge_id=judge_identity(model_id, engine_cfg.backend, engine_cfg.dtype),
             )
         finally:
             if judge is not None:
@@ -279,6 +281,20 @@ def cmd_try(args: argparse.Namespace) -> int:
     from rlaif.cli.try_ import run
 
     return run(args)
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from rlaif.cli.relabel import run_relabel
+
+    code = run_relabel(args)
+    _refresh_report(args.out)
+    return code
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from rlaif.cli.relabel import run_diff
+
+    return run_diff(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, run_chunks
 from rlaif.pipeline.generate_chunks import GenerateJob, pair_from_row
+from rlaif.pipeline.judge_records import JUDGEMENTS, read_side
 from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
 EngineFactory = Callable[[], Engine]
@@ -218,7 +219,8 @@ def generate(
     if work:
         tasks = [ChunkTask(i, chunks[i]) if i not in retry else
                  ChunkTask(i, chunks[i], frozenset(retry[i][0]), tuple(run.read_chunk(i)),
-                           {"labels": tuple(run.read_chunk(i, "labels")) if cfg.label.enabled else ()}) for i in work]
+                           {"labels": tuple(run.read_chunk(i, "labels")) if cfg.label.enabled else (),
+                            JUDGEMENTS: read_side(run, i, JUDGEMENTS)}) for i in work]
         bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
 
         new_chunks = set(todo)

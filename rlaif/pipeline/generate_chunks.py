@@ -20,6 +20,7 @@ from rlaif.pipeline.config import GenerateConfig, LabelConfig
 from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask
 from rlaif.pipeline.judge import Pair, label_pairs
+from rlaif.pipeline.judge_records import JUDGEMENTS, JudgeCache, judge_identity, merged_records
 from rlaif.pipeline.label import label_to_row
 from rlaif.seeds import derive_seed
 
@@ -71,11 +72,15 @@ class GenerateJob:
             keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
             need = [p for p in pairs if p.id not in keep]
             before = Counter(getattr(feedback, "reported_models", {}))
-            new = dict(zip([p.id for p in need], label_pairs(feedback, self.const, need, cfg.label, desc=f"{tag} label")))
+            cache = JudgeCache(judge_identity(feedback.model, cfg.engine.backend, cfg.engine.dtype), cfg.label)  # kept for relabelling
+            new = dict(zip([p.id for p in need], label_pairs(feedback, self.const, need, cfg.label, desc=f"{tag} label", cache=cache)))
             answered = answered_by(feedback, before)  # what answered (a server's reported name), not what was asked for
             side["labels"] = [keep[p.id] if p.id in keep else {"pair": pair_to_row(p), **label_to_row(new[p.id]), "feedback_model": answered}
                               for p in pairs]
+            side[JUDGEMENTS] = merged_records(task.old_side.get(JUDGEMENTS, ()), cache.records, set(keep), [p.id for p in pairs])
         stats = {"chunk": i, "wall_s": time.time() - t0, "conversations": len(trajs)}
+        if cfg.label.enabled:
+            stats["judge"] = cache.identity
         return ChunkResult([t.to_row() for t in trajs], stats, side)
 
 

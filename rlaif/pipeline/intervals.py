@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -110,14 +110,18 @@ def betainc(a: float, b: float, x: float) -> float:
 
 def beta_ppf(q: float, a: float, b: float) -> float:
     """The q-quantile of Beta(a, b): the x with I_x(a, b) = q, by bisection (to about 1e-12)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(100):
+    return _bisect(lambda x: betainc(a, b, x), q, 0.0, 1.0, 1e-13)
+
+
+def _bisect(cdf: Callable[[float], float], p: float, lo: float, hi: float, tol: float) -> float:
+    """The x in [lo, hi] with cdf(x) = p for an increasing cdf, by bisection to ``tol``."""
+    for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if betainc(a, b, mid) < q:
+        if cdf(mid) < p:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-13:
+        if hi - lo < tol:
             break
     return 0.5 * (lo + hi)
 
@@ -264,15 +268,7 @@ def t_quantile(p: float, df: float) -> float:
     lo, hi = 0.0, 1.0
     while t_cdf(hi, df) < p:
         hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
+    return _bisect(lambda t: t_cdf(t, df), p, lo, hi, 1e-12)
 
 
 def mean_interval(xs: Sequence[float], level: float = LEVEL) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rlaif.constitution import ComparisonExample, Constitution, Principle
 from rlaif.seeds import derive_seed
@@ -225,10 +225,19 @@ class _Job:
     defused: bool = False  # option markers were removed from the reasoning
     error: str | None = None
     retryable: bool = False
+    seed: int = 0  # the CoT request's seed
+    key: str | None = None  # set by a cache: the hash of this comparison's request
 
 
-def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], settings: LabelSettings, desc: str = "label") -> list[PairLabel]:
-    """Label every pair; each engine call covers every pending comparison of the batch."""
+def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], settings: LabelSettings, desc: str = "label", *,
+                draws: Mapping[str, Sequence[Principle]] | None = None, cache: Any = None) -> list[PairLabel]:
+    """Label every pair; each engine call covers every pending comparison of the batch.
+
+    ``draws``: the principles that judge a pair, by pair id, in place of its fresh draw (a relabel
+    keeps its run's draws). ``cache`` (:class:`rlaif.pipeline.judge_records.JudgeCache`): the
+    comparisons whose request it has answered before are not sent again, and it records the
+    answer of every comparison.
+    """
     principles = {p.id: p for p in const.principles}
     default_q = const.principles[0].comparison
     shots = few_shot_turns(const.comparison_examples, principles, default_q) if settings.few_shot else []
@@ -247,16 +256,21 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             # Identical responses: nothing to prefer, and no model call to spend.
             early[i] = PairLabel(pair.id, 0.5, {}, 1.0, 0.5, likert(0.5), 0.0, tuple(sorted({*flags, "identical", "tie"})))
             continue
-        for principle in sample_label_principles(const, pair.id, settings.ensemble, settings.seed):
+        drawn = draws.get(pair.id) if draws is not None else None
+        for principle in drawn if drawn is not None else sample_label_principles(const, pair.id, settings.ensemble, settings.seed):
             for flipped in ((False, True) if settings.both_orders else (False,)):
                 first, second = (b, a) if flipped else (a, b)
                 user = question(principle.comparison, conv, first, second, settings.cot)
                 msgs = [*shots, {"role": "user", "content": user}]
-                jobs.append(_Job(i, principle, flipped, msgs))
+                seed = derive_seed(settings.seed, pair.id, principle.id, flipped, "cot") if settings.cot else 0
+                jobs.append(_Job(i, principle, flipped, msgs, seed=seed))
+    if cache is not None:
+        cache.reuse(jobs, pairs)  # fills in p_first (and the reasoning) of the comparisons answered before
+    ask = [j for j in jobs if j.p_first is None]
 
-    if settings.cot and jobs:
-        reqs = [ChatRequest(tuple(j.messages), derive_seed(settings.seed, pairs[j.pair_index].id, j.principle.id, j.flipped, "cot")) for j in jobs]
-        for j, out in zip(jobs, engine.generate(reqs, settings.cot_sampling, desc=f"{desc} reasoning")):
+    if settings.cot and ask:
+        reqs = [ChatRequest(tuple(j.messages), j.seed) for j in ask]
+        for j, out in zip(ask, engine.generate(reqs, settings.cot_sampling, desc=f"{desc} reasoning")):
             if not out.ok:
                 j.error, j.retryable = out.error, out.retryable
                 continue
@@ -264,7 +278,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             j.reasoning, j.defused = sanitise_reasoning(out.text)
             j.prefix = j.reasoning + COT_ANSWER_PREFIX
 
-    pending = [j for j in jobs if j.error is None]
+    pending = [j for j in ask if j.error is None]
     options = COT_OPTIONS if settings.cot else OPTIONS
     scores = engine.score_options([ScoreRequest(tuple(j.messages), j.prefix) for j in pending], options, desc=desc)
     for j, s in zip(pending, scores):
@@ -272,6 +286,8 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             j.p_first = math.exp(s.logprobs[0])
         else:
             j.error, j.retryable = s.error, s.retryable
+    if cache is not None:
+        cache.record(jobs, pairs)
 
     by_pair: dict[int, list[_Job]] = {}
     for j in jobs:

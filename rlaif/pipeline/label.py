@@ -18,6 +18,7 @@ from rlaif.constitution import Constitution
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
+from rlaif.pipeline.judge_records import JUDGEMENTS, PAIRS, JudgeCache, Reuse, merged_records, pair_row, read_side
 from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
@@ -214,10 +215,15 @@ def _fmt(s: dict[str, Any]) -> str:
 class LabelJob:
     """Labels one chunk of pairs on the feedback model's engine; writes nothing, so a Ray replica
     can run it (see :mod:`rlaif.pipeline.distributed`). A task with ``redo`` labels only those
-    pairs again and keeps every other committed row."""
+    pairs again and keeps every other committed row. With ``judge_id`` (:func:`rlaif.pipeline.
+    judge_records.judge_identity`) the chunk's pairs and comparisons are kept in side files, so
+    that the run can be relabelled; ``reuse`` (a relabel) gives the pairs' draws and the
+    comparisons that need not be sent again."""
 
-    def __init__(self, const: Constitution, settings: LabelSettings, engine_factory: Callable[[], Engine], n_chunks: int):
+    def __init__(self, const: Constitution, settings: LabelSettings, engine_factory: Callable[[], Engine], n_chunks: int,
+                 judge_id: dict[str, Any] | None = None, reuse: Reuse | None = None):
         self.const, self.settings, self.engine_factory, self.n_chunks = const, settings, engine_factory, n_chunks
+        self.judge_id, self.reuse = judge_id, reuse
 
     def start(self) -> tuple[Engine]:
         return (self.engine_factory(),)
@@ -232,17 +238,25 @@ class LabelJob:
         engine, t0 = engines[0], time.time()
         desc = f"chunk {task.index + 1}/{self.n_chunks} label"
         before = Counter(getattr(engine, "reported_models", {}))
+        cache = None if self.judge_id is None else JudgeCache(self.judge_id, self.settings, self.reuse.entries if self.reuse else None)
+        kw = {"desc": desc, "cache": cache, "draws": self.reuse.draws if self.reuse else None}
         if task.redo is not None:
             again = [p for p in task.items if p.id in task.redo]
-            fresh = [label_to_row(l) for l in label_pairs(engine, self.const, again, self.settings, desc=desc)]
+            fresh = [label_to_row(l) for l in label_pairs(engine, self.const, again, self.settings, **kw)]
             new = {r["pair_id"]: r for r in fresh}
             rows = [new.get(r["pair_id"], r) for r in task.old_rows]
         else:
-            fresh = rows = [label_to_row(l) for l in label_pairs(engine, self.const, task.items, self.settings, desc=desc)]
+            fresh = rows = [label_to_row(l) for l in label_pairs(engine, self.const, task.items, self.settings, **kw)]
         answered = answered_by(engine, before)  # what answered (a server's reported name), not what was asked for
         for row in fresh:
             row["feedback_model"] = answered
-        return ChunkResult(rows, {"chunk": task.index, "wall_s": time.time() - t0, "pairs": len(rows)})
+        stats = {"chunk": task.index, "wall_s": time.time() - t0, "pairs": len(rows)}
+        if cache is None:
+            return ChunkResult(rows, stats)
+        keep = set() if task.redo is None else {p.id for p in task.items} - task.redo  # pairs not judged again
+        side = {PAIRS: [pair_row(p) for p in task.items],
+                JUDGEMENTS: merged_records(task.old_side.get(JUDGEMENTS, ()), cache.records, keep, [p.id for p in task.items])}
+        return ChunkResult(rows, {**stats, "judge": self.judge_id}, side)
 
 
 def label_run(
@@ -261,12 +275,15 @@ def label_run(
     in_process_model: bool = True,
     principle_weights: dict[str, float] | None = None,
     calibration: Any = None,
+    judge_id: dict[str, Any] | None = None,
+    reuse: Reuse | None = None,
 ) -> dict[str, Any]:
     """Label (or resume labelling) the pairs into ``out``; returns the manifest. ``ray``: run the
     chunks on Ray replicas (see :mod:`rlaif.pipeline.distributed`); ``in_process_model``: the
     engine loads the model itself (replicas then ask Ray for a GPU where there are some).
     ``principle_weights`` (``--principle-reliability``) enter the fingerprint; a ``calibration``
-    (``--calibration``) only shapes the outputs, like length control (see :func:`finalise_labels`)."""
+    (``--calibration``) only shapes the outputs, like length control (see :func:`finalise_labels`).
+    ``judge_id`` and ``reuse``: see :class:`LabelJob` (a relabel: :mod:`rlaif.pipeline.relabel`)."""
     t_start = time.time()
     label_settings = asdict(settings)
     finalise = finalise_record({k: label_settings.pop(k) for k in FINALISE_ONLY})
@@ -280,6 +297,7 @@ def label_run(
         "feedback_model": feedback_model,
         "label": label_settings,
         "chunk_size": chunk_size,
+        **({"relabel": reuse.settings} if reuse is not None else {}),
     }
     if principle_weights:  # absent when unset: runs made before keep their fingerprint
         run_settings["principle_reliability"] = dict(sorted(principle_weights.items()))
@@ -310,17 +328,17 @@ def label_run(
     if work:
         from tqdm.auto import tqdm
 
-        tasks = [ChunkTask(i, chunks[i], frozenset(retry[i]), tuple(run.read_chunk(i))) if i in retry else ChunkTask(i, chunks[i])
-                 for i in work]
+        tasks = [ChunkTask(i, chunks[i], frozenset(retry[i]), tuple(run.read_chunk(i)), {JUDGEMENTS: read_side(run, i, JUDGEMENTS)})
+                 if i in retry else ChunkTask(i, chunks[i]) for i in work]
         bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
         new_chunks = set(todo)
 
         def commit(task: ChunkTask, result: ChunkResult) -> None:
-            run.commit_chunk(task.index, result.rows, result.stats)
+            run.commit_chunk(task.index, result.rows, result.stats, result.side)
             if task.index in new_chunks:
                 bar.update(1)
 
-        engine_info = run_chunks(LabelJob(const, settings, engine_factory, len(chunks)), tasks, commit, ray,
+        engine_info = run_chunks(LabelJob(const, settings, engine_factory, len(chunks), judge_id, reuse), tasks, commit, ray,
                                  in_process_model=in_process_model, log=log, bar=bar)
         bar.close()
 
