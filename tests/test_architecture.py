@@ -192,3 +192,17 @@ def test_benchmark_and_script_imports_of_rlaif_resolve():
                     except ImportError:
                         missing.append(f"{path.name}:{node.lineno}: {node.module}.{alias.name}")
     assert not missing, "\n".join(missing)
+
+
+def test_the_reward_room_sits_below_pipeline_train_and_cli():
+    """``rlaif.reward`` (reward models, PRMs, reward functions, the pointwise judge) is what best-of-N,
+    eval, search, PPO and GRPO take rewards from: it imports none of them, at any depth (a function-level
+    import upwards would make it a layer above them again), and the commands take rewards from it, not
+    from the trainers' rollout module."""
+    above = ("rlaif.pipeline", "rlaif.train", "rlaif.cli")
+    up = sorted((m, t) for m in MODULES if m == "rlaif.reward" or m.startswith("rlaif.reward.")
+                for t, _, _, _ in _imports(m) if t.startswith(above))
+    assert not up, f"rlaif.reward imports from above it: {up}"
+    into_rollout = sorted(m for m in MODULES if m.startswith(("rlaif.cli", "rlaif.pipeline"))
+                          for t, _, _, _ in _imports(m) if t == "rlaif.train.rollout")
+    assert not into_rollout, f"commands reach into rlaif.train.rollout for rewards: {into_rollout}"

@@ -126,7 +126,7 @@ def make_tiny_models(folder):
 
 @pytest.mark.vllm
 def test_bon_command_with_vllm_and_reward_model(tmp_path, capsys):
-    from rlaif.train.rollout import SequenceClassifierReward
+    from rlaif.reward.models import SequenceClassifierReward
 
     policy, rm = make_tiny_models(tmp_path)
     out = tmp_path / "bon"

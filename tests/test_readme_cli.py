@@ -37,7 +37,7 @@ TABLE_MARKER = re.compile(r"^`rlaif ([a-z][a-z-]*(?: [a-z][a-z-]*)?)` options\b"
 ENGINE_MARKER = "Engine options"
 # the trainers' settings classes (rlaif/train/<kind>.py), as `rlaif train KIND` loads them
 TRAIN_CONFIGS = {"sft": "SFTConfig", "rm": "RMConfig", "dpo": "DPOConfig", "ppo": "PPOConfig",
-                 "online-dpo": "OnlineDPOConfig", "grpo": "GRPOConfig"}
+                 "online-dpo": "OnlineDPOConfig", "grpo": "GRPOConfig", "prm": "PRMConfig"}
 
 
 # ------------------------------------------------------------------ the parser
@@ -256,7 +256,7 @@ def _settings_type(command: tuple[str, ...], kind: str | None):
         from rlaif.pipeline.config import GenerateConfig
 
         return GenerateConfig
-    if command in (("label",), ("bon",), ("eval",)):
+    if command in (("label",), ("bon",), ("eval",), ("label-steps",)):
         from rlaif.cli.settings_flags import setting_actions
 
         return set(setting_actions(commands()[command]))

@@ -19,7 +19,7 @@ def _add_feedback_server_flags(p) -> None:
                         "either, the policy's model (label: --served-model) or the first model of --feedback-base-url)")
 
 
-SETTINGS_COMMANDS = ("generate", "label", "bon", "eval", "train")  # they take --config FILE and key=value settings
+SETTINGS_COMMANDS = ("generate", "label", "bon", "eval", "train", "label-steps")  # they take --config FILE and key=value settings
 
 
 def _add_label(sub) -> None:
@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
+    p = sub.add_parser("label-steps", help="step labels for solutions (judge, Monte-Carlo completion or implicit rewards) "
+                                           "in TRL's stepwise format")
+    from rlaif.cli.label_steps import add_arguments as add_label_steps_arguments
+
+    add_label_steps_arguments(p)
+
     p = sub.add_parser("eval", help="a policy against a baseline: win rates, harmlessness, over-refusal, reward, KL")
     from rlaif.cli.eval import add_arguments as add_eval_arguments
 
@@ -186,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="what changed between two labelled runs of the same pairs: flips, agreement, judge")
     add_diff_arguments(p)
 
-    for name in ("bon", "eval"):
+    for name in ("bon", "eval", "label-steps"):
         epilog(sub.choices[name])
-    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo or grpo")
-    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"], help="what to train")
+    p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo, grpo or prm "
+                                     "(process reward model)")
+    p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo", "prm"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
     epilog(p)
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("label", "bon", "eval"):
+    if args.command in ("label", "bon", "eval", "label-steps"):
         from rlaif.cli.settings_flags import apply_settings
         from rlaif.settings import SettingsError
 
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlaif.engine.failures import FAILED_EXIT, ServerGone
 
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        return getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args)
     except ServerGone as exc:  # a server (or the in-process engine) stopped answering: stopped early, resumable
         print(stopped_line(exc), file=sys.stderr)
         return FAILED_EXIT

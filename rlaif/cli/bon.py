@@ -17,12 +17,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True, help="prompt file (.jsonl, .txt, .parquet) or saved dataset folder")
     p.add_argument("--reward-model", dest="reward_model", help="sequence-classification reward model folder (e.g. runs/rm-demo/final) or hub id")
     p.add_argument("--reward-fn", dest="reward_fn", help="programmatic reward instead: package.module:function(prompts, responses)")
+    p.add_argument("--prm", metavar="PATH", help="a process reward model instead (rlaif train prm): its step scores, aggregated")
+    p.add_argument("--aggregate", choices=["min", "prod", "last"], default="min",
+                   help="with --prm: a response's score from its step scores (default min)")
+    p.add_argument("--search", choices=["best-of-n", "beam"], default="best-of-n",
+                   help="beam: step-level beam search under --prm instead of N whole samples")
+    p.add_argument("--beam", type=int, default=4, help="with --search beam: partial solutions kept per round (default 4)")
+    p.add_argument("--expand", type=int, default=4, help="with --search beam: next steps sampled per kept solution (default 4)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=32, help="with --search beam: rounds at most (default 32)")
     p.add_argument("--n", type=int, default=4, help="responses per prompt (default 4)")
     p.add_argument("--out", required=True, help="run folder: DIR/sft, DIR/preferences, DIR/manifest.json")
     p.add_argument("--model", default="default", help="policy model: 'default', a folder or a hub id")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", dest="top_p", type=float, default=1.0)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256, help="most tokens per response")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256, help="most tokens per response (beam: per solution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, default=64, help="prompts per committed chunk")
@@ -38,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlaif bon", description="Best-of-N sampling scored by a reward model.")
+    p = argparse.ArgumentParser(prog="rlaif bon", description="Best-of-N sampling (or beam search) scored by a reward model.")
     add_arguments(p)
     epilog(p)
     return p
@@ -54,25 +62,39 @@ def run(args: argparse.Namespace) -> int:
     from rlaif.data.prompts import PromptError, read_prompts
     from rlaif.data.runs import RunFolderError
 
-    if bool(args.reward_model) == bool(args.reward_fn):
-        raise UserError("give one of --reward-model or --reward-fn")
+    if sum(map(bool, (args.reward_model, args.reward_fn, args.prm))) != 1:
+        raise UserError("give one of --reward-model, --reward-fn or --prm")
+    if args.search == "beam" and not args.prm:
+        raise UserError("--search beam needs --prm (the beams are kept by their step scores)")
     try:
         engine_cfg = engine_config(args)
-        s = BonSettings(args.n, SamplingConfig(args.temperature, args.top_p, args.max_tokens), args.seed,
+        search = None
+        if args.search == "beam":
+            from rlaif.pipeline.search import SearchSettings
+
+            search = SearchSettings(args.beam, args.expand, args.max_steps, args.aggregate)
+        s = BonSettings(search.beam if search else args.n, SamplingConfig(args.temperature, args.top_p, args.max_tokens), args.seed,
                         args.keep_truncated, args.min_margin, args.chunk_size)
         prompts = read_prompts(args.prompts, limit=args.limit)
         quiet_log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         model_id = args.model if engine_cfg.backend in ("fake", "openai") else resolve_model(args.model, log=quiet_log)
-        from rlaif.train.rollout import SequenceClassifierReward, load_reward_fn
+        from rlaif.reward.functions import load_reward_fn
 
         if args.reward_fn:
             reward_fn, reward_id = load_reward_fn(args.reward_fn), args.reward_fn
-        else:
-            import torch
+        elif args.prm:
+            from rlaif.reward.models import pick_device
+            from rlaif.reward.prm import ProcessRewardModel
 
-            device = args.reward_device if args.reward_device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            prm_id = resolve_model(args.prm, log=quiet_log)
+            reward_fn = ProcessRewardModel(prm_id, pick_device(args.reward_device), args.reward_batch_size,
+                                           aggregate=args.aggregate, trust_remote_code=bool(engine_cfg.trust_remote_code))
+            reward_id = f"prm:{prm_id}:{args.aggregate}"
+        else:
+            from rlaif.reward.models import SequenceClassifierReward, pick_device
+
             reward_id = resolve_model(args.reward_model, log=quiet_log)
-            reward_fn = SequenceClassifierReward(reward_id, device, args.reward_batch_size,
+            reward_fn = SequenceClassifierReward(reward_id, pick_device(args.reward_device), args.reward_batch_size,
                                                  trust_remote_code=bool(engine_cfg.trust_remote_code))
         server = None
         if engine_cfg.backend == "openai":
@@ -82,8 +104,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet)
         try:
+            chunk_fn = extra = None
+            if search is not None:
+                from rlaif.pipeline.search import describe, search_prompt_batch
+
+                chunk_fn = lambda engine, chunk: search_prompt_batch(engine, reward_fn, chunk, search, s.sampling, s.seed)  # noqa: E731
+                extra = {"search": describe(search)}
             m = run_bon(prompts, factory, reward_fn, s, args.out, model_id, reward_id, source=str(args.prompts),
-                        overwrite=args.overwrite, show_progress=not args.quiet)
+                        overwrite=args.overwrite, show_progress=not args.quiet, chunk_fn=chunk_fn, extra_settings=extra)
         finally:
             if server is not None:
                 server.close()
@@ -93,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
     print(f"prompts {c['prompts']}   responses {c['responses']}   truncated {c['truncated']}   "
           f"sft rows {c['sft_rows']}   preference rows {c['preference_rows']}")
-    print(f"mean reward {fmt(c['mean_reward'])}   best {fmt(c['mean_best_reward'])}   worst {fmt(c['mean_worst_reward'])}")
+    print(f"mean reward {fmt(c['mean_reward'])}   best {fmt(c['mean_best_reward'])}   worst {fmt(c['mean_worst_reward'])}   "
+          f"generated tokens {c.get('generated_tokens', 'n/a')}")
     print(f"datasets: {m['outputs']['sft']}  {m['outputs']['preferences']}")
     return finish(m, args.allow_failures)
 

@@ -263,6 +263,12 @@ def cmd_bon(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_label_steps(args: argparse.Namespace) -> int:
+    from rlaif.cli.label_steps import run
+
+    return run(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rlaif.cli.eval import run
 
@@ -313,7 +319,8 @@ def _reports_on() -> bool:
 
 _TRAIN_CONFIGS = {"sft": ("rlaif.train.sft", "SFTConfig"), "rm": ("rlaif.train.rm", "RMConfig"),
                   "dpo": ("rlaif.train.dpo", "DPOConfig"), "ppo": ("rlaif.train.ppo", "PPOConfig"),
-                  "online-dpo": ("rlaif.train.online_dpo", "OnlineDPOConfig"), "grpo": ("rlaif.train.grpo", "GRPOConfig")}
+                  "online-dpo": ("rlaif.train.online_dpo", "OnlineDPOConfig"), "grpo": ("rlaif.train.grpo", "GRPOConfig"),
+                  "prm": ("rlaif.train.prm", "PRMConfig")}
 
 
 def _train_run_dir(args: argparse.Namespace):

@@ -96,12 +96,9 @@ def run(args: argparse.Namespace) -> int:
             reward_id = resolve_model(args.reward_model, log=lambda m: print(m, file=sys.stderr))
 
             def load_reward():
-                import torch
+                from rlaif.reward.models import SequenceClassifierReward, pick_device
 
-                from rlaif.train.rollout import SequenceClassifierReward
-
-                device = args.reward_device if args.reward_device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-                return SequenceClassifierReward(reward_id, device, args.reward_batch_size,
+                return SequenceClassifierReward(reward_id, pick_device(args.reward_device), args.reward_batch_size,
                                                 trust_remote_code=bool(engine_cfg.trust_remote_code))
 
             reward = (reward_id, load_reward)

@@ -1,6 +1,6 @@
 """A run whose requests failed is not a success: ``--allow-failures``, the missing-rows line, exit status 4.
 
-Every command that writes a run folder (``generate``, ``label``, ``bon``, ``eval``) ends through
+Every command that writes a run folder (``generate``, ``label``, ``bon``, ``eval``, ``label-steps``) ends through
 :func:`finish`: when rows are missing because their requests failed (the manifest's ``missing``
 entries, :func:`rlaif.data.runs.missing`), it prints one line saying how many and what to do, and
 the command exits with :data:`rlaif.engine.failures.FAILED_EXIT` unless ``--allow-failures``

@@ -43,6 +43,30 @@ class ChatRequest:
     seed: int | None = None
     """Per-request seed: the same request and seed give the same text whatever the batch."""
     tag: str = field(default="", compare=False)
+    assistant_prefix: str = ""
+    """Continue an assistant turn that already starts with this text: the prompt is
+    ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``, as a
+    :class:`ScoreRequest`'s; the completion holds only the new text. Used to sample from a
+    partial solution (Monte-Carlo step labels, step-level search)."""
+    stop: tuple[str, ...] = ()
+    """Stop once any of these strings has been generated; the completion ends with it and its
+    ``finish_reason`` is "stop". Empty: stop at the end token or the token limit only."""
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to and including the earliest stop string, and whether one was found.
+
+    What an engine that honours ``ChatRequest.stop`` returns; backends that cannot stop early
+    (or servers that ignore the field) cut their text with it afterwards.
+    """
+    best = None
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best):
+            best = i + len(s)
+    return (text, False) if best is None else (text[:best], True)
 
 
 @dataclass(frozen=True)

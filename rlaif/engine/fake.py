@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, cut_at_stop, normalise_logprobs
 from rlaif.data.records import Completion
 
 
@@ -42,11 +42,12 @@ class FakeEngine:
         self.calls.append((desc, len(requests)))
         out = []
         for req in requests:
-            n_prompt = sum(_tokens(m["content"]) + 4 for m in req.messages)
+            n_prompt = sum(_tokens(m["content"]) + 4 for m in req.messages) + _tokens(req.assistant_prefix)
             if n_prompt >= self.max_model_len:
                 out.append(Completion("", "error", n_prompt, 0, error=f"prompt is {n_prompt} tokens; the model's context is {self.max_model_len}"))
                 continue
-            words = self.script(req, sampling).split(" ")
+            # the script writes the whole answer; generation would have stopped at the first stop string
+            words = cut_at_stop(self.script(req, sampling), req.stop)[0].split(" ")
             finish = "length" if len(words) > sampling.max_tokens else "stop"
             text = " ".join(words[: sampling.max_tokens])
             out.append(Completion(text, finish, n_prompt, _tokens(text)))

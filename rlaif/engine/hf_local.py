@@ -18,7 +18,9 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from rlaif.engine.base import ChatRequest, ChatTokens, OptionScores, SamplingConfig, ScoreRequest, response_token_ids
+from rlaif.engine.base import (
+    ChatRequest, ChatTokens, OptionScores, SamplingConfig, ScoreRequest, cut_at_stop, response_token_ids,
+)
 from rlaif.data.records import Completion
 
 
@@ -50,7 +52,8 @@ class HFEngine(ChatTokens):
 
     def generate(self, requests: Sequence[ChatRequest], sampling: SamplingConfig, desc: str = "") -> list[Completion]:
         torch = self.torch
-        encoded = [self.encode_chat(r.messages) for r in requests]
+        encoded = [self.encode_scoring_prompt(ScoreRequest(r.messages, r.assistant_prefix)) if r.assistant_prefix
+                   else self.encode_chat(r.messages) for r in requests]
         results: list[Completion | None] = [None] * len(requests)
         order = []
         for i, ids in enumerate(encoded):
@@ -89,7 +92,12 @@ class HFEngine(ChatTokens):
                     while n and row[n - 1] == self.tokenizer.pad_token_id:
                         n -= 1
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-                results[i] = Completion(text, finish, len(encoded[i]), n + (finish == "stop"))
+                count = n + (finish == "stop")  # the end token counts
+                if requests[i].stop:  # generated to the end, then cut where generation would have stopped
+                    text, cut = cut_at_stop(text, requests[i].stop)
+                    if cut:
+                        finish, count = "stop", len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                results[i] = Completion(text, finish, len(encoded[i]), count)
             bar.update(len(idx))
         bar.close()
         return [r for r in results if r is not None]

@@ -62,7 +62,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import httpx
 
-from rlaif.engine.base import ChatRequest, SamplingConfig
+from rlaif.engine.base import ChatRequest, SamplingConfig, cut_at_stop
 from rlaif.engine.failures import (DEFAULT_LIMIT, TRANSIENT_ERRORS, Breaker, GaveUp, Permanent, Transient, refused,
                                    transient_finish, transient_status)
 from rlaif.engine.openai_models import ServerModels
@@ -270,6 +270,10 @@ class OpenAIServerEngine(ServerModels, OptionScoring):
         }
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.assistant_prefix:  # continue the partial assistant turn (vLLM's continue_final_message)
+            body.update(self._chat_body(req.messages, req.assistant_prefix))
+        if req.stop:  # the stop string stays in the text (vLLM's include_stop_str_in_output)
+            body.update(stop=list(req.stop), include_stop_str_in_output=True)
         try:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)
@@ -291,6 +295,12 @@ class OpenAIServerEngine(ServerModels, OptionScoring):
         if transient_finish(reason):
             return Completion(text, "error", prompt_tokens, completion_tokens, retryable=True,
                               error=f"the server ended the request with finish_reason={reason!r}")
+        if req.stop:
+            hit = choice.get("stop_reason")  # a server that left the stop string out names it here
+            if isinstance(hit, str) and hit in req.stop and not text.endswith(hit):
+                text += hit
+            text, cut = cut_at_stop(text, req.stop)  # a server that ignored the field
+            reason = "stop" if cut else reason
         return Completion(text, "length" if reason == "length" else "stop", prompt_tokens, completion_tokens)
 
     # ---------------------------------------------------------------- the rest

@@ -108,7 +108,9 @@ class VLLMEngine(ChatTokens, WeightSync):
         results: list[Completion | None] = [None] * len(requests)
         prompts, params, slots = [], [], []
         for i, req in enumerate(requests):
-            ids = self.encode_chat(req.messages)
+            # a partial assistant turn continues exactly where a scoring request would read its options
+            ids = self.encode_scoring_prompt(ScoreRequest(req.messages, req.assistant_prefix)) if req.assistant_prefix \
+                else self.encode_chat(req.messages)
             room = self.max_model_len - len(ids)
             if room < 1:
                 # Too long for the context: recorded, never sent, never fails the batch.
@@ -124,6 +126,7 @@ class VLLMEngine(ChatTokens, WeightSync):
                     top_p=sampling.top_p,
                     max_tokens=min(sampling.max_tokens, room),
                     seed=req.seed,
+                    **({"stop": list(req.stop), "include_stop_str_in_output": True} if req.stop else {}),
                 )
             )
             slots.append(i)

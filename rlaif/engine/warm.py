@@ -101,7 +101,8 @@ class WarmEngine:
             return []
         if self.on_call:
             self.on_call(desc, len(requests))
-        body = {"requests": [{"messages": list(r.messages), "seed": r.seed} for r in requests],
+        body = {"requests": [{"messages": list(r.messages), "seed": r.seed, "assistant_prefix": r.assistant_prefix,
+                              "stop": list(r.stop)} for r in requests],
                 "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens},
                 "desc": desc}
         return [Completion(d["text"], d["finish_reason"], d["prompt_tokens"], d["completion_tokens"], d.get("error"),

@@ -160,7 +160,8 @@ class WarmServer(ThreadingHTTPServer):
             self.counts["requests"] += n
 
     def generate(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        reqs = [ChatRequest(tuple({"role": m["role"], "content": m["content"]} for m in r["messages"]), r.get("seed"))
+        reqs = [ChatRequest(tuple({"role": m["role"], "content": m["content"]} for m in r["messages"]), r.get("seed"),
+                            assistant_prefix=str(r.get("assistant_prefix") or ""), stop=tuple(r.get("stop") or ()))
                 for r in body["requests"]]
         sampling = SamplingConfig(**body["sampling"])
         with self._engine_lock:

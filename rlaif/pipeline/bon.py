@@ -27,8 +27,7 @@ from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.data import rows as schema
 from rlaif.data.records import PromptRecord
 from rlaif.data.runs import RunDir, chunked, missing
-
-RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Any]
+from rlaif.reward.functions import RewardFn
 
 
 @dataclass(frozen=True)
@@ -156,19 +155,27 @@ def build_rows(rows: list[dict], s: BonSettings, model_id: str, reward_id: str) 
             prefs.append(preference_row(r["prompt"], best, worst, meta))
             worst_r.append(worst.reward)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    stats = {"responses": len(rows) * s.n, "scored": len(all_r), "truncated": truncated,
+    generated = sum(r.get("generated_tokens", sum(c["completion_tokens"] for c in r["candidates"])) for r in rows)
+    stats = {"responses": len(rows) * s.n, "scored": len(all_r), "truncated": truncated, "generated_tokens": generated,
              "mean_reward": mean(all_r), "mean_best_reward": mean(best_r), "mean_worst_reward": mean(worst_r)}
     return sft, prefs, stats
 
 
 def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], reward_fn: RewardFn, s: BonSettings,
             out: str, model_id: str, reward_id: str, source: str = "", overwrite: bool = False,
-            show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) best-of-N sampling into run folder ``out``; returns the manifest."""
+            show_progress: bool = True, log: Callable[[str], None] = print,
+            chunk_fn: Callable[[Engine, Sequence[PromptRecord]], list[dict]] | None = None,
+            extra_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) best-of-N sampling into run folder ``out``; returns the manifest.
+
+    ``chunk_fn(engine, prompts)`` replaces the sampling and scoring of a chunk (the step search,
+    :mod:`rlaif.pipeline.search`, whose rows have the same shape); ``extra_settings`` join the
+    fingerprinted settings.
+    """
     from rlaif.pipeline.config import fingerprint
 
     t_start = time.time()
-    settings = {"kind": "bon", **asdict(s), "model": model_id, "reward_model": reward_id,
+    settings = {"kind": "bon", **asdict(s), **(extra_settings or {}), "model": model_id, "reward_model": reward_id,
                 "prompts_sha256": fingerprint({"p": [[p.id, list(p.messages)] for p in prompts]}), "n_prompts": len(prompts)}
     fp = fingerprint(settings)
     run = RunDir(out)
@@ -192,7 +199,13 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
             for i in tqdm(work, desc="chunks", disable=not show_progress):
                 t0 = time.time()
                 old = {r["prompt_id"]: r for r in run.read_chunk(i)} if i in retry else None
-                rows = sample_and_score(engine, reward_fn, chunks[i], s, old)
+                if chunk_fn is None:
+                    rows = sample_and_score(engine, reward_fn, chunks[i], s, old)
+                elif old is None:
+                    rows = chunk_fn(engine, chunks[i])
+                else:  # the step search: prompts with a failed request are searched again, whole
+                    again = {r["prompt_id"]: r for r in chunk_fn(engine, [p for p in chunks[i] if p.id in retry[i]])}
+                    rows = [again.get(p.id, old[p.id]) for p in chunks[i]]
                 run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0})
             engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
         finally:

@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 from rlaif.constitution import ComparisonExample, Constitution, Principle
 from rlaif.seeds import derive_seed
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, ScoreRequest
+from rlaif.data.quoting import defuse, render_conversation, sanitise  # noqa: F401  (rlaif.pipeline.judge's names too)
 from rlaif.data.records import Message
 
 # The comparison is asked in the user turn, the question after both responses, and the
@@ -172,38 +173,6 @@ def margin(p: float) -> float:
     return abs(likert(p) - 4.5) - 0.5
 
 
-# "Response A" / "Response B" in any capitalisation of the word, with the option letter as the
-# question writes it (capital A, B) or a lower-case b. A lower-case "a" is left alone: in
-# "a response a little shorter" it is the article, and prose must not be rewritten.
-_LABEL = re.compile(r"\b(?i:response)\s+(?:A|B|b)\b(?:\s*:)?")
-_MARKER = re.compile(r"\(\s*([AB])\s*\)")
-
-
-def defuse(text: str, labels: bool = True) -> str:
-    """Option markers "(A)"/"(B)" become "A"/"B"; with ``labels``, "Response A"/"Response B"
-    (the names the question gives the options) become "a response"."""
-    if labels:
-        text = _LABEL.sub("a response", text)
-    return _MARKER.sub(r"\1", text)
-
-
-def sanitise(text: str, max_chars: int | None) -> tuple[str, list[str]]:
-    """Text shown to the judge as quoted data: labels and option markers defused, length bounded.
-
-    A response (or the conversation) must not be able to name an option. Flags: "truncated"
-    when cut to ``max_chars`` (None: no bound), "defused" when anything was rewritten; both
-    when both happened.
-    """
-    flags = []
-    if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars]
-        flags.append("truncated")
-    cleaned = defuse(text)
-    if cleaned != text:
-        flags.append("defused")
-    return cleaned + (" [...]" if "truncated" in flags else ""), flags
-
-
 def sanitise_reasoning(text: str) -> tuple[str, bool]:
     """The judge's chain of thought as it is read back before "Answer:".
 
@@ -215,16 +184,6 @@ def sanitise_reasoning(text: str) -> tuple[str, bool]:
     kept = re.split(r"(?i)\b(?:so )?the answer is|\banswer\s*:|\bthe better response is", text)[0].strip()
     cleaned = defuse(kept, labels=False)
     return cleaned, cleaned != kept
-
-
-def render_conversation(prompt: Sequence[Message]) -> str:
-    lines = []
-    for m in prompt:
-        if m["role"] == "system":
-            continue
-        who = "User" if m["role"] == "user" else "Assistant"
-        lines.append(f"{who}: {m['content'].strip()}")
-    return "\n".join(lines)
 
 
 def question(principle_q: str, conversation: str, first: str, second: str, cot: bool) -> str:

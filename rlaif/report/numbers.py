@@ -243,11 +243,12 @@ TRAINER_KEYS = {  # first match wins: the online trainers share PPO's and DPO's 
     "ppo": ("kl_coef", "cliprange", "rollout_batch_size"),
     "dpo": ("loss", "beta", "reference"),
     "rm": ("use_margin", "center_rewards_coef"),
+    "prm": ("step_separator", "step_split"),
 }
 
 
 def trainer_kind(config: Mapping[str, Any]) -> str:
-    """``grpo``, ``online-dpo``, ``ppo``, ``dpo``, ``rm`` or ``sft``, from the keys only that trainer's config has."""
+    """``grpo``, ``online-dpo``, ``ppo``, ``dpo``, ``rm``, ``prm`` or ``sft``, from the keys only that trainer's config has."""
     for kind, keys in TRAINER_KEYS.items():
         if all(k in config for k in keys):
             return kind

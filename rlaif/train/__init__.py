@@ -1,13 +1,13 @@
-"""Built-in trainers: SFT, Bradley-Terry reward model, DPO family, PPO, online DPO and GRPO.
+"""Built-in trainers: SFT, Bradley-Terry reward model, DPO family, PPO, online DPO, GRPO and a process reward model.
 
-``main(kind, config_path, overrides)`` is what ``rlaif train sft|rm|dpo|ppo|online-dpo|grpo`` calls.
+``main(kind, config_path, overrides)`` is what ``rlaif train sft|rm|dpo|ppo|online-dpo|grpo|prm`` calls.
 Importing this package does not import torch; each recipe does when it runs.
 """
 from __future__ import annotations
 
 import importlib
 
-KINDS = ("sft", "rm", "dpo", "ppo", "online-dpo", "grpo")
+KINDS = ("sft", "rm", "dpo", "ppo", "online-dpo", "grpo", "prm")
 
 
 def main(kind: str, config_path: str | None, overrides: list[str] | None = None) -> int:

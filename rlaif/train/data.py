@@ -36,6 +36,13 @@ from .batches import (  # noqa: F401  (the recipes and tests import the batching
     length_summary, pair_length, pair_length_metrics,
 )
 
+# chat-template rendering is shared with rlaif.reward's scorers (rlaif/data/templates.py)
+from rlaif.data.templates import encode_prompt_completion  # noqa: F401  (rlaif.train.data's name too)
+from rlaif.data.templates import is_conversation as _is_conv
+from rlaif.data.templates import prefix_error as _prefix_error
+from rlaif.data.templates import render_chat as _render
+from rlaif.data.templates import text_ids as _ids
+
 Messages = list[dict[str, Any]]
 
 
@@ -89,10 +96,6 @@ class PreferenceExample:
     margin: float = 0.0
 
 
-def _is_conv(x: Any) -> bool:
-    return isinstance(x, list) and all(isinstance(m, dict) and "role" in m for m in x)
-
-
 def _common_message_prefix(a: Messages, b: Messages) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -140,37 +143,6 @@ def to_preference_example(row: dict[str, Any]) -> PreferenceExample:
 
 
 # --------------------------------------------------------------- tokenisation
-def _render(tok, messages: Messages, add_generation_prompt: bool) -> str:
-    if not messages:
-        return ""
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _ids(tok, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
-
-
-def _prefix_error(what: str) -> ValueError:
-    return ValueError(
-        f"the chat template does not render {what} as a prefix of the longer conversation, so "
-        "completion tokens cannot be located; use a template that renders conversations incrementally"
-    )
-
-
-def encode_prompt_completion(tok, prompt: str | Messages, completion: str | Messages) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt and of the completion the model is trained on."""
-    if _is_conv(prompt):
-        head = _render(tok, prompt, add_generation_prompt=True)
-        full = _render(tok, list(prompt) + list(completion), add_generation_prompt=False)
-        if not full.startswith(head):
-            raise _prefix_error("the prompt")
-        return _ids(tok, head), _ids(tok, full[len(head):])
-    ids = _ids(tok, completion)
-    if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
-        ids.append(tok.eos_token_id)
-    return _ids(tok, prompt), ids
-
-
 def encode_conversation(tok, messages: Messages) -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation and a 0/1 mask that is 1 on assistant turns.
 

@@ -10,12 +10,15 @@ Each iteration:
      ensemble of principles; a tie counts 1/2; :mod:`rlaif.train.feedback`),
    * ``reward_model_weight`` x a trained reward model's score (``reward_model``),
    * ``reward_fn_weight`` x a Python function's (``reward_fn: module:function``, verifiable rewards),
-   minus ``missing_eos_penalty`` for responses cut at the token limit;
+   minus ``missing_eos_penalty`` for responses cut at the token limit; and with ``prm`` (a process
+   reward model), its step scores as dense rewards (DeepSeekMath sec. 4.1.3);
 3. **advantages** within each group (:func:`rlaif.train.rl_losses.group_advantages`): reward minus the
    group mean (``baseline: mean``) or the leave-one-out mean (``rloo``), *not* divided by the group's
    standard deviation unless ``scale_rewards`` (Dr. GRPO's advantage, Liu et al. 2025: the division
    turns a judge's noise around 1/2 into advantages of about +-1, full-size gradients on no signal);
-   every token of a response gets its response's advantage;
+   every token of a response gets its response's advantage, plus, with ``prm``, ``prm_weight`` x its
+   process advantage (the group-normalised step rewards of the steps that end at or after it,
+   :func:`rlaif.train.process_losses.process_advantages`);
 4. **update**: ``grpo_epochs`` passes over shuffled mini-batches of ``batch_size x grad_accum``
    responses: PPO's clipped ratio loss plus ``kl_coef`` x the k3 KL to the frozen reference, summed
    over the mini-batch's response tokens and divided by their count (DAPO's token-level aggregation,
@@ -34,11 +37,15 @@ from dataclasses import dataclass
 
 import torch
 
+from rlaif.reward.functions import load_reward_fn, score
+from rlaif.reward.models import SequenceClassifierReward
+
 from . import judged as jd
-from . import online, rollout
+from . import online, process_rewards, rollout
 from .common import resolve_model_path
 from .config import load_config
 from .feedback import pairings, win_rates
+from .process_losses import process_advantages
 from .rl_losses import (
     GROUP_BASELINES, group_advantages, kl_estimate, kl_penalty_loss, length_limit_penalty, policy_loss,
 )
@@ -64,6 +71,10 @@ class GRPOConfig(jd.JudgedConfig):
     """A programmatic reward "package.module:function", called as f(prompts, responses) -> (B,) scores."""
     reward_fn_weight: float = 1.0
     """Weight of reward_fn's score."""
+    prm: str | None = None
+    """A process reward model (rlaif train prm): its step scores become per-token process advantages."""
+    prm_weight: float = 1.0
+    """Weight of the process advantages next to the outcome advantages."""
     missing_eos_penalty: float | None = None
     """Subtracted from the reward of responses that hit max_new_tokens without an end token."""
     baseline: str = "mean"
@@ -86,10 +97,10 @@ class GRPOConfig(jd.JudgedConfig):
         if self.baseline not in GROUP_BASELINES:
             raise ValueError(f"baseline must be one of {GROUP_BASELINES}")
         pairings(2, self.judge_pairs)  # checks the name
-        if min(self.judge_weight, self.reward_model_weight, self.reward_fn_weight) < 0:
-            raise ValueError("judge_weight, reward_model_weight and reward_fn_weight must be >= 0")
-        if not (self.judge_weight > 0 or self.reward_model or self.reward_fn):
-            raise ValueError("GRPO needs a reward: judge_weight > 0, reward_model or reward_fn")
+        if min(self.judge_weight, self.reward_model_weight, self.reward_fn_weight, self.prm_weight) < 0:
+            raise ValueError("judge_weight, reward_model_weight, reward_fn_weight and prm_weight must be >= 0")
+        if not (self.judge_weight > 0 or self.reward_model or self.reward_fn or self.prm):
+            raise ValueError("GRPO needs a reward: judge_weight > 0, reward_model, reward_fn or prm")
         if self.kl_coef < 0 or self.cliprange <= 0 or self.grpo_epochs < 1 or self.reward_batch_size < 1:
             raise ValueError("need kl_coef >= 0, cliprange > 0, grpo_epochs >= 1 and reward_batch_size >= 1")
         if self.rollouts % (self.batch_size * self.grad_accum):
@@ -105,11 +116,14 @@ def setup(cfg: GRPOConfig, engine=None, judge=None, reward_fn=None) -> jd.Judged
     s = jd.setup(cfg, "GRPO", per_iter, engine=engine, judge=judge, need_judge=cfg.judge_weight > 0)
     try:
         if reward_fn is not None or cfg.reward_fn:
-            s.extra["reward_fn"] = reward_fn or rollout.load_reward_fn(cfg.reward_fn)
+            s.extra["reward_fn"] = reward_fn or load_reward_fn(cfg.reward_fn)
         if cfg.reward_model:
-            s.extra["reward_model"] = rollout.SequenceClassifierReward(
+            s.extra["reward_model"] = SequenceClassifierReward(
                 resolve_model_path(cfg.reward_model), s.dist.device, cfg.reward_batch_size, cfg.max_length,
                 cfg.trust_remote_code)
+        if cfg.prm:
+            s.extra["prm"] = process_rewards.load_prm(cfg.prm, s.dist.device, cfg.reward_batch_size, cfg.max_length,
+                                                      cfg.trust_remote_code)
     except BaseException:
         jd.cleanup(s)
         raise
@@ -134,7 +148,7 @@ def rewards(s: jd.JudgedSession, it: int, recs, samples) -> tuple[torch.Tensor, 
         m["time/judge_s"] = time.perf_counter() - t0
     for key, weight in (("reward_model", cfg.reward_model_weight), ("reward_fn", cfg.reward_fn_weight)):
         if key in s.extra:
-            part = rollout.score(s.extra[key], prompts, texts)
+            part = score(s.extra[key], prompts, texts)
             total += weight * part
             m[f"reward/{key}"] = online.mean(part)
     if cfg.missing_eos_penalty is not None:
@@ -148,7 +162,7 @@ def update(s: jd.JudgedSession, batch, old_logp, ref_logp, advantages, it: int) 
     B = batch["input_ids"].shape[0]
     mb = cfg.batch_size * cfg.grad_accum
     mask = batch["response_mask"]
-    adv = advantages[:, None] * mask
+    adv = (advantages[:, None] if advantages.dim() == 1 else advantages) * mask  # (B,) outcome or (B, R) per token
     g = torch.Generator().manual_seed(online.seed(cfg.seed, "grpo-minibatches", it))
     sums: dict[str, float] = defaultdict(float)
     tokens, steps = 0.0, 0
@@ -194,6 +208,10 @@ def iteration(s: jd.JudgedSession, it: int) -> dict[str, float]:
     t_reward = time.perf_counter()
     adv = group_advantages(reward.view(-1, G), cfg.baseline, cfg.scale_rewards).reshape(-1)
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
+    if "prm" in s.extra:  # process supervision: outcome advantage + the process advantage of every token
+        steps = process_rewards.step_layout(s.extra["prm"], s.tokenizer, [list(r.messages) for r in recs], samples)
+        adv = adv[:, None] + cfg.prm_weight * process_advantages(*steps, G, batch["response_mask"])
+        m.update(process_rewards.step_metrics(steps[0], steps[2]))
     tok = online.score_tokens(s, batch, cfg.temperature)
     t_score = time.perf_counter()
     up, update_s, sync_s = online.update_and_sync(s, lambda: update(s, batch, tok["old_logp"], tok["ref_logp"], adv, it))

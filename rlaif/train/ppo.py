@@ -7,7 +7,8 @@ Each iteration (Ouyang et al. 2022; Ziegler et al. 2019):
 2. **scoring**: the reward function scores every response (minus ``missing_eos_penalty``
    for responses cut at the token limit); the trainer's policy, the frozen reference
    and the critic score every response token;
-3. per-token rewards ``-beta * kl_t`` plus the score on the last token, GAE, whitening;
+3. per-token rewards ``-beta * kl_t`` plus the score on the last token (with ``prm``, plus each step's
+   PRM score on the token that ends the step: rlaif.train.process_rewards), GAE, whitening;
 4. **update**: ``ppo_epochs`` passes of clipped policy and value losses over shuffled
    mini-batches of ``batch_size * grad_accum`` responses;
 5. **sync**: the new policy weights are loaded into the running engine
@@ -32,7 +33,10 @@ from typing import Any
 
 import torch
 
-from . import online, rollout
+from rlaif.reward.functions import load_reward_fn, score
+from rlaif.reward.models import SequenceClassifierReward
+
+from . import online, process_rewards, rollout
 from .checkpoint import MetricsLog
 from .common import (
     Dist, apply_lora, autocast_context, autocast_dtype, load_tokenizer, prepare_model, resolve_model_path, save_final,
@@ -42,6 +46,7 @@ from .config import load_config
 from .online import (  # noqa: F401  (encode_prompts, load_prompts, prompt_indices, make_engine: PPO's names too)
     OnlineConfig, encode_prompts, load_prompts, make_engine, prompt_indices, total_iterations,
 )
+from .process_losses import step_token_rewards
 from .rl_losses import (
     KL_ESTIMATORS, adaptive_kl_coef, gae, kl_estimate, length_limit_penalty, masked_mean, masked_whiten, policy_loss,
     token_rewards, value_loss,
@@ -57,6 +62,10 @@ class PPOConfig(OnlineConfig):
     """A programmatic reward instead: "package.module:function", called as f(prompts, responses) -> (B,) scores."""
     reward_batch_size: int = 8
     """Responses per reward-model forward pass."""
+    prm: str | None = None
+    """A process reward model (rlaif train prm) as a dense reward: each step's score on the token that ends it."""
+    prm_weight: float = 1.0
+    """Weight of the PRM's step scores."""
     critic_model: str | None = None
     """Starting point of the critic (default: the policy; a fresh scalar head is added and zeroed).
     A reward model folder also works (InstructGPT) when it shares the policy's tokenizer."""
@@ -101,6 +110,8 @@ class PPOConfig(OnlineConfig):
         super().__post_init__()
         if self.reward_model and self.reward_fn:
             raise ValueError("set reward_model or reward_fn, not both")
+        if self.prm_weight < 0:
+            raise ValueError("prm_weight must be >= 0")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
@@ -148,6 +159,7 @@ class PPOSession:
     position: dict[str, Any] = field(default_factory=lambda: {"step": 0, "kl_coef": 0.0})
     total_steps: int = 0
     log: MetricsLog | None = None
+    prm: Any = None  # a process reward model (dense step rewards), or None
 
     @property
     def run_dir(self) -> Path:
@@ -193,15 +205,17 @@ def setup(cfg: PPOConfig, engine=None, reward_fn=None) -> PPOSession:
     critic = prepare_model(online.no_dropout(apply_lora(_load_critic(critic_path, cfg, tok.pad_token_id), cfg, "SEQ_CLS")), cfg, d)
     if reward_fn is None:
         if cfg.reward_fn:
-            reward_fn = rollout.load_reward_fn(cfg.reward_fn)
+            reward_fn = load_reward_fn(cfg.reward_fn)
         elif cfg.reward_model:
-            reward_fn = rollout.SequenceClassifierReward(
+            reward_fn = SequenceClassifierReward(
                 resolve_model_path(cfg.reward_model), d.device, cfg.reward_batch_size, cfg.max_length, cfg.trust_remote_code)
-        else:
-            raise ValueError("PPO needs a reward: set reward_model (a folder) or reward_fn (module:function)")
+        elif not cfg.prm:
+            raise ValueError("PPO needs a reward: set reward_model (a folder), reward_fn (module:function) or prm (a folder)")
     owns = engine is None
     s = PPOSession(cfg, policy, critic, ref, tok, engine, reward_fn, train_p, train_ids, ev_p, ev_ids, d,
                    autocast_dtype(cfg, d.device), owns_engine=owns)
+    if cfg.prm:
+        s.prm = process_rewards.load_prm(cfg.prm, d.device, cfg.reward_batch_size, cfg.max_length, cfg.trust_remote_code)
     s.models = torch.nn.ModuleDict({"policy": unwrap(policy), "critic": unwrap(critic)})
     updates_per_iter = cfg.ppo_epochs * (cfg.rollouts // (cfg.batch_size * cfg.grad_accum))
     s.total_steps = total_iterations(cfg, len(train_p))
@@ -293,7 +307,9 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     recs, samples = online.sample(s, it, "ppo")
     t_roll = time.perf_counter()
     # -- scoring
-    scores = rollout.score(s.reward_fn, [list(r.messages) for r in recs], [x.text for x in samples])
+    prompts = [list(r.messages) for r in recs]
+    scores = score(s.reward_fn, prompts, [x.text for x in samples]) if s.reward_fn is not None else torch.zeros(len(samples))
+    steps = process_rewards.step_layout(s.prm, s.tokenizer, prompts, samples) if s.prm is not None else None
     batch = rollout.collate(samples, s.tokenizer.pad_token_id)
     tok = score_tokens(s, batch)
     t_score = time.perf_counter()
@@ -307,6 +323,8 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
     kl = kl_estimate(tok["old_logp"], tok["ref_logp"], cfg.kl_estimator) * mask
     beta = float(s.position["kl_coef"])
     rewards = token_rewards(scores, kl, mask, beta)
+    if steps is not None:  # the PRM's step scores on the tokens that end the steps (Math-Shepherd sec. 3.4)
+        rewards = rewards + cfg.prm_weight * step_token_rewards(*steps, rewards.shape[1]) * mask
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
     adv, returns = gae(rewards, tok["values"], mask, cfg.gamma, cfg.lam)
@@ -330,6 +348,7 @@ def iteration(s: PPOSession, it: int) -> dict[str, float]:
         "rollout/tokens_per_s": n_tokens / max(t_roll - t0, 1e-9),
         "time/rollout_s": t_roll - t0, "time/score_s": t_score - t_roll, "time/update_s": update_s,
         "time/sync_s": sync_s, "time/iteration_s": t_end - t0,
+        **(process_rewards.step_metrics(steps[0], steps[2]) if steps is not None else {}),
     })
     return {f"train/{k}": v for k, v in m.items()}
 
@@ -341,7 +360,8 @@ def evaluate(s: PPOSession, it: int) -> dict[str, float]:
         return {}
     seeds = [online.seed(s.cfg.seed, "ppo-eval", it, r.id) for r in s.eval_prompts]
     samples = s.engine.sample_tokens(s.eval_ids, seeds, s.cfg.max_new_tokens, s.cfg.temperature)
-    scores = rollout.score(s.reward_fn, [list(r.messages) for r in s.eval_prompts], [x.text for x in samples])
+    prompts = [list(r.messages) for r in s.eval_prompts]
+    scores = score(s.reward_fn if s.reward_fn is not None else s.prm, prompts, [x.text for x in samples])
     return {
         "eval/score": online.mean(scores),
         "eval/response_length": sum(len(x.response_ids) for x in samples) / len(samples),

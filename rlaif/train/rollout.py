@@ -1,19 +1,15 @@
-"""Rollouts for RL: weight sync to the engine, rewards, and batching.
+"""Rollouts for RL: weight sync to the engine and batching.
 
 * Samples come from the engine (``engine.sample_tokens``, see :class:`rlaif.engine.base.RLEngine`):
   token ids plus the log-probability of every sampled token, one seeded request per response.
-* A reward function takes the prompts (message lists) and the response texts and
-  returns one score per response: :class:`SequenceClassifierReward` wraps a reward model
-  from ``rlaif train rm`` (or any Hugging Face sequence-classification model with one
-  label); :func:`load_reward_fn` loads a ``module:function`` for programmatic rewards.
+* Rewards (reward models, process reward models, reward functions) live in :mod:`rlaif.reward`.
 * :func:`collate` lays the rollouts out for the trainer and :func:`response_logps` /
   :func:`response_values` read the policy's log-probs and the critic's values at the
   response tokens.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -21,9 +17,6 @@ from rlaif.engine.base import TokenSample
 
 from .losses import token_logps
 from .rl_losses import entropy_from_logits
-
-Messages = list[dict[str, Any]]
-RewardFn = Callable[[Sequence[Messages], Sequence[str]], "torch.Tensor | Sequence[float]"]
 
 
 # ------------------------------------------------------------------ weight sync
@@ -64,79 +57,6 @@ def engine_weights(model) -> list[tuple[str, "torch.Tensor"]]:
         if clean.endswith(".weight") and owner in deltas:
             value = value + deltas[owner].to(value.dtype)
         out.append((clean, value))
-    return out
-
-
-# ------------------------------------------------------------------ rewards
-class SequenceClassifierReward:
-    """Scores (prompt, response) with a sequence-classification model with one label.
-
-    The conversation ``prompt + [assistant: response]`` is rendered with the reward
-    model's own chat template and tokenised exactly as ``rlaif train rm`` tokenised its
-    training pairs; the score is the head's output at the last non-padding token (the
-    model's own pooling, with right padding and ``pad_token_id`` set).
-    """
-
-    def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 8, max_length: int = 2048,
-                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=dtype, trust_remote_code=trust_remote_code
-        ).to(device).eval().requires_grad_(False)
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model {self.path} has {self.model.config.num_labels} labels; expected 1")
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-    def encode(self, prompt: Messages, response: str) -> list[int]:
-        from .data import encode_prompt_completion
-
-        p, c = encode_prompt_completion(self.tokenizer, list(prompt), [{"role": "assistant", "content": response}])
-        ids = p + c
-        return ids[-self.max_length:]  # keep the end: the score is read at the last token
-
-    @torch.no_grad()
-    def __call__(self, prompts: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:
-        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
-        out = torch.zeros(len(seqs), dtype=torch.float32)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        pad = self.model.config.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in idx], device=self.device)
-            attn = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=self.device)
-            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            out[idx] = logits[:, 0].float().cpu()
-        return out
-
-
-def load_reward_fn(spec: str) -> RewardFn:
-    """Import ``"package.module:function"``: ``function(prompts, responses) -> (B,) scores``."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"reward_fn {spec!r} must look like 'package.module:function'")
-    fn = getattr(importlib.import_module(module), name)
-    if not callable(fn):
-        raise ValueError(f"reward_fn {spec!r} is not callable")
-    return fn
-
-
-def score(reward_fn: RewardFn, prompts: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:
-    """Call ``reward_fn`` and check it returned one finite float per response: ``(B,)`` float32."""
-    out = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float32).reshape(-1).cpu()
-    if out.shape[0] != len(responses):
-        raise ValueError(f"the reward function returned {out.shape[0]} scores for {len(responses)} responses")
-    if not torch.isfinite(out).all():
-        raise ValueError("the reward function returned a non-finite score")
     return out
 
 

@@ -28,7 +28,7 @@ def one_step(out: Path, model: str, data: str, kind: str, parallel: str, extra: 
     from rlaif.train.config import load_config
 
     recipe = importlib.import_module(f"rlaif.train.{kind}")
-    config_cls = {"sft": "SFTConfig", "rm": "RMConfig", "dpo": "DPOConfig"}[kind]
+    config_cls = {"sft": "SFTConfig", "rm": "RMConfig", "dpo": "DPOConfig", "prm": "PRMConfig"}[kind]
     cfg = load_config(getattr(recipe, config_cls), None, [
         f"model={model}", f"data={data}", f"runs_dir={out / 'runs'}", f"name={kind}-{parallel}", f"parallel={parallel}",
         "eval_fraction=0", "tensorboard=false", "lr=1e-3", "warmup_steps=0", "lr_schedule=constant", "resume=false", *extra,

@@ -12,6 +12,7 @@ import torch
 from conftest import engine_logps, trainer_logps
 from rlaif.engine.base import TokenSample
 from rlaif.train import rl_losses as L
+from rlaif.reward.models import SequenceClassifierReward
 from rlaif.train import rollout
 
 # --------------------------------------------------------------------- KL and rewards
@@ -396,7 +397,7 @@ def test_sequence_classifier_reward_batched_equals_single(tiny_model_dir, tokeni
     rm.config.pad_token_id = tokenizer.pad_token_id
     rm.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
-    scorer = rollout.SequenceClassifierReward(str(tmp_path / "rm"), batch_size=3)
+    scorer = SequenceClassifierReward(str(tmp_path / "rm"), batch_size=3)
     prompts = [[{"role": "user", "content": "w1 w2"}], [{"role": "user", "content": "w3"}]] * 2
     responses = ["w5 good", "w7 w8 w9 bad", "w1", "w2 w3"]
     batched = scorer(prompts, responses)
