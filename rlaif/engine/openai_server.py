@@ -96,7 +96,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import httpx
 
-from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.base import NO_LOGPROBS, ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.structured import openai_fields
 from rlaif.engine.server_pool import Server, ServerPool, describe_error, parse_base_urls, retry_after_s, server_message
 from rlaif.data.records import Completion
 
@@ -387,6 +388,7 @@ class OpenAIServerEngine:
         }
         if req.seed is not None:
             body["seed"] = req.seed
+        body.update(openai_fields(req.constraint))
         try:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)
@@ -491,6 +493,8 @@ class OpenAIServerEngine:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)
             prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            if not (data["choices"][0].get("logprobs") or {}).get("content"):
+                return OptionScores((), prompt_tokens, error=f"{NO_LOGPROBS} (label with --verdict sampled)")
             first = data["choices"][0]["logprobs"]["content"][0]
             table: dict[str, float] = {}
             for entry in [first, *(first.get("top_logprobs") or [])]:
@@ -499,6 +503,8 @@ class OpenAIServerEngine:
         except _GaveUp as exc:
             return OptionScores((), 0, error=str(exc), retryable=True)
         except _Fatal as exc:
+            if exc.status == 400 and "logprob" in str(exc).lower():  # e.g. "logprobs is not supported with this model"
+                return OptionScores((), 0, error=f"{NO_LOGPROBS}: {exc} (label with --verdict sampled)")
             return OptionScores((), 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")

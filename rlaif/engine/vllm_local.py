@@ -19,6 +19,7 @@ from rlaif.engine.base import (
 )
 from rlaif.data.records import Completion
 from rlaif.engine.config import EngineConfig
+from rlaif.engine.structured import vllm_fields
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class VLLMEngine(ChatTokens):
                     top_p=sampling.top_p,
                     max_tokens=min(sampling.max_tokens, room),
                     seed=req.seed,
+                    **vllm_fields(self._vllm, req.constraint),
                 )
             )
             slots.append(i)

@@ -19,6 +19,7 @@ from rlaif.engine.base import SamplingConfig
 from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.distributed import RayConfig
 from rlaif.pipeline.judge import LabelSettings
+from rlaif.pipeline.verdicts import without_default_verdict
 from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
 STAGES = ("response", "critique", "revision")
@@ -130,6 +131,7 @@ class GenerateConfig:
             for key, default in added.items():
                 if d[section][key] == (dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default):
                     del d[section][key]
+        d["label"] = without_default_verdict(d["label"])
         del d["label"]["seed"]
         return d
 

@@ -21,6 +21,7 @@ from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.data.runs import RunDir, chunked
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
+from rlaif.pipeline.verdicts import without_default_verdict
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -238,7 +239,7 @@ def label_run(
     chunks on Ray replicas (see :mod:`rlaif.pipeline.distributed`); ``in_process_model``: the
     engine loads the model itself (replicas then ask Ray for a GPU where there are some)."""
     t_start = time.time()
-    label_settings = asdict(settings)
+    label_settings = without_default_verdict(asdict(settings))  # older run folders keep their fingerprint
     finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
     run_settings = {
         "kind": "label",
