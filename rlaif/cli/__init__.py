@@ -8,6 +8,7 @@ import sys
 from rlaif.cli.engine_flags import add_engine_flags
 from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
+from rlaif.cli.verdict_flags import add_verdict_flags
 
 
 def _add_feedback_server_flags(p) -> None:
@@ -41,6 +42,7 @@ def _add_label(sub) -> None:
                    help="remove the part of the judge's preference that the length difference explains (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
+    add_verdict_flags(p)
     add_config_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -87,6 +89,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--length-control", dest="label.length_control", action="store_true", default=None,
                    help="remove the length-explained part of the judge's preference (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
+    add_verdict_flags(p, "label.", defaults=False)
     add_ray_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

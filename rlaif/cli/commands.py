@@ -144,6 +144,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.cli.verdict_flags import verdict_settings
 
     engine_cfg = _engine_config(args)
     try:
@@ -153,7 +154,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         settings = LabelSettings(
             ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
             tie_band=args.tie_band, keep_ties=args.keep_ties, few_shot=args.few_shot, seed=args.seed,
-            length_control=args.length_control,
+            length_control=args.length_control, **verdict_settings(args),
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
         judge = None
@@ -200,7 +201,11 @@ def _judge_report(manifest, strict: bool) -> int:
 
     if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
         print("\n".join(format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))))
+    from rlaif.pipeline.verdicts import verdict_lines
+
     warnings = run_warnings(manifest)
+    for line, warn in verdict_lines(manifest):
+        print(f"rlaif: {line}", file=sys.stderr) if warn else print(line)
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
     return STRICT_EXIT if warnings and strict else 0
@@ -237,6 +242,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.pipeline.verdicts import NoLogprobsError
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict")}
     try:
@@ -270,7 +276,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         try:
             manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
                                 feedback_factory=feedback_factory, feedback_id=feedback_id)
-        except (PromptError, RunFolderError, DistributedError) as exc:
+        except (PromptError, RunFolderError, DistributedError, NoLogprobsError) as exc:
             raise UserError(str(exc)) from None
     finally:
         for client in clients:

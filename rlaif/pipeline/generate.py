@@ -293,6 +293,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
             **label_counts,
         },
         **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
+        **({"verdicts": judge["verdicts"]} if judge.get("verdicts") else {}),
         "preference_lengths": lengths,
         "tokens": stats,
         "timing": {

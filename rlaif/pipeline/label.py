@@ -21,7 +21,7 @@ from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
 from rlaif.data.runs import RunDir, chunked
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
-from rlaif.pipeline.verdicts import without_default_verdict
+from rlaif.pipeline.verdicts import verdict_report, without_default_verdict
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -56,7 +56,8 @@ def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings
     from rlaif.pipeline.diagnostics import judge_diagnostics, label_length_bias
     from rlaif.pipeline.length_control import apply_length_control
 
-    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None}
+    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None,
+                            "verdicts": verdict_report(labels, settings)}
     if not settings.length_control:
         return list(labels), info
     final, fit = apply_length_control(pairs, labels, settings.both_orders, settings.tie_band)
@@ -332,6 +333,7 @@ def label_run(
         "preference_lengths": lengths,
         "diagnostics": judge["diagnostics"],
         "length_control": judge["length_control"],
+        **({"verdicts": judge["verdicts"]} if judge["verdicts"] else {}),
         "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
                    "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"preferences": str(run.path / "preferences"), "labels": str(run.path / "labels.jsonl")},

@@ -252,19 +252,30 @@ def check_scores(scores: Sequence[OptionScores], model: str) -> None:
                                   "ask for sampled verdicts with --verdict sampled (label.verdict=sampled)")
 
 
-def verdict_counts(labels: Sequence[Any]) -> dict[str, int]:
-    """Per run: pairs judged by sampled verdicts, malformed verdicts (asked again), pairs that failed for them."""
-    return {"malformed": sum(getattr(l, "malformed", 0) for l in labels),
+def verdict_report(labels: Sequence[Any], label_settings: Any) -> dict[str, Any] | None:
+    """Per run (``verdicts`` in the manifest; None for log-prob verdicts): the verdict settings,
+    malformed verdicts (each asked again), the pairs that had any, and the pairs that failed for them."""
+    if getattr(label_settings, "verdict", "logprobs") != "sampled":
+        return None
+    return {"samples": label_settings.verdict_samples, "format": label_settings.verdict_format,
+            "grammar": label_settings.verdict_grammar, "prior": "Dirichlet(1): P = (votes + 1) / (K + options)",
+            "malformed": sum(getattr(l, "malformed", 0) for l in labels),
             "pairs_with_malformed": sum(getattr(l, "malformed", 0) > 0 for l in labels),
             "failed_malformed": sum(bool(l.error and l.error.startswith("malformed verdicts")) for l in labels)}
 
 
-def format_verdicts(info: dict[str, Any] | None) -> str | None:
-    """One line on a run's sampled verdicts, or None for a log-prob run."""
+def verdict_lines(manifest: dict[str, Any]) -> list[tuple[str, bool]]:
+    """What a run says about its sampled verdicts: (line, is a warning); [] for a log-prob run."""
+    info = manifest.get("verdicts")
     if not info:
-        return None
-    return (f"sampled verdicts: {info['samples']} per comparison ({info['format']}); malformed {info['malformed']} "
-            f"(asked again) in {info['pairs_with_malformed']} pairs; pairs failed for malformed verdicts {info['failed_malformed']}")
+        return []
+    out = [(f"sampled verdicts: {info['samples']} valid votes per comparison ({info['format']}"
+            f"{', grammar' if info['grammar'] else ''}); malformed {info['malformed']} in {info['pairs_with_malformed']} pairs "
+            f"(asked again); pairs failed for malformed verdicts {info['failed_malformed']}", False)]
+    if info["failed_malformed"]:
+        out.append((f"warning: {info['failed_malformed']} pairs got too few well-formed verdicts and are recorded as failed; "
+                    "try --verdict-format json with the grammar on, more --verdict-retries, or a larger --verdict-max-tokens", True))
+    return out
 
 
 VERDICT_FIELDS = ("verdict", "verdict_samples", "verdict_format", "verdict_grammar", "verdict_retries", "verdict_max_tokens")
