@@ -8,7 +8,9 @@ import sys
 from rlaif.cli.engine_flags import add_engine_flags
 from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
+from rlaif.cli.estimate import add_estimate_flags
 from rlaif.cli.verdict_flags import add_verdict_flags
+from rlaif.pipeline.verdicts import NoLogprobsError
 
 
 def _add_feedback_server_flags(p) -> None:
@@ -43,6 +45,7 @@ def _add_label(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
     add_verdict_flags(p)
+    add_estimate_flags(p)
     add_config_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -90,6 +93,7 @@ def _add_generate(sub) -> None:
                    help="remove the length-explained part of the judge's preference (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
     add_verdict_flags(p, "label.", defaults=False)
+    add_estimate_flags(p)
     add_ray_flags(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -153,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(p)
 
+    p = sub.add_parser("publish", help="a run's datasets as a shareable folder: parquet configs and a dataset card (--push: to the Hub)")
+    from rlaif.cli.publish import add_arguments as add_publish_arguments
+
+    add_publish_arguments(p)
+
     p = sub.add_parser("try", help="the principle workbench: critique and revise a few prompts with one principle, side by side")
     from rlaif.cli.try_ import add_arguments as add_try_arguments
 
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130
-    except commands.UserError as exc:
+    except (commands.UserError, NoLogprobsError) as exc:  # a judge without log-probabilities: the same for every command
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from rlaif.cli.publish import run as cmd_publish  # noqa: F401  (rlaif publish; its module imports nothing heavy)
+
 
 class UserError(Exception):
     """An error caused by the input; printed without a traceback, exit status 2."""
@@ -145,6 +147,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
     from rlaif.cli.verdict_flags import verdict_settings
+    from rlaif.cli.estimate import estimate_label
 
     engine_cfg = _engine_config(args)
     try:
@@ -172,6 +175,8 @@ def cmd_label(args: argparse.Namespace) -> int:
             model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
+            if args.estimate:
+                return estimate_label(args, pairs, const, settings, factory, model_id)
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
@@ -198,14 +203,12 @@ def cmd_label(args: argparse.Namespace) -> int:
 def _judge_report(manifest, strict: bool) -> int:
     """Print a labelled run's judge diagnostics and warnings; the exit status (--strict)."""
     from rlaif.pipeline.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
+    from rlaif.pipeline.verdicts import print_verdict_lines
 
     if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
         print("\n".join(format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))))
-    from rlaif.pipeline.verdicts import verdict_lines
-
     warnings = run_warnings(manifest)
-    for line, warn in verdict_lines(manifest):
-        print(f"rlaif: {line}", file=sys.stderr) if warn else print(line)
+    print_verdict_lines(manifest)
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
     return STRICT_EXIT if warnings and strict else 0
@@ -242,9 +245,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
-    from rlaif.pipeline.verdicts import NoLogprobsError
+    from rlaif.cli.estimate import NOT_RUN_SETTINGS, estimate_generate
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict")}
+    flags = {k: v for k, v in vars(args).items() if k not in NOT_RUN_SETTINGS}
     try:
         file_values = load_yaml(args.config, args.overrides)
         const_spec = flags.get("constitution") or file_values.get("constitution") or "default"
@@ -274,9 +277,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, quiet, share=0.5 if two else 1.0, tensor_parallel=tp)
             feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, quiet, share=0.5, tensor_parallel=tp) if two else None
         try:
+            if args.estimate:
+                return estimate_generate(args, cfg, const, engine_factory, model_id, feedback_factory, feedback_id)
             manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
                                 feedback_factory=feedback_factory, feedback_id=feedback_id)
-        except (PromptError, RunFolderError, DistributedError, NoLogprobsError) as exc:
+        except (PromptError, RunFolderError, DistributedError) as exc:
             raise UserError(str(exc)) from None
     finally:
         for client in clients:
@@ -299,7 +304,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlaif.cli.eval import run
 
     code = run(args)
-    _refresh_report(args.out)
+    if not args.estimate:
+        _refresh_report(args.out)
     return code
 
 

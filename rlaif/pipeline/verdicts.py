@@ -278,6 +278,14 @@ def verdict_lines(manifest: dict[str, Any]) -> list[tuple[str, bool]]:
     return out
 
 
+def print_verdict_lines(manifest: dict[str, Any]) -> None:
+    """Print :func:`verdict_lines`: the summary on stdout, warnings on stderr with the ``rlaif:`` prefix."""
+    import sys
+
+    for line, warn in verdict_lines(manifest):
+        print(f"rlaif: {line}", file=sys.stderr) if warn else print(line)
+
+
 VERDICT_FIELDS = ("verdict", "verdict_samples", "verdict_format", "verdict_grammar", "verdict_retries", "verdict_max_tokens")
 """The labelling settings this module added. Run folders made before them recorded none, so a
 settings record leaves them out at their defaults (:func:`without_default_verdict`): an older run
