@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
 SIZE_BINS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -63,7 +64,7 @@ def length_stats(configs: dict[str, Any]) -> list[str]:
 
 
 def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, Any] | None) -> list[str]:
-    from rlaif.pipeline.diagnostics import format_diagnostics, run_warnings
+    from rlaif.pipeline.diagnostics import MIN_PAIRS_LENGTH, MIN_PAIRS_ORDER, format_diagnostics, run_warnings
 
     s = manifest.get("settings") or {}
     label = s.get("label") or {}
@@ -73,13 +74,15 @@ def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, 
                  or "the policy model")
         how = ("K sampled verdicts per comparison (votes with a uniform prior)" if label.get("verdict") == "sampled"
                else "the option tokens' log-probabilities")
-        lines += [f"AI labels by `{judge}`, read from {how}; {label.get('ensemble', '?')} principles per pair, "
+        k = label.get("ensemble", "?")
+        lines += [f"AI labels by `{judge}`, read from {how}; {k} principle{'' if k == 1 else 's'} per pair, "
                   f"{'both orders' if label.get('both_orders', True) else 'one order'}"
                   f"{', chain of thought' if label.get('cot') else ''}. Its diagnostics over this run:", "", "```",
                   *format_diagnostics(manifest["diagnostics"], manifest.get("length_control")), "```", ""]
         warnings = run_warnings(manifest)
-        lines += [f"- **{w}**" for w in warnings] or ["- No warning: the judge's orders agree and its labels do not "
-                                                      "follow length beyond the thresholds rlaif checks."]
+        lines += [f"- **{w}**" for w in warnings] or [
+            f"- No warning from rlaif's checks of the judge (they need at least {MIN_PAIRS_ORDER} pairs for the order "
+            f"consistency and {MIN_PAIRS_LENGTH} for the length bias; see the numbers above)."]
         if manifest.get("verdicts"):
             v = manifest["verdicts"]
             lines.append(f"- Sampled verdicts: {v['samples']} per comparison ({v['format']}); {v['malformed']} malformed "
@@ -109,20 +112,18 @@ def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, 
     return lines
 
 
-def dataset_card(manifest: dict[str, Any], configs: dict[str, Any], *, pretty_name: str, license: str = "other",
+def dataset_card(manifest: dict[str, Any], configs: dict[str, Any], files: dict[str, str], *, pretty_name: str, license: str = "other",
                  language: list[str] | None = None, judge_card: Any = None, humans: dict[str, Any] | None = None,
                  missing: Sequence[str] = ()) -> str:
-    """The README.md text of a published folder (see the module docstring)."""
+    """The README.md text of a published folder (see the module docstring); ``files``: each config's parquet file."""
     from huggingface_hub import DatasetCard, DatasetCardData
-
-    from rlaif.data.publish import PARQUET
 
     sizes = {name: len(ds) for name, ds in configs.items()}
     meta = DatasetCardData(
         license=license, language=language or None, pretty_name=pretty_name,
         task_categories=["text-generation"], size_categories=[size_category(max(sizes.values()))],
         tags=["rlaif", "synthetic", *(["preference", "dpo"] if "preferences" in configs else []), *(["sft"] if "sft" in configs else [])],
-        configs=[{"config_name": name, "data_files": [{"split": "train", "path": f"{name}/{PARQUET}"}],
+        configs=[{"config_name": name, "data_files": [{"split": "train", "path": files[name]}],
                   **({"default": True} if name == next(iter(configs)) else {})} for name in configs],
     )
     s = manifest.get("settings") or {}
@@ -148,7 +149,8 @@ def dataset_card(manifest: dict[str, Any], configs: dict[str, Any], *, pretty_na
     if model:
         body.append(f"- Policy model: `{model}`.")
     if prompts:
-        body.append(f"- Prompts: {prompts.get('count', '?')} from `{prompts.get('path', prompts.get('sources', '?'))}`"
+        where = prompts.get("path") or ", ".join(prompts.get("sources") or []) or "?"
+        body.append(f"- Prompts: {prompts.get('count', '?')} from `{Path(where).name if prompts.get('path') else where}`"
                     + (f" (sha256 {prompts['sha256'][:16]}...)" if prompts.get("sha256") else "") + ".")
     if const:
         body.append(f"- Constitution `{const.get('name')}`, sha256 `{const.get('sha256')}`; its files (copies in "
@@ -157,8 +159,6 @@ def dataset_card(manifest: dict[str, Any], configs: dict[str, Any], *, pretty_na
         used = (manifest.get("counts") or {}).get("principles_used")
         if used:
             body.append("- Principles used in critiques: " + ", ".join(f"{k} ({v})" for k, v in used.items()) + ".")
-    if manifest.get("command"):
-        body.append(f"- Command: `{' '.join(map(str, manifest['command']))}`")
     git = manifest.get("git") or {}
     if git.get("commit"):
         body.append(f"- rlaif commit `{git['commit']}`{' (with local changes)' if git.get('dirty') else ''}.")

@@ -3,13 +3,16 @@
 ``DIR`` holds one config per dataset of the run, each a parquet file with one ``train`` split:
 
     DIR/README.md                               the dataset card: YAML metadata + provenance in words
-    DIR/sft/train-00000-of-00001.parquet        (generate, bon: conversational ``messages``)
-    DIR/preferences/train-00000-of-00001.parquet  (TRL's ``prompt`` / ``chosen`` / ``rejected``)
-    DIR/steps/train-00000-of-00001.parquet      (where the run has step labels)
+    DIR/sft/train-<hash>.parquet                (generate, bon: conversational ``messages``)
+    DIR/preferences/train-<hash>.parquet        (TRL's ``prompt`` / ``chosen`` / ``rejected``)
+    DIR/steps/train-<hash>.parquet              (where the run has step labels)
     DIR/provenance/manifest.json, judge_card.json, constitution sources
 
 so that ``datasets.load_dataset(DIR, "preferences", split="train")`` (or the Hub id after
-``--push``) reads it. The card (:mod:`rlaif.data.card`) names the configs in its YAML
+``--push``) reads it. ``<hash>`` is the first 16 hex digits of the file's sha256: ``datasets``
+caches a local folder's config by the folder's name and its data file paths, not their content
+(seen with datasets 5.2: a second folder called ``pub`` loaded the first one's cached rows), so a
+file name that changes with the content keeps a republished folder from reading stale rows. The card (:mod:`rlaif.data.card`) names the configs in its YAML
 ``configs:`` section, which is how ``datasets`` finds them. Empty datasets are left out (and said
 so in the card). The folder is written beside ``DIR`` and renamed into place at the end, so a crash
 never leaves half a dataset; an existing ``DIR`` is replaced only with ``overwrite``.
@@ -27,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 CONFIGS = ("sft", "preferences", "steps")
-PARQUET = "train-00000-of-00001.parquet"
 
 
 class PublishError(ValueError):
@@ -92,9 +94,21 @@ def publish(run: str | Path, out: str | Path, *, pretty_name: str | None = None,
     work = out.with_name(f".{out.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for name, ds in configs.items():
-        (work / name).mkdir()
-        ds.to_parquet(str(work / name / PARQUET))
+    import datasets
+
+    bars_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    files = {}
+    try:
+        for name, ds in configs.items():
+            (work / name).mkdir()
+            tmp = work / name / "train.parquet"
+            ds.to_parquet(str(tmp))
+            files[name] = f"{name}/train-{_sha256(tmp)[:16]}.parquet"
+            tmp.rename(work / files[name])
+    finally:
+        if bars_on:
+            datasets.enable_progress_bars()
     prov = work / "provenance"
     prov.mkdir()
     shutil.copy2(run / "manifest.json", prov / "manifest.json")
@@ -105,7 +119,7 @@ def publish(run: str | Path, out: str | Path, *, pretty_name: str | None = None,
         if src.is_file() and ".." not in Path(rel).parts and not Path(rel).is_absolute():
             (prov / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, prov / rel)
-    card = dataset_card(manifest, configs, pretty_name=pretty_name or f"rlaif {run.name}", license=license,
+    card = dataset_card(manifest, configs, files, pretty_name=pretty_name or f"rlaif {run.name}", license=license,
                         language=language, judge_card=judge_card, humans=human_ratings(run),
                         missing=[c for c in CONFIGS if c not in configs and (run / c).is_dir()])
     (work / "README.md").write_text(card, encoding="utf-8")
@@ -126,6 +140,16 @@ def push(folder: str | Path, repo_id: str, private: bool = False, api: Any = Non
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                       commit_message="rlaif publish: datasets and dataset card")
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _read_json(path: Path) -> Any:
