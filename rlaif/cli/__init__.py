@@ -77,8 +77,12 @@ def _add_generate(sub) -> None:
     add_engine_flags(p)
     p.add_argument("--label", dest="label.enabled", action="store_true", default=None,
                    help="AI preference labels instead of 'the revision wins'")
-    p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random"],
-                   help="what to compare: initial vs final revision (default), or pairs of samples")
+    p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random", "west-of-n", "rlcd"],
+                   help="what to compare: initial vs final revision (default), or pairs of samples; labelled by construction: "
+                        "west-of-n (best vs worst of --samples N under --reward-model/--reward-fn) or rlcd (answers to a "
+                        "positive vs a negative system prompt made from a principle); with --label the judge checks them")
+    p.add_argument("--reward-model", dest="label.reward_model", help="--pairs west-of-n: reward model folder or hub id")
+    p.add_argument("--reward-fn", dest="label.reward_fn", help="--pairs west-of-n: programmatic reward, package.module:function")
     p.add_argument("--pairs-per-prompt", dest="label.pairs_per_prompt", type=int, help="with --pairs samples-random")
     p.add_argument("--feedback-model", dest="label.feedback_model",
                    help="feedback model, its own engine (default: the policy model, same engine); with --backend openai its name on the server")

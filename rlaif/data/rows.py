@@ -4,7 +4,9 @@ Every dataset rlaif produces is in TRL's conversational format: an SFT row is ``
 (the prompt's turns plus one assistant turn), a preference row is ``prompt`` / ``chosen`` /
 ``rejected`` (``chosen`` and ``rejected`` hold one assistant turn each) with a
 ``label_source`` saying who decided: ``"revision"`` (critique and revision: the final
-revision wins), ``"ai"`` (the feedback model's label) or ``"reward-model"`` (best-of-N).
+revision wins), ``"ai"`` (the feedback model's label), ``"reward-model"`` (best-of-N),
+``"west-of-n"`` (best vs worst of a prompt's samples under a reward, Pace et al. 2024) or
+``"rlcd"`` (the answer to a positive vs a negative system prompt, Yang et al. 2023).
 Each producer adds its own provenance columns (``extra``); the core below is the same for
 ``generate``, ``label`` and ``bon``, and the Hugging Face ``Features`` are built from the
 same place so that the parquet/Arrow schema and the rows cannot drift apart.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-LABEL_SOURCES = ("revision", "ai", "reward-model")
+LABEL_SOURCES = ("revision", "ai", "reward-model", "west-of-n", "rlcd")
 PREFERENCE_CORE = ("prompt", "chosen", "rejected", "label_source")
 SFT_CORE = ("messages",)
 

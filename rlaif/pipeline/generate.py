@@ -20,6 +20,7 @@ from rlaif.data.prompts import read_prompts
 from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.data.runs import RunDir, chunked
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, run_chunks
+from rlaif.pipeline.constructed import CONSTRUCTED, constructed_rows, row_features
 from rlaif.pipeline.generate_chunks import GenerateJob, pair_from_row
 from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
@@ -251,7 +252,10 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     run.save_dataset("sft", sft, _features("sft"))
     label_counts: dict[str, int] = {}
     judge: dict[str, Any] = {}
-    if cfg.label.enabled:
+    if cfg.label.pairs in CONSTRUCTED:  # west-of-n, rlcd: labelled by construction (the judge, with --label, checks them)
+        prefs, label_counts, judge = constructed_rows(run, trajs, cfg, const, model_id, lambda t: _provenance(t, const, model_id))
+        run.save_dataset("preferences", prefs, row_features(cfg.label.pairs, _ai_extra_features()))
+    elif cfg.label.enabled:
         prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id, feedback_id)
         run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
     else:
@@ -294,6 +298,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
         },
         **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
         **({"verdicts": judge["verdicts"]} if judge.get("verdicts") else {}),
+        **({"pair_check": judge["pair_check"]} if judge.get("pair_check") else {}),
         "preference_lengths": lengths,
         "tokens": stats,
         "timing": {
@@ -339,10 +344,16 @@ def summary_table(manifest: dict[str, Any]) -> str:
         from rlaif.pipeline.diagnostics import format_preference_lengths
 
         lines.append(format_preference_lengths(manifest["preference_lengths"]))
+    if "constructed_pairs" in c:
+        check = manifest.get("pair_check")
+        lines.append(f"pairs           {c['constructed_pairs']} by construction ({manifest['settings']['label']['pairs']})"
+                     + (f"   the judge agrees with {100 * check['agreement']:.0f}% of {check['judged']} judged" if check and
+                        check.get("agreement") is not None else ""))
     if "label_pairs" in c:
         lines.append(
             f"AI labels       {c['label_pairs']} pairs   failed {c.get('label_failed', 0)}   ties {c.get('label_ties', 0)}   "
-            f"both orders agreed {c.get('label_orders_agreed', 0)}   revision preferred {c.get('label_revision_preferred', 0)}"
+            f"both orders agreed {c.get('label_orders_agreed', 0)}"
+            + (f"   revision preferred {c.get('label_revision_preferred', 0)}" if "label_revision_preferred" in c else "")
         )
     if manifest.get("diagnostics"):
         from rlaif.pipeline.diagnostics import format_diagnostics
