@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from fixtures_server import ORACLE_MARKER, OracleServer, Reply, _between, chat_completion
+from fixtures_server import ORACLE_MARKER, OracleServer, Reply, chat_completion, vllm_server  # noqa: F401
 
 from rlaif.cli import main
 from rlaif.pipeline.eval_judge import CHECKS
@@ -93,6 +93,14 @@ class TextOnlyJudge(OracleServer):
         if "response_format" in body or "JSON" in users[-1]:
             return json.dumps({"answer": pick})
         return pick
+
+
+def _between(text: str, start: str, end: str | None) -> str:
+    """The text after ``start`` and before ``end`` (or to the end); '' when ``start`` is absent."""
+    if start not in text:
+        return ""
+    rest = text.split(start, 1)[1]
+    return rest.split(end, 1)[0] if end and end in rest else rest
 
 
 def _is_verdict(body) -> bool:
@@ -404,3 +412,38 @@ def test_fake_backend_with_sampled_verdicts(tmp_path, capsys):
     assert cli("label", "--pairs", pairs, "--out", tmp_path / "x", "--backend", "fake", "--verdict", "sampled",
                "--verdict-samples", 0, *QUIET) == 2
     assert "verdict_samples must be >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the real default model
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("fmt", ["letter", "json"])
+def test_vllm_enforces_the_verdict_grammar(vllm_engine, fmt):
+    """In-process vLLM on CPU with the grammar: every sampled verdict is well formed (none malformed),
+    one request per vote, and the label's probabilities are vote shares under the prior."""
+    from rlaif.constitution import load_constitution
+    from rlaif.data.prompts import read_pairs
+    from rlaif.pipeline.judge import LabelSettings, label_pairs
+
+    pairs = read_pairs(Path(__file__).resolve().parent.parent / "prompts" / "reference-pairs.jsonl", limit=3)
+    settings = LabelSettings(ensemble=1, verdict="sampled", verdict_samples=3, verdict_format=fmt, verdict_retries=0)
+    labels = label_pairs(vllm_engine, load_constitution("default"), pairs, settings)
+    assert all(l.error is None and l.malformed == 0 for l in labels), [l.error for l in labels]
+    for l in labels:
+        for slot in l.slot_probs.values():
+            assert all(round(p * 5) == pytest.approx(p * 5) for p in slot)  # (votes + 1) / (3 + 2)
+
+
+@pytest.mark.vllm
+def test_a_vllm_server_takes_the_verdict_grammars(vllm_server, tmp_path, capsys):
+    """The CPU server recipe accepts both grammars as rlaif sends them (response_format json_schema and
+    structured_outputs choice): every verdict is well formed, through the real command line."""
+    pairs = Path(__file__).resolve().parent.parent / "prompts" / "reference-pairs.jsonl"
+    for fmt in ("json", "letter"):
+        out = tmp_path / fmt
+        rc = cli("label", "--pairs", pairs, "--limit", 2, "--out", out, "--backend", "openai", "--base-url", vllm_server,
+                 "--ensemble", 1, "--verdict", "sampled", "--verdict-samples", 2, "--verdict-format", fmt, "--verdict-retries", 0, *QUIET)
+        assert rc == 0, capsys.readouterr().err
+        m = manifest(out)
+        assert m["counts"]["labelled"] == 2 and m["verdicts"]["malformed"] == 0, m["verdicts"]
