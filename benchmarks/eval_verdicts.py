@@ -1,0 +1,117 @@
+"""Sampled verdicts (``--verdict sampled``) against log-prob labels on the shipped reference pairs.
+
+    python benchmarks/eval_verdicts.py [--model default] [--sets tuning heldout] [--save PATH.json]
+
+Every labeller runs on the same in-process vLLM engine (the default model, float32 on CPU), wrapped in
+the ``--estimate`` meter so that each row reports the requests and output tokens it spent per pair.
+Rows are grouped so that comparisons are at an equal budget: log-probs with the default ensemble of 4
+(8 requests and 8 output tokens per pair: one scoring request per principle and order, each counted
+as one token) against sampled verdicts with one vote per comparison (the same 8 requests; with the
+one-token letter grammar also the same 8 output tokens), and log-probs with an ensemble of 16 (32
+requests) against 4 votes per comparison with the default ensemble of 4 (32 requests). The
+headline is the length-controlled agreement (the mean of the agreement where the reference's better
+answer is the longer one and where it is the shorter one; both strata are shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = {"tuning": ROOT / "prompts" / "reference-pairs.jsonl", "heldout": ROOT / "prompts" / "reference-pairs-heldout.jsonl"}
+
+
+def variants():
+    from rlaif.pipeline.judge import LabelSettings
+
+    sampled = dict(verdict="sampled", verdict_retries=2)
+    return {
+        "log-probs, ensemble 4 (default)": LabelSettings(ensemble=4),
+        "sampled, letter + grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, verdict_format="letter", **sampled),
+        "sampled, JSON + grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, **sampled),
+        "sampled, JSON without grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, verdict_grammar=False, **sampled),
+        "log-probs, ensemble 16": LabelSettings(ensemble=16),
+        "sampled, letter + grammar, ensemble 4, 4 votes": LabelSettings(ensemble=4, verdict_samples=4, verdict_format="letter", **sampled),
+        "sampled, JSON + grammar, ensemble 4, 4 votes": LabelSettings(ensemble=4, verdict_samples=4, **sampled),
+    }
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--only", action="append", help="run only variants whose name contains this text")
+    ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "verdicts-sampled.json"))
+    args = ap.parse_args()
+
+    from rlaif.constitution import load_constitution
+    from rlaif.data.prompts import read_pairs
+    from rlaif.engine import create_engine
+    from rlaif.engine.config import EngineConfig
+    from rlaif.models.model_zoo import resolve_model
+    from rlaif.pipeline.estimate import Meter, MeteredEngine
+    from rlaif.pipeline.judge import label_pairs
+    from rlaif.pipeline.label import agreement_report, finalise_labels
+    from rlaif.pipeline.verdicts import verdict_report
+
+    const = load_constitution("default")
+    model = resolve_model(args.model)
+    engine = create_engine(model, EngineConfig(max_model_len=4096, kv_cache_gib=1, dtype="float32"), show_progress=False)
+    results: dict[str, dict] = {}
+    for set_name in args.sets:
+        pairs = read_pairs(SETS[set_name])
+        for name, settings in variants().items():
+            if args.only and not any(o in name for o in args.only):
+                continue
+            meter = Meter()
+            t0 = time.perf_counter()
+            labels = label_pairs(MeteredEngine(engine, meter), const, pairs, settings)
+            seconds = time.perf_counter() - t0
+            final, judge = finalise_labels(pairs, labels, settings)
+            rep = agreement_report(pairs, final)
+            cells = meter.totals.values()
+            row = {"set": set_name, "pairs": len(pairs), "seconds": seconds,
+                   "requests_per_pair": sum(c["requests"] for c in cells) / len(pairs),
+                   "output_tokens_per_pair": sum(c["output_tokens"] for c in cells) / len(pairs),
+                   "failed": sum(l.error is not None for l in labels), "verdicts": verdict_report(labels, settings),
+                   "agreement": rep, "diagnostics": judge["diagnostics"]}
+            results[f"{set_name}: {name}"] = row
+            o = rep["overall"]
+            print(f"{set_name}: {name}: LC {pct(o['length_controlled_agreement'])} (longer {pct(o['by_length']['longer']['agreement'])}, "
+                  f"shorter {pct(o['by_length']['shorter']['agreement'])}), {row['requests_per_pair']:.1f} req/pair, "
+                  f"{row['output_tokens_per_pair']:.1f} out tok/pair, {seconds:.0f} s", flush=True)
+    engine.close()
+    save = Path(args.save)
+    save.write_text(json.dumps(results, indent=2, default=str))
+    save.with_suffix(".md").write_text(table(results, Path(model).name) + "\n")
+    print(table(results, Path(model).name))
+
+
+def table(results: dict[str, dict], model: str) -> str:
+    lines = [f"Sampled verdicts vs log-prob labels on the shipped reference pairs; judge {model} (in-process vLLM, float32, "
+             "2-core CPU). Agreement with the reference labels; **LC** = length-controlled (the mean of the two strata).", "",
+             "| set | labeller | requests / pair | output tokens / pair | **LC** | better longer | better shorter | overall | Brier "
+             "| orders agree | P(first slot) | malformed (pairs failed) | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        o, d = r["agreement"]["overall"], r["diagnostics"]
+        bl = o["by_length"]
+        v = r["verdicts"]
+        mal = "-" if not v else f"{v['malformed']} ({v['failed_malformed']})"
+        pos = d.get("position_bias")
+        lines.append(f"| {r['set']} | {key.split(': ', 1)[1]} | {r['requests_per_pair']:.1f} | {r['output_tokens_per_pair']:.1f} "
+                     f"| **{pct(o['length_controlled_agreement'])}** | {pct(bl['longer']['agreement'])} of {bl['longer']['n']} "
+                     f"| {pct(bl['shorter']['agreement'])} of {bl['shorter']['n']} | {pct(o['agreement'])} | {o['brier']:.3f} "
+                     f"| {pct(d.get('order_consistency'))} | {'n/a' if pos is None else f'{pos:.2f}'} | {mal} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
