@@ -83,15 +83,19 @@ def main() -> None:
                    "failed": sum(l.error is not None for l in labels), "verdicts": verdict_report(labels, settings),
                    "agreement": rep, "diagnostics": judge["diagnostics"]}
             results[f"{set_name}: {name}"] = row
+            save(results, args.save, model)  # after every labeller: a long run keeps what it measured
             o = rep["overall"]
             print(f"{set_name}: {name}: LC {pct(o['length_controlled_agreement'])} (longer {pct(o['by_length']['longer']['agreement'])}, "
                   f"shorter {pct(o['by_length']['shorter']['agreement'])}), {row['requests_per_pair']:.1f} req/pair, "
                   f"{row['output_tokens_per_pair']:.1f} out tok/pair, {seconds:.0f} s", flush=True)
     engine.close()
-    save = Path(args.save)
-    save.write_text(json.dumps(results, indent=2, default=str))
-    save.with_suffix(".md").write_text(table(results, Path(model).name) + "\n")
     print(table(results, Path(model).name))
+
+
+def save(results: dict[str, dict], path: str, model: str) -> None:
+    out = Path(path)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    out.with_suffix(".md").write_text(table(results, Path(model).name) + "\n")
 
 
 def table(results: dict[str, dict], model: str) -> str:

@@ -152,6 +152,9 @@ def dataset_card(manifest: dict[str, Any], configs: dict[str, Any], files: dict[
         where = prompts.get("path") or ", ".join(prompts.get("sources") or []) or "?"
         body.append(f"- Prompts: {prompts.get('count', '?')} from `{Path(where).name if prompts.get('path') else where}`"
                     + (f" (sha256 {prompts['sha256'][:16]}...)" if prompts.get("sha256") else "") + ".")
+    if s.get("kind") == "label" and manifest.get("source"):
+        body.append(f"- Pairs: {(manifest.get('counts') or {}).get('pairs', '?')} from `{Path(str(manifest['source'])).name}`, "
+                    f"judged as described below.")
     if const:
         body.append(f"- Constitution `{const.get('name')}`, sha256 `{const.get('sha256')}`; its files (copies in "
                     "`provenance/`):")
