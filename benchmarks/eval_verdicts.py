@@ -31,6 +31,8 @@ def variants():
     return {
         "log-probs, ensemble 4 (default)": LabelSettings(ensemble=4),
         "sampled, letter + grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, verdict_format="letter", **sampled),
+        "sampled, letter + grammar, ensemble 4, 1 vote of 1 token": LabelSettings(ensemble=4, verdict_samples=1, verdict_format="letter",
+                                                                                  verdict_max_tokens=1, **sampled),
         "sampled, JSON + grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, **sampled),
         "sampled, JSON without grammar, ensemble 4, 1 vote": LabelSettings(ensemble=4, verdict_samples=1, verdict_grammar=False, **sampled),
         "log-probs, ensemble 16": LabelSettings(ensemble=16),
@@ -49,7 +51,14 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--only", action="append", help="run only variants whose name contains this text")
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "verdicts-sampled.json"))
+    ap.add_argument("--merge", action="store_true", help="add to the results already saved (a second run of other variants)")
+    ap.add_argument("--table-only", action="store_true", help="only write the table again from the saved results")
     args = ap.parse_args()
+    if args.table_only:
+        results = json.loads(Path(args.save).read_text())
+        save(results, args.save, "smollm2-135m-instruct")
+        print(table(results, "smollm2-135m-instruct"))
+        return
 
     from rlaif.constitution import load_constitution
     from rlaif.data.prompts import read_pairs
@@ -64,7 +73,7 @@ def main() -> None:
     const = load_constitution("default")
     model = resolve_model(args.model)
     engine = create_engine(model, EngineConfig(max_model_len=4096, kv_cache_gib=1, dtype="float32"), show_progress=False)
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = json.loads(Path(args.save).read_text()) if args.merge and Path(args.save).exists() else {}
     for set_name in args.sets:
         pairs = read_pairs(SETS[set_name])
         for name, settings in variants().items():
@@ -101,10 +110,12 @@ def save(results: dict[str, dict], path: str, model: str) -> None:
 def table(results: dict[str, dict], model: str) -> str:
     lines = [f"Sampled verdicts vs log-prob labels on the shipped reference pairs; judge {model} (in-process vLLM, float32, "
              "2-core CPU). Agreement with the reference labels; **LC** = length-controlled (the mean of the two strata).", "",
-             "| set | labeller | requests / pair | output tokens / pair | **LC** | better longer | better shorter | overall | Brier "
+             "| set | labeller | requests / pair | output tokens / pair | **LC** | better longer | better shorter | overall | ties | Brier "
              "| orders agree | P(first slot) | malformed (pairs failed) | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = list(variants())
+    rank = lambda key: (list(SETS).index(key.split(": ", 1)[0]), order.index(key.split(": ", 1)[1]) if key.split(": ", 1)[1] in order else 99)  # noqa: E731
+    for key, r in sorted(results.items(), key=lambda kv: rank(kv[0])):
         o, d = r["agreement"]["overall"], r["diagnostics"]
         bl = o["by_length"]
         v = r["verdicts"]
@@ -112,7 +123,7 @@ def table(results: dict[str, dict], model: str) -> str:
         pos = d.get("position_bias")
         lines.append(f"| {r['set']} | {key.split(': ', 1)[1]} | {r['requests_per_pair']:.1f} | {r['output_tokens_per_pair']:.1f} "
                      f"| **{pct(o['length_controlled_agreement'])}** | {pct(bl['longer']['agreement'])} of {bl['longer']['n']} "
-                     f"| {pct(bl['shorter']['agreement'])} of {bl['shorter']['n']} | {pct(o['agreement'])} | {o['brier']:.3f} "
+                     f"| {pct(bl['shorter']['agreement'])} of {bl['shorter']['n']} | {pct(o['agreement'])} | {o['ties']} | {o['brier']:.3f} "
                      f"| {pct(d.get('order_consistency'))} | {'n/a' if pos is None else f'{pos:.2f}'} | {mal} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
