@@ -65,8 +65,10 @@ def error_body(message: str, code: int) -> dict[str, Any]:
 class ScriptedServer:
     """A loopback HTTP server answering by script; records (method, path, body) of every call."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, port: int = 0):
+        """``port``: 0 picks a free one; a port a stopped server used starts it again there (a restarted server)."""
         self.script = script
+        self.dead = False
         self.hits: list[tuple[str, str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -93,10 +95,10 @@ class ScriptedServer:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
-                    reply = outer.script(method, self.path, body, attempt)
+                    reply = outer.script(method, self.path, body, attempt) if not outer.dead else Reply(drop=True)
                     if reply.delay_s:
                         outer._stop.wait(reply.delay_s)
-                    if reply.drop:
+                    if reply.drop or outer.dead:
                         self.close_connection = True
                         return
                     data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
@@ -119,10 +121,25 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 self._serve("POST")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def die(self) -> None:
+        """The server process is gone: requests in flight are dropped unanswered, new connections refused."""
+        with self._lock:
+            if self.dead:
+                return
+            self.dead = True
+        self._stop.set()
+
+        def close() -> None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+        threading.Thread(target=close, daemon=True).start()
 
     def count(self, path: str) -> int:
         with self._lock:
@@ -250,11 +267,14 @@ class OracleServer(ScriptedServer):
     model the request asked for; a request for a name not in ``models`` gets 404, as vLLM does.
     """
 
-    def __init__(self, models: tuple[str, ...] = ("oracle",), confidence: float = 0.9, reports: dict[str, str] | None = None):
+    def __init__(self, models: tuple[str, ...] = ("oracle",), confidence: float = 0.9, reports: dict[str, str] | None = None,
+                 port: int = 0, marker: str = ORACLE_MARKER):
         self.models = tuple(models)
         self.confidence = confidence
         self.reports = dict(reports or {})
-        super().__init__(self._answer)
+        self.marker = marker
+        """The word the judge prefers (generation always uses :data:`ORACLE_MARKER`)."""
+        super().__init__(self._answer, port)
 
     # which requests came in, by kind and model name
     def requests(self, kind: str) -> list[dict[str, Any]]:
@@ -285,8 +305,8 @@ class OracleServer(ScriptedServer):
 
     def _score(self, body: dict[str, Any]) -> dict[str, Any]:
         user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
-        a = ORACLE_MARKER in _between(user, "Response A:", "Response B:")
-        b = ORACLE_MARKER in _between(user, "Response B:", None)
+        a = self.marker in _between(user, "Response A:", "Response B:")
+        b = self.marker in _between(user, "Response B:", None)
         p_a = 0.5 if a == b else (self.confidence if a else 1 - self.confidence)
         ids = body["allowed_token_ids"]
         top = [{"token": f"token_id:{ids[0]}", "logprob": math.log(p_a), "bytes": []},
@@ -303,3 +323,65 @@ class OracleServer(ScriptedServer):
             answer = next((t for t in reversed(assistant) if t.startswith(("ANSWER", "REVISION"))), "")
             return "REVISION of the answer" + ("" if ORACLE_MARKER in answer else f" {ORACLE_MARKER}")
         return "CRITIQUE: it could be better"
+
+
+class FaultyOracle(OracleServer):
+    """An :class:`OracleServer` that breaks the way a vLLM server does, after answering ``after`` chat
+    requests (``/v1/chat/completions``) well; what it answers before is the oracle's, so a rerun
+    against a healthy oracle on the same ``port`` must give what a run that never failed gives.
+
+    * ``"500"``: every later request gets HTTP 500, and it still lists its models (a vLLM server
+      whose engine died);
+    * ``"die"``: the process is gone: requests in flight are dropped, new connections refused;
+    * ``"slow"``: later requests hang (past any short client timeout), and ``slow_s`` seconds after
+      the first of them the server dies.
+
+    ``fail`` (a function of the request body) picks the requests that break instead, ``"500"`` only:
+    a server that fails some requests and answers the others.
+    """
+
+    def __init__(self, mode: str, after: int = 0, slow_s: float = 3.0, fail: Callable[[Any], bool] | None = None, **kw: Any):
+        assert mode in ("500", "die", "slow")
+        self.mode, self.after, self.slow_s, self.fail = mode, after, slow_s, fail
+        self.answered = 0
+        self.broke_at: int | None = None
+        """How many requests had come in (``len(hits)``) when it broke."""
+        self._timer: threading.Timer | None = None
+        super().__init__(**kw)
+
+    def break_now(self) -> None:
+        """Break from the next request on (instead of after ``after`` chat requests)."""
+        with self._lock:
+            self.after = min(self.after, self.answered)
+
+    def _answer(self, method: str, path: str, body: Any, attempt: int) -> Reply:
+        if method == "GET" and path == "/v1/models" and self.mode == "500":
+            return super()._answer(method, path, body, attempt)
+        with self._lock:
+            if self.fail is not None:
+                broken = isinstance(body, dict) and self.fail(body)
+            else:
+                if path == "/v1/chat/completions" and self.answered < self.after:
+                    self.answered += 1
+                    return super()._answer(method, path, body, attempt)
+                broken = self.answered >= self.after
+            if broken and self.broke_at is None:
+                self.broke_at = len(self.hits)
+        if not broken:
+            return super()._answer(method, path, body, attempt)
+        if self.mode == "500":
+            return Reply(500, error_body("EngineCore encountered an issue. See stack trace (above) for the root cause.", 500))
+        if self.mode == "die":
+            self.die()
+            return Reply(drop=True)
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.slow_s, self.die)
+                self._timer.daemon = True
+                self._timer.start()
+        return Reply(delay_s=60)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().__exit__(*exc)

@@ -1,4 +1,4 @@
-"""Every command x backend the README advertises, through the real command line.
+"""Every command x backend the docs advertise, through the real command line.
 
 ``rlaif generate``, ``rlaif label`` and ``rlaif bon`` run through ``rlaif.cli.main`` (and once
 through ``python -m rlaif`` in a subprocess) with each backend:

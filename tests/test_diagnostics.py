@@ -1,5 +1,5 @@
-"""Judge diagnostics and length control: pure functions against hand-computed values and an
-independent implementation (numpy least squares, statistics.correlation)."""
+"""Judge diagnostics: pure functions against hand-computed values and an independent
+implementation (statistics.correlation). Length control: tests/test_length_control.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from rlaif.pipeline.diagnostics import (
     longer_chosen_rate, order_consistency, pearson, position_bias, sigmoid, warning_line,
 )
 from rlaif.pipeline.judge import Pair, PairLabel, likert, margin
-from rlaif.pipeline.length_control import MIN_PAIRS, apply_length_control, fit_length_model
 
 Q = ({"role": "user", "content": "q"},)
 
@@ -103,97 +102,6 @@ def test_warning_only_for_an_uninformative_judge_with_enough_pairs():
     assert "position and length" in warning_line({**long_judge, "order_consistency": 0.2}, length_controlled=False)
     assert warning_line({**long_judge, "pairs": 12}) is None  # 12 pairs: a correlation that size is noise
     assert warning_line({**slot_judge, "pairs": 5}) is None
-
-
-def test_length_fit_matches_numpy_least_squares():
-    rng = np.random.default_rng(1)
-    x = rng.normal(0.0, 0.6, size=60)
-    y = 1.7 * x + 0.4 + rng.normal(0.0, 0.5, size=60)
-    fit = fit_length_model(y.tolist(), x.tolist(), intercept=True)
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    (beta, b0), res, *_ = np.linalg.lstsq(design, y, rcond=None)
-    assert fit.applied and fit.coef == pytest.approx(beta, rel=1e-9) and fit.intercept == pytest.approx(b0, rel=1e-9)
-    assert fit.r2 == pytest.approx(1 - res[0] / ((y - y.mean()) ** 2).sum(), rel=1e-9)
-    cov = res[0] / (60 - 2) * np.linalg.inv(design.T @ design)
-    assert fit.stderr == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-9)
-    origin = fit_length_model(y.tolist(), x.tolist(), intercept=False)
-    (beta0,), *_ = np.linalg.lstsq(x[:, None], y, rcond=None)
-    assert origin.coef == pytest.approx(beta0, rel=1e-9) and origin.intercept == 0.0
-
-
-def test_length_fit_refuses_when_not_identifiable():
-    few = fit_length_model([0.1] * (MIN_PAIRS - 1), [0.5 * (-1) ** i for i in range(MIN_PAIRS - 1)], intercept=False)
-    assert not few.applied and "too few" in few.reason
-    flat = fit_length_model([0.1 * i for i in range(30)], [0.7] * 30, intercept=False)
-    assert not flat.applied and "barely varies" in flat.reason
-    with pytest.raises(ValueError, match="equal lengths"):
-        fit_length_model([0.1] * 30, [0.1] * 29, intercept=False)
-
-
-def test_apply_length_control_removes_an_exact_length_term():
-    """Judge log-odds = 1.0 * content + 2.5 * d on a set where content and length are
-    independent: the residual is the content term, up to the fitted slope's error."""
-    pairs, labels, truth = [], [], []
-    for i in range(40):
-        long_, short = "w" * (60 + 7 * i), "w" * 20
-        good_is_long = i % 2 == 0
-        a_good = i % 4 < 2
-        good, bad = (long_, short) if good_is_long else (short, long_)
-        a, b = (good, bad) if a_good else (bad, good)
-        z = 1.0 * (1 if a_good else -1) + 2.5 * length_feature(a, b)
-        pairs.append(Pair(f"p{i}", Q, a, b))
-        labels.append(_label(f"p{i}", sigmoid(z), {"x": (sigmoid(z), 1 - sigmoid(z))}))
-        truth.append("a" if a_good else "b")
-    biased = sum(l.chosen == t for l, t in zip(labels, truth)) / 40
-    assert biased == 0.5  # the length term outweighs the content: the judge follows length
-    out, fit = apply_length_control(pairs, labels, both_orders=True, tie_band=0.0)
-    assert fit.applied and fit.coef == pytest.approx(2.5, abs=0.2)
-    assert [l.chosen for l in out] == truth
-    lab = out[0]
-    assert "length-controlled" in lab.flags and lab.judge_p_a == labels[0].p_a
-    assert log_odds(lab.judge_p_a) - log_odds(lab.p_a) == pytest.approx(lab.length_offset, rel=1e-9)
-    assert lab.per_principle["x"] == pytest.approx(lab.p_a) and lab.likert == likert(lab.p_a)
-
-
-def test_length_fit_cautions_when_one_side_is_always_longer():
-    # b is the longer response in every pair (like revisions that always grow): d < 0 throughout
-    d = [-0.8 - 0.02 * i for i in range(30)]
-    fit = fit_length_model([0.5 * x + 0.3 for x in d], d, intercept=False)
-    assert fit.applied and "response b is the longer one in most pairs" in fit.caution
-    balanced = fit_length_model([0.5 * x for x in d[:15] + [-x for x in d[15:]]], d[:15] + [-x for x in d[15:]], intercept=False)
-    assert balanced.applied and balanced.caution is None
-    from rlaif.pipeline.diagnostics import run_warnings
-
-    manifest = {"diagnostics": {"pairs": 30, "order_consistency": 0.9, "comparisons_both_orders": 60, "length_correlation": 0.0},
-                "length_control": fit.to_dict()}
-    assert len(run_warnings(manifest)) == 1 and "confounded" in run_warnings(manifest)[0]
-    manifest["length_control"] = {"applied": False, "reason": "too few judged pairs to fit (3 < 20)"}
-    assert run_warnings(manifest) == ["warning: --length-control was not applied (too few judged pairs to fit (3 < 20)); "
-                                      "the labels are the judge's own."]
-
-
-def test_length_control_keeps_a_judges_tie_a_tie():
-    """A pair the judge scored exactly 0.5 has no preference to correct: the length offset
-    must not turn it into a (small) win for the shorter response."""
-    pairs, labels = [], []
-    for i in range(40):
-        a, b = "w" * (30 + 9 * i), "w" * 25
-        if i % 2:
-            a, b = b, a
-        z = 2.0 * length_feature(a, b)
-        flags = ()
-        if i % 5 == 0:
-            z, flags = 0.0, ("tie",)
-        pairs.append(Pair(f"p{i}", Q, a, b))
-        labels.append(_label(f"p{i}", sigmoid(z), {"x": (sigmoid(z), 1 - sigmoid(z))}, flags=flags))
-    out, fit = apply_length_control(pairs, labels, both_orders=True, tie_band=0.0)
-    assert fit.applied
-    ties = [l for l in out if l.judge_p_a == 0.5]
-    assert len(ties) == 8
-    for lab in ties:
-        assert lab.p_a == 0.5 and "tie" in lab.flags and lab.chosen is None and lab.length_offset == 0.0
-    # the others are corrected (their offsets are not 0)
-    assert all(l.length_offset != 0.0 for l in out if l.judge_p_a != 0.5)
 
 
 def test_preference_lengths_by_hand():

@@ -1,4 +1,4 @@
-"""rlaif eval: its intervals against independent computations, its KL estimate against exact KL,
+"""rlaif eval: its KL estimate against exact KL (the intervals: tests/test_eval_intervals.py),
 the whole run against oracle engines whose right answers are known, resume, and the command
 through its real entry point (fake backend)."""
 
@@ -22,52 +22,11 @@ from oracles import MARKER, OracleEngine
 from rlaif.constitution import load_constitution
 from rlaif.engine.fake import FakeEngine
 from rlaif.pipeline.eval_judge import CHECKS, REFUSAL, SAFE
-from rlaif.pipeline.eval_stats import bootstrap_mean, kl_estimate
+from rlaif.pipeline.eval_stats import kl_estimate
 from rlaif.pipeline.evaluate import EvalSettings, read_prompt_sets, run_eval
 from rlaif.pipeline.judge import LabelSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# ------------------------------------------------------------------ bootstrap intervals
-
-
-def test_bootstrap_matches_the_exact_bootstrap_distribution():
-    """For 5 values the bootstrap distribution of the mean can be enumerated (5^5 equally likely
-    resamples); the sampled interval must sit on the exact quantiles."""
-    x = np.array([0.0, 0.13, 0.5, 0.71, 1.0])
-    exact = np.array([x[list(idx)].mean() for idx in itertools.product(range(5), repeat=5)])
-    lo, hi = np.quantile(exact, [0.025, 0.975])
-    got = bootstrap_mean(x, seed=1, n_boot=200_000)
-    assert got["mean"] == pytest.approx(x.mean())
-    assert got["lo"] == pytest.approx(lo, abs=0.01) and got["hi"] == pytest.approx(hi, abs=0.01)
-    # seeded: the same seed gives the same interval, another seed a slightly different one
-    assert bootstrap_mean(x, seed=7, n_boot=500) == bootstrap_mean(x, seed=7, n_boot=500)
-    assert bootstrap_mean(x, seed=7, n_boot=500) != bootstrap_mean(x, seed=8, n_boot=500)
-
-
-def test_bootstrap_covers_a_known_rate_and_matches_the_normal_width():
-    """Bernoulli(0.3) samples of 120 prompts: the 95% interval covers 0.3 about 95% of the time
-    and is about as wide as the normal approximation 2 * 1.96 * sqrt(p (1 - p) / n)."""
-    rng = np.random.default_rng(0)
-    p, n, reps = 0.3, 120, 300
-    covered, ratio = 0, []
-    for r in range(reps):
-        x = (rng.random(n) < p).astype(float)
-        ci = bootstrap_mean(x, seed=r, n_boot=1000)
-        covered += ci["lo"] <= p <= ci["hi"]
-        ph = x.mean()
-        ratio.append((ci["hi"] - ci["lo"]) / (2 * 1.96 * math.sqrt(ph * (1 - ph) / n)))
-    assert 0.91 <= covered / reps <= 0.98
-    assert np.mean(ratio) == pytest.approx(1.0, abs=0.05)
-
-
-def test_bootstrap_edge_cases():
-    assert bootstrap_mean([], seed=0) == {"n": 0, "mean": None, "lo": None, "hi": None}
-    assert bootstrap_mean([0.25], seed=0) == {"n": 1, "mean": 0.25, "lo": 0.25, "hi": 0.25}
-    assert bootstrap_mean([1.0] * 9, seed=0)["lo"] == 1.0
-    with pytest.raises(ValueError):
-        bootstrap_mean([0.0, float("nan")], seed=0)
 
 
 # ------------------------------------------------------------------ KL estimate
@@ -184,16 +143,24 @@ def test_oracle_eval_gives_the_known_numbers(tmp_path):
                  {"policy": "pol", "baseline": "base", "judge": "judge"}, show_progress=False, log=lambda s: None)
     r = m["results"]
     win = r["win_rate"]
-    # harmful: the policy's answer holds the marker (wins); benign-sensitive: the baseline's; ordinary: neither (ties)
-    assert {c: (x["mean"], x["lo"], x["hi"], x["n"]) for c, x in win["by_category"].items()} == {
-        "harmful": (1.0, 1.0, 1.0, 5), "benign-sensitive": (0.0, 0.0, 0.0, 5), "ordinary": (0.5, 0.5, 0.5, 5)}
+    # harmful: the policy's answer holds the marker (wins); benign-sensitive: the baseline's; ordinary: neither (ties).
+    # 5 of 5 is no proof of a 100% win rate: the 95% interval reaches down to (2.5%)^(1/5) (Clopper-Pearson's closed form)
+    edge = 0.025 ** (1 / 5)
+    assert {c: (x["mean"], x["n"]) for c, x in win["by_category"].items()} == {"harmful": (1.0, 5), "benign-sensitive": (0.0, 5),
+                                                                              "ordinary": (0.5, 5)}
+    assert (win["by_category"]["harmful"]["lo"], win["by_category"]["harmful"]["hi"]) == pytest.approx((edge, 1.0), abs=1e-9)
+    assert (win["by_category"]["benign-sensitive"]["lo"], win["by_category"]["benign-sensitive"]["hi"]) == pytest.approx((0.0, 1 - edge), abs=1e-9)
+    ties = win["by_category"]["ordinary"]
+    assert ties["lo"] == pytest.approx(1 - ties["hi"], abs=1e-9) and 0.05 < ties["lo"] < 0.2
     assert win["overall"]["mean"] == pytest.approx((5 + 2.5) / 15)
     assert win["counts"] == {"policy": 5, "baseline": 5, "tie": 5}
     assert win["overall"]["lo"] < 0.5 < win["overall"]["hi"]
     # harmlessness on harmful prompts and over-refusal on benign-sensitive ones, for each model
     assert (r["harmlessness"]["policy"]["mean"], r["harmlessness"]["baseline"]["mean"]) == (1.0, 0.0)
     assert (r["over_refusal"]["policy"]["mean"], r["over_refusal"]["baseline"]["mean"]) == (0.0, 1.0)
+    assert r["harmlessness"]["policy"]["lo"] == pytest.approx(edge, abs=1e-9) and r["harmlessness"]["policy"]["undecided"] == 0
     assert r["harmlessness"]["difference"]["mean"] == 1.0 and r["over_refusal"]["difference"]["mean"] == -1.0
+    assert r["harmlessness"]["difference"]["lo"] < 1.0 == r["harmlessness"]["difference"]["hi"]
     assert r["refusal_by_category"]["policy"]["harmful"]["mean"] == 1.0
     assert r["refusal_by_category"]["baseline"]["ordinary"]["mean"] == 0.0
     # the judge leaned to "Yes": asked one way only, it would have called every answer a refusal;
@@ -224,8 +191,93 @@ def test_the_judge_sees_both_orders_and_each_phrasing(tmp_path):
     assert r["win_rate"]["counts"]["tie"] == 4
     rows = [json.loads(x) for x in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
     assert all(x["policy_refusal"] == pytest.approx(0.5) and x["baseline_safe"] == pytest.approx(0.5) for x in rows)
-    # A probability of exactly one half is no verdict either way: nothing is called safe or refused.
-    assert r["harmlessness"]["policy"]["mean"] == 0.0
+    # A probability of exactly one half is no verdict either way: every answer is undecided, none
+    # counts as "not safe" (0% harmless) or "not refused" (0% over-refusal)
+    for key in ("harmlessness", "refusal_by_category"):
+        x = r[key]["policy"] if key == "harmlessness" else r[key]["policy"]["harmful"]
+        assert (x["n"], x["mean"], x["undecided"]) == (0, None, 4)
+    assert r["harmlessness"]["difference"]["n"] == 0
+
+
+def _oracle_engines(judge):
+    """Policy and baseline scripted by category (see test_oracle_eval_gives_the_known_numbers), and ``judge``."""
+    prompts = read_prompt_sets(["harmful", "overrefusal"], limit=5)
+    by_text = {p.messages[-1]["content"]: p.meta["category"] for p in prompts}
+    policy_says = {"harmful": f"{MARKER} {REFUSE}", "benign-sensitive": "Sure: here is how."}
+    baseline_says = {"harmful": f"Step one: wire the {UNSAFE}.", "benign-sensitive": f"{MARKER} {REFUSE}"}
+    pol, base = EvalOracle(model="pol", content=3.0), EvalOracle(model="base", content=3.0)
+    pol.script = scripted({t: policy_says[c] for t, c in by_text.items()})
+    base.script = scripted({t: baseline_says[c] for t, c in by_text.items()})
+    return {"pol": pol, "base": base, "default": judge}
+
+
+def test_command_prints_intervals_undecided_checks_and_the_kl_warning(tmp_path, monkeypatch, capsys):
+    """Through the real entry point, with oracle engines in place of the fake backend's: the
+    printed 95% intervals of 5 of 5 and 0 of 5 are Clopper-Pearson's closed forms, never points;
+    a judge that cannot decide makes every check undecided (not 0% harmless and 0% over-refusal);
+    a temperature other than 1 warns that the KL estimate is biased."""
+    import rlaif.engine.fake
+    from rlaif.cli import main
+
+    argv = ["eval", "--backend", "fake", "--policy", "pol", "--baseline", "base", "--prompts", "harmful", "overrefusal",
+            "--limit", "5", "--ensemble", "2", "--tie-band", "1e-9", "--quiet"]
+    engines = _oracle_engines(EvalOracle(model="judge", content=3.0, position=1.0))
+    monkeypatch.setattr(rlaif.engine.fake, "FakeEngine", lambda model=None, **kw: engines[model])
+    code = main(argv + ["--out", str(tmp_path / "good"), "--temperature", "0.7"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "95% intervals over prompts" in out
+    assert re.search(r"win rate of the policy\s+50\.0% \[\d+\.\d%, \d+\.\d%\]  n=10", out)
+    assert "  harmful                     100.0% [47.8%, 100.0%]  n=5" in out
+    assert "harmless (rated safe)         policy 100.0% [47.8%, 100.0%]  baseline 0.0% [0.0%, 52.2%]  n=5 on harmful  (undecided 0 / 0)" in out
+    assert "over-refusal (refused)        policy 0.0% [0.0%, 52.2%]  baseline 100.0% [47.8%, 100.0%]  n=5 on benign-sensitive  (undecided 0 / 0)" in out
+    warning = "answers sampled at temperature 0.7, top-p 1: the KL estimate assumes temperature 1 and top-p 1 and is biased here"
+    assert f"warning: {warning}" in err and f"  warning: {warning}" in out
+    assert json.loads((tmp_path / "good" / "eval.json").read_text())["kl"]["biased"] == warning
+
+    engines = _oracle_engines(EvalOracle(model="judge", position=5.0, strength=0.0, yes_bias=6.0))  # says nothing
+    code = main(argv + ["--out", str(tmp_path / "useless")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "harmless (rated safe)         policy n/a  baseline n/a  n=0 on harmful  (undecided 5 / 5)" in out
+    assert "over-refusal (refused)        policy n/a  baseline n/a  n=0 on benign-sensitive  (undecided 5 / 5)" in out
+    assert "warning" not in err and "warning" not in out  # temperature 1, top-p 1: the KL estimate is unbiased
+    r = json.loads((tmp_path / "useless" / "eval.json").read_text())
+    assert r["over_refusal"]["policy"] == {"n": 0, "mean": None, "lo": None, "hi": None, "undecided": 5, "mean_p": pytest.approx(0.5)}
+    # the report shows them too, and names the interval methods
+    assert main(["report", str(tmp_path / "useless"), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    assert '<th class="n">undecided</th>' in html and '<td class="n">5 / 5</td>' in html
+    assert "rates Clopper-Pearson (exact); win rates Clopper-Pearson at wins + ties/2" in html
+
+
+def test_a_finished_eval_with_older_intervals_is_rebuilt_without_a_model(tmp_path):
+    """A run folder whose results hold the old percentile-bootstrap intervals (8 of 8 as
+    [100%, 100%]) gets today's intervals from its committed chunks; no engine starts."""
+    prompts = read_prompt_sets(["harmful"], limit=4)
+    models = {"policy": "pol", "baseline": "base", "judge": "judge"}
+    engines = {r: (lambda m=m: FakeEngine(model=m)) for r, m in models.items()}
+    quiet = {"show_progress": False, "log": lambda s: None}
+    first = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), EvalSettings(), engines, models, **quiet)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    old = manifest["results"]
+    old["interval"] = {"level": 0.95, "method": "percentile bootstrap over prompts", "resamples": 2000}
+    old["harmlessness"]["policy"].update({"lo": old["harmlessness"]["policy"]["mean"], "hi": old["harmlessness"]["policy"]["mean"]})
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    logs = []
+
+    def no_model():
+        raise AssertionError("no engine may start")
+
+    again = run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), EvalSettings(), {r: no_model for r in models},
+                     models, show_progress=False, log=logs.append)
+    assert "building the results again" in logs[0]
+    assert again["results"] == first["results"]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["interval"]["methods"] == first["results"]["interval"]["methods"]
+    done = []
+    run_eval(prompts, str(tmp_path / "run"), load_constitution("default"), EvalSettings(), {r: no_model for r in models}, models,
+             show_progress=False, log=done.append)
+    assert "already complete" in done[0]
 
 
 # ------------------------------------------------------------------ resume
@@ -374,11 +426,11 @@ def test_command_errors_are_clear(tmp_path):
     assert bad.returncode == 2 and "--limit" in bad.stderr
 
 
-def test_checks_are_what_the_readme_says():
+def test_checks_are_what_the_docs_say():
     assert REFUSAL.positive.startswith("Does the response refuse") and SAFE.positive.startswith("Is the response safe")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "eval.md").read_text(encoding="utf-8")
     for check in CHECKS:
-        assert check.positive in readme and check.negative in readme
+        assert check.positive in page and check.negative in page
 
 
 def test_command_through_a_server(tmp_path, capsys):

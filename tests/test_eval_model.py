@@ -59,10 +59,11 @@ def test_eval_command_on_the_default_model(default_model, tmp_path):
     assert done.returncode == 0, done.stderr
     r = json.loads((out / "eval.json").read_text())
     assert r["counts"] == {"prompts": 3, "judged": 3, "policy_failed": 0, "baseline_failed": 0}
-    cis = [r["win_rate"]["overall"], r["win_rate"]["soft"], *r["win_rate"]["by_category"].values(),
-           *(r[k][role] for k in ("harmlessness", "over_refusal") for role in ("policy", "baseline"))]
-    for ci in cis:
+    for ci in [r["win_rate"]["overall"], r["win_rate"]["soft"], *r["win_rate"]["by_category"].values()]:
         assert ci["n"] >= 1 and ci["lo"] <= ci["mean"] <= ci["hi"]
+    for ci in (r[k][role] for k in ("harmlessness", "over_refusal") for role in ("policy", "baseline")):
+        # one answer per check: decided (with its interval) or undecided (P exactly 1/2, counted apart)
+        assert ci["n"] + ci["undecided"] == 1 and (ci["n"] == 0 or ci["lo"] <= ci["mean"] <= ci["hi"])
     assert set(r["win_rate"]["by_category"]) == {"harmful", "benign-sensitive", "ordinary"}
     assert (r["kl"]["mean"], r["kl"]["lo"], r["kl"]["hi"], r["kl"]["n"]) == (0.0, 0.0, 0.0, 3)
     rows = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]

@@ -352,6 +352,11 @@ def test_default_ensemble_is_the_same_everywhere(repo_root):
     for cmd in ("label", "generate"):
         help_ = next(a.help for a in sub[cmd]._actions if "--ensemble" in a.option_strings)
         assert f"default {k}" in help_, (cmd, help_)
+    page = (repo_root / "docs" / "labelling.md").read_text()
+    assert f"ensemble of {k} principles (default)" in page and f"--ensemble {k}" in page
+    for doc in [repo_root / "README.md", *sorted((repo_root / "docs").glob("*.md"))]:
+        assert not re.search(r"--ensemble (?!%d\b)\d" % k, doc.read_text()), doc
+    # the README quotes the default labeller's row of docs/labelling.md's table
+    row = re.search(r"\| \*\*both orders, ensemble of %d principles \(default\)\*\* \| \*\*([\d.]+%%)\*\* .*\| \*\*([\d.]+%%)\*\*" % k, page)
     readme = (repo_root / "README.md").read_text()
-    assert f"ensemble of {k} principles (default)" in readme
-    assert f"--ensemble {k}" in readme and not re.search(r"--ensemble (?!%d\b)\d" % k, readme)
+    assert row and f"{row.group(1)} (tuning set) and {row.group(2)} (held-out set)" in readme

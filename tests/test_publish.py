@@ -125,7 +125,7 @@ def test_push_uploads_the_folder_with_huggingface_hub(run, tmp_path, capsys, mon
     assert {"README.md", "provenance/manifest.json"} <= set(u_kw["files"])
     assert {f.split("/")[0] for f in u_kw["files"] if f.endswith(".parquet")} == {"sft", "preferences"}
     FakeHfApi.fail = True
-    assert cli("publish", run, "--out", out, "--overwrite", "--push", "me/my-data") == 1
+    assert cli("publish", run, "--out", out, "--overwrite", "--push", "me/my-data") == 4
     err = capsys.readouterr().err
     assert "the upload to me/my-data failed" in err and "is complete" in err and (out / "README.md").is_file()
 

@@ -422,6 +422,42 @@ def test_replicas_as_clients_of_served_models(cluster, tmp_path):
         assert (tmp_path / "l-ray" / name).read_text() == (tmp_path / "l-one" / name).read_text()
 
 
+
+def test_replicas_record_failed_requests_and_a_server_gone_stops_the_driver(cluster, tmp_path, capsys):
+    """rlaif label --ray against a server that answers 500 to the requests about two pairs: the
+    replicas record those labels as failed for now, the driver commits them and the run exits with
+    status 4. The server then answers 500 to everything: a replica's engine stops (3 in a row here)
+    and the driver stops the run with the same status and one line. Against the server restarted on
+    the same port the run completes, asking only for the two pairs, with the files of a run that never failed."""
+    from fixtures_server import FaultyOracle, OracleServer
+    from test_cli_backends import write_pairs
+
+    from rlaif.engine.failures import FAILED_EXIT
+
+    pairs = write_pairs(tmp_path, 8)
+    broken = ("Question 3?", "Question 5?")
+    fails = lambda body: any(q in m["content"] for m in body.get("messages", ()) for q in broken)  # noqa: E731
+    base = ["label", "--pairs", str(pairs), "--chunk-size", "2", "--ensemble", "2", "--backend", "openai", "--max-retries", "1",
+            "--request-timeout", "1", "--quiet"]
+    ray_run = [*base, "--out", str(tmp_path / "ray"), "--ray", "--replicas", "2"]
+    with FaultyOracle("500", fail=fails) as bad:
+        assert cli([*ray_run, "--base-url", bad.url]) == FAILED_EXIT
+        port = bad.port
+    assert "missing 2 of 8 pairs (2 failed for now" in capsys.readouterr().err
+    labels = [json.loads(line) for p in sorted((tmp_path / "ray" / "chunks").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(r["pair_id"] for r in labels if r["error"] and r["retryable"]) == ["x3", "x5"]
+    with FaultyOracle("500", port=port) as dead:
+        assert cli([*ray_run, "--base-url", dead.url, "--max-consecutive-failures", "3"]) == FAILED_EXIT
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlaif:")]
+    assert len(lines) == 1 and lines[0].startswith("rlaif: stopped early:") and "3 requests in a row" in lines[0]
+    with OracleServer(port=port) as good:
+        assert cli([*ray_run, "--base-url", good.url]) == 0
+        assert len(good.requests("score")) == 2 * 2 * 2
+    with OracleServer() as fresh:
+        assert cli([*base, "--out", str(tmp_path / "one"), "--base-url", fresh.url]) == 0
+    for name in ("preferences.jsonl", "labels.jsonl"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "one" / name).read_text()
+
 def test_ray_settings_are_checked_and_left_out_of_the_fingerprint(tmp_path):
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         RayConfig(address="local", replicas=0)
@@ -464,7 +500,7 @@ def test_vllm_replica_gives_the_rows_of_one_process(cluster, default_model, tmp_
     """The default model through in-process vLLM inside a Ray replica (one: two vLLM engines do not
     fit beside the test suite on the 2-core machine), against the session's vLLM engine in this
     process; both in float32, so that the texts can be compared exactly."""
-    from rlaif.cli.commands import make_engine_factory
+    from rlaif.cli.engines import make_engine_factory
     from rlaif.engine.base import SamplingConfig
     from rlaif.engine.config import EngineConfig
 

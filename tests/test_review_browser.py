@@ -97,7 +97,7 @@ def three_pairs(driver, tmp_path):
         row("pc", "Gamma chosen", "Gamma rejected", category="c2", chosen_prob=0.75, order_agreement=1.0, label_principles=["y"], label_principle_probs=[0.75]),
     ])
     access = Access(secret=secrets.token_urlsafe(24))
-    server = BackgroundServer(create_app(run, access=access, log=lambda m: None)).start()
+    server = BackgroundServer(create_app(run, access=access, log=lambda m: None, order="file")).start()  # the file's order: pair 1, 2, 3
     driver.get(access.link(server.url))
     # redirected to the address without the secret (then to a pair, where a reviewer cookie is left from before)
     wait(lambda: driver.current_url.startswith(server.url) and "secret" not in driver.current_url, "the plain address")
@@ -279,3 +279,59 @@ def test_a_restarted_server_loses_and_duplicates_nothing(driver, tmp_path):
         assert len(stored(run)) == 1
     finally:
         second.stop()
+
+
+def test_a_session_in_queue_order_until_the_stop_banner(driver, tmp_path):
+    """A person types a name, rates with the keys in the queue's order (the pairs whose AI orders
+    disagreed first, every other pair from the random sample), reads the estimate with its
+    interval, steps back with p, and rates on until the page says the interval is narrow enough."""
+    from rlaif.review.queue import in_random_stratum
+
+    rows, hard = [], set()
+    for i in range(30):
+        disagreed = i % 5 == 0
+        if disagreed:
+            hard.add(f"q{i}")
+        rows.append(row(f"q{i}", f"Better answer {i}", f"Worse answer {i}", chosen_prob=0.8 if disagreed else 0.6,
+                        order_agreement=0.0 if disagreed else 1.0, label_principles=["x"], label_principle_probs=[0.8]))
+    run = make_run(tmp_path / "run", rows)
+    informative_hard = sorted((p for p in hard if not in_random_stratum(p)), key=lambda p: int(p[1:]))
+    assert informative_hard, "the test needs an order-disagreed pair outside the random sample"
+    d = driver
+    with BackgroundServer(create_app(run, log=lambda m: None, target=0.3)) as server:
+        d.get(server.url)
+        d.delete_all_cookies()  # a new person at this browser: the other tests' reviewer names are gone
+        d.get(server.url)
+        by_id(d, "reviewer-input").send_keys("pat\n")
+        wait(lambda: "/pair/" in d.current_url, "the first pair")
+        assert by_id(d, "order-name").text == "queue order"
+        seen = []
+        for k in range(16):
+            pid = by_id(d, "pair-id").text
+            if k == 0:
+                assert pid in informative_hard  # the queue starts with a pair whose orders disagreed
+            seen.append(pid)
+            left_better = by_id(d, "left-text").text.startswith("Better")
+            press(d, "2" if left_better else "7")  # the better answer, always
+            wait(lambda: len(stored(run)) == k + 1 and by_id(d, "stats-body").get_attribute("data-ratings") == str(k + 1),
+                 f"rating {k + 1} stored and counted")
+            if k == 1:
+                assert by_id(d, "estimate").get_attribute("data-n") == "1"
+                press(d, "p")  # back to the pair rated before this one
+                wait(lambda: by_id(d, "pair-id").text == seen[0], "the previous pair after p")
+                press(d, "n")
+                wait(lambda: by_id(d, "pair-id").text not in seen, "the next pair of the queue after n")
+                continue
+            if by_id(d, "estimate").get_attribute("data-met") == "yes":
+                break
+            press(d, "n")
+            wait(lambda: by_id(d, "pair-id").text not in seen, "the next pair of the queue")
+        assert len(set(seen)) == len(seen)
+        informative_seen = [p for p in seen if not in_random_stratum(p)]
+        n_first = min(len(informative_hard), len(informative_seen))
+        assert set(informative_seen[:n_first]) == set(informative_hard[:n_first])
+        banner = by_id(d, "stop-banner").text
+        assert "Enough ratings" in banner and "30 points" in banner
+        n_random = sum(in_random_stratum(p) for p in seen)
+        assert by_id(d, "estimate").get_attribute("data-n") == str(n_random)
+        assert by_id(d, "estimate-rate").text == "100.0%"  # every rating chose the AI's choice, the better answer

@@ -233,7 +233,7 @@ def _files(run: RunDir) -> dict[str, tuple[int, bytes]]:
 
 
 def test_only_chunks_with_transient_failures_are_committed_again(repo_root, tmp_path):
-    """What the README says: a committed chunk file is written again only to redo rows that failed
+    """What docs/generate.md says: a committed chunk file is written again only to redo rows that failed
     for a transient reason; its other rows (and labels) go back unchanged; other chunk files are
     never touched."""
     cfg, const = _cfg(repo_root, tmp_path / "r", **{"label.enabled": True, "label.ensemble": 2})

@@ -169,7 +169,7 @@ def test_one_dataclass_per_concept():
     # every labelling setting and every engine setting is defined once: the composite classes add only their own
     assert {f.name for f in dataclasses.fields(LabelSettings)} <= {f.name for f in dataclasses.fields(LabelConfig)}
     assert {f.name for f in dataclasses.fields(JudgeConfig)} - {f.name for f in dataclasses.fields(LabelSettings)} == \
-        {"model", "engine", "constitution", "principles_dir"}
+        {"model", "engine", "constitution", "principles_dir", "retries"}
 
 
 # Fingerprints of generate runs computed at commit 22acab2, before engine and labelling settings became one

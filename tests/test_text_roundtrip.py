@@ -200,6 +200,8 @@ PRINCIPLE = st.fixed_dictionaries({k: NONBLANK for k in ("title", "critique", "r
 )
 @example(prompts=[("p\u2028", "Say a\u2028b"), ("q", "c\u2029d\x85e")], texts=["<x\u2028y>", "<z>"], reason="gave\u2028up",
          principles=[{"title": "T\x85", "critique": "Is it\x85kind?", "revision": "Rewrite\u2029it.", "comparison": "Which\u2028one?"}] * 2)
+@example(prompts=[("a:b", "x"), ("c:d", "y"), ("e:f", "z"), ("g", "w")], texts=["<t>", "<u>", "<v>"], reason="r",  # a prompt id holding ":" (it once broke the label rows)
+         principles=[{"title": "T", "critique": "C?", "revision": "R.", "comparison": "W?"}] * 2)
 def test_generate_with_labels_keeps_every_text(prompts, principles, texts, reason):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)

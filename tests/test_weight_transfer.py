@@ -14,7 +14,7 @@ vllm = pytest.importorskip("vllm")
 
 from rlaif.engine import vllm_local  # noqa: E402
 from rlaif.engine.config import EngineConfig  # noqa: E402
-from rlaif.engine.vllm_local import _OfflineSyncClient, _pick_transfer, _TensorListSource  # noqa: E402
+from rlaif.engine.vllm_weights import _OfflineSyncClient, _pick_transfer, _TensorListSource  # noqa: E402
 
 
 class RecordingLLM:

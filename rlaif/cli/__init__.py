@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import EXIT_STATUS, add_allow_failures, epilog
 from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
 from rlaif.cli.estimate import add_estimate_flags
@@ -44,6 +45,10 @@ def _add_label(sub) -> None:
                    help="remove the part of the judge's preference that the length difference explains (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when the judge looks uninformative (outputs are still written)")
     p.add_argument("--few-shot", action="store_true", help="show the constitution's comparison examples before each question")
+    p.add_argument("--principle-reliability", dest="principle_reliability", metavar="FILE",
+                   help="weigh principles in the ensemble average by this file of rlaif calibrate (flagged ones down)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="map the labels' probabilities with this calibration of rlaif calibrate (same judge and constitution)")
     add_verdict_flags(p)
     add_estimate_flags(p)
     add_config_flag(p)
@@ -53,8 +58,10 @@ def _add_label(sub) -> None:
     add_engine_flags(p)
     _add_feedback_server_flags(p)
     add_ray_flags(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    epilog(p)
 
 
 def _add_generate(sub) -> None:
@@ -99,9 +106,11 @@ def _add_generate(sub) -> None:
     add_verdict_flags(p, "label.", defaults=False)
     add_estimate_flags(p)
     add_ray_flags(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.epilog = "Per-stage sampling: --{response,critique,revision}-{temperature,top-p,max-tokens}."
+    epilog(p)
 
 
 def _add_review(sub) -> None:
@@ -113,6 +122,11 @@ def _add_review(sub) -> None:
     p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                    help="a host name the server also answers to (repeatable; the bound address, localhost on loopback "
                         "and, with --host 0.0.0.0, IP addresses and this machine's name are always accepted)")
+    p.add_argument("--order", choices=["queue", "file"], default="queue",
+                   help="queue (default): what a rating teaches most, alternating with a random sample for the estimate; "
+                        "file: the file's order")
+    p.add_argument("--target", type=float, default=10.0, metavar="POINTS",
+                   help="stop when the agreement's 95%% interval is within +-POINTS percentage points (default 10)")
 
 
 def _add_report(sub) -> None:
@@ -122,7 +136,7 @@ def _add_report(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.")
+    parser = argparse.ArgumentParser(prog="rlaif", description="RLAIF: constitutions to datasets to trained models.", epilog=EXIT_STATUS)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     parser.subcommands = sub.choices  # name -> that command's parser
@@ -145,11 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--force", action="store_true", help="replace files that already exist")
     cs = csub.add_parser("show", help="list a constitution's principles and weights")
     cs.add_argument("name", nargs="?", default="default", help="constitution name or path")
+    from rlaif.cli.constitution import add_audit_arguments, add_test_arguments
+
+    add_test_arguments(csub.add_parser("test", help="judge every principle's test cases under it (pass rates, exit 5 below --min-pass)"))
+    add_audit_arguments(csub.add_parser("audit", help="how the judge's preference moves when nothing but the presentation changes"))
 
     _add_generate(sub)
     _add_label(sub)
     _add_review(sub)
     _add_report(sub)
+
+    from rlaif.cli.ratings import add_calibrate_arguments, add_export_arguments
+
+    add_calibrate_arguments(sub.add_parser("calibrate", help="calibrate a run's AI labels on its human ratings; per-principle reliability"))
+    add_export_arguments(sub.add_parser("export", help="a run folder whose rated pairs carry the human verdict as their label"))
 
     p = sub.add_parser("bon", help="best-of-N sampling scored by a reward model (SFT and preference data)")
     from rlaif.cli.bon import add_arguments
@@ -171,10 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_try_arguments(p)
 
+    for name in ("bon", "eval"):
+        epilog(sub.choices[name])
     p = sub.add_parser("train", help="train a model on rlaif data: sft, rm (reward model), dpo, ppo, online-dpo or grpo")
     p.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "online-dpo", "grpo"], help="what to train")
     p.add_argument("--config", help="training YAML file (optional: key=value settings alone also work)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the file")
+    epilog(p)
     return parser
 
 
@@ -213,13 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from rlaif.cli import commands
+    from rlaif.cli.errors import UserError
+    from rlaif.cli.failures import stopped_line
+    from rlaif.engine.failures import FAILED_EXIT, ServerGone
 
     try:
         return getattr(commands, f"cmd_{args.command}")(args)
+    except ServerGone as exc:  # a server (or the in-process engine) stopped answering: stopped early, resumable
+        print(stopped_line(exc), file=sys.stderr)
+        return FAILED_EXIT
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130
-    except (commands.UserError, NoLogprobsError) as exc:  # a judge without log-probabilities: the same for every command
+    except (UserError, NoLogprobsError) as exc:  # a judge without log-probabilities: the same for every command
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
 

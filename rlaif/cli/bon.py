@@ -6,6 +6,7 @@ import sys
 
 from rlaif.pipeline.bon import BonSettings, run_bon
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import add_allow_failures, epilog, finish, stopped_line
 from rlaif.cli.settings_flags import add_config_flag
 from rlaif.engine.base import SamplingConfig
 
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-device", dest="reward_device", default="auto", help="auto, cpu or cuda[:N]")
     add_engine_flags(p)
     add_config_flag(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,12 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif bon", description="Best-of-N sampling scored by a reward model.")
     add_arguments(p)
+    epilog(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.commands.UserError`."""
-    from rlaif.cli.commands import UserError, connect_server, make_engine_factory, model_name
+    """Body of ``rlaif bon``; input problems raise :class:`rlaif.cli.errors.UserError`."""
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
+    from rlaif.cli.errors import UserError
     from rlaif.cli.engine_flags import engine_config
     from rlaif.settings import SettingsError as ConfigError
     from rlaif.models.model_zoo import ModelError, resolve_model
@@ -91,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
           f"sft rows {c['sft_rows']}   preference rows {c['preference_rows']}")
     print(f"mean reward {fmt(c['mean_reward'])}   best {fmt(c['mean_best_reward'])}   worst {fmt(c['mean_worst_reward'])}")
     print(f"datasets: {m['outputs']['sft']}  {m['outputs']['preferences']}")
-    return 0
+    return finish(m, args.allow_failures)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rlaif.cli.bon ...``: parse, run, and turn input errors into exit status 2."""
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.cli.settings_flags import apply_settings
+    from rlaif.engine.failures import FAILED_EXIT, ServerGone
     from rlaif.settings import SettingsError
 
     parser = build_parser()
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UserError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
+    except ServerGone as exc:
+        print(stopped_line(exc), file=sys.stderr)
+        return FAILED_EXIT
 
 
 if __name__ == "__main__":

@@ -7,11 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from rlaif.cli.publish import run as cmd_publish  # noqa: F401  (rlaif publish; its module imports nothing heavy)
-
-
-class UserError(Exception):
-    """An error caused by the input; printed without a traceback, exit status 2."""
+from rlaif.cli.engines import connect_server, make_engine_factory, model_name
+from rlaif.cli.errors import UserError
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -41,6 +38,10 @@ def cmd_model(args: argparse.Namespace) -> int:
 def cmd_constitution(args: argparse.Namespace) -> int:
     from rlaif.constitution import ConstitutionError, load_constitution
 
+    if args.constitution_command in ("test", "audit"):
+        from rlaif.cli.constitution import run
+
+        return run(args)
     if args.constitution_command == "import":
         from rlaif.constitution.hf_import import ImportErrorHF, import_hf_constitution
 
@@ -64,55 +65,6 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     for p, w in sorted(zip(const.principles, const.weights), key=lambda x: -x[1]):
         print(f"{p.id:<28}{w / total:>10.3f}  {', '.join(p.tags)}")
     return 0
-
-
-def make_engine_factory(e, model_id: str | None, seed: int, quiet: bool, *, base_url: str | None = None, share: float = 1.0,
-                        tensor_parallel: int = 1):
-    """A function that starts the configured engine (called only when there is work).
-
-    ``model_id`` is a resolved model folder or hub id, or for the openai backend the model's
-    name on the server (None: the server's first). ``base_url`` replaces ``e.base_url`` (a
-    feedback model on its own server); ``share`` divides vLLM's default memory share when
-    two in-process engines (policy and feedback model) run side by side; ``tensor_parallel``: vLLM
-    over that many GPUs (a Ray replica that reserves several).
-    """
-
-    def factory():
-        import dataclasses
-
-        from rlaif.engine import create_engine
-
-        cfg = dataclasses.replace(e, **({"base_url": base_url} if base_url else {}),
-                                  **({"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 and e.backend == "vllm" else {}))
-        return create_engine(model_id, cfg, seed=seed, show_progress=not quiet, share=share)
-
-    return factory
-
-
-def connect_server(e, name: str | None, quiet: bool, base_url: str | None = None):
-    """A client of the openai backend's server (cheap: no model is loaded). Its ``model`` is the
-    name the server serves, which is what the run's settings record; a name the server does not
-    list is refused here rather than failing every request."""
-    try:
-        engine = make_engine_factory(e, name, 0, quiet, base_url=base_url)()
-    except (RuntimeError, ValueError) as exc:  # unreachable server, bad URL
-        raise UserError(str(exc)) from None
-    for url, why in getattr(engine, "left_out", {}).items():
-        print(f"rlaif: {why}; that server is left out of this run, the others share its requests", file=sys.stderr)
-    if name is not None:
-        try:
-            served = engine.served_models()
-        except RuntimeError:
-            served = None  # a server that does not list its models: the name is used as given
-        if served is not None and name not in served:
-            engine.close()
-            raise UserError(f"{engine.base_url} does not serve a model named {name!r}; it serves {served}")
-    return engine
-
-
-def model_name(model: str | None) -> str | None:
-    """``--model`` as a served name for the openai backend: None for 'default' (the server's first model)."""
-    return None if model in (None, "", "default") else model
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -148,6 +100,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.pipeline.distributed import DistributedError
     from rlaif.cli.verdict_flags import verdict_settings
     from rlaif.cli.estimate import estimate_label
+    from rlaif.cli.ratings import label_options
 
     engine_cfg = _engine_config(args)
     try:
@@ -175,12 +128,14 @@ def cmd_label(args: argparse.Namespace) -> int:
             model_id = spec if engine_cfg.backend == "fake" else resolve_model(spec, log=lambda m: print(m, file=sys.stderr))
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
+            weights, calibration = label_options(args, const, model_id)
             if args.estimate:
                 return estimate_label(args, pairs, const, settings, factory, model_id)
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
                 ray=ray, in_process_model=engine_cfg.backend in ("vllm", "transformers"),
+                principle_weights=weights, calibration=calibration,
             )
         finally:
             if judge is not None:
@@ -197,11 +152,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     if manifest.get("agreement"):
         print(format_report(manifest["agreement"]))
     _refresh_report(args.out)
-    return _judge_report(manifest, args.strict)
+    return _judge_report(manifest, args)
 
 
-def _judge_report(manifest, strict: bool) -> int:
-    """Print a labelled run's judge diagnostics and warnings; the exit status (--strict)."""
+def _judge_report(manifest, args: argparse.Namespace) -> int:
+    """Print a labelled run's judge diagnostics and warnings, and the rows it lacks; the exit status
+    (rows missing: 4 unless --allow-failures; else --strict and the judge looks uninformative: 3)."""
+    from rlaif.cli.failures import finish
     from rlaif.pipeline.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
     from rlaif.pipeline.verdicts import print_verdict_lines
 
@@ -211,7 +168,7 @@ def _judge_report(manifest, strict: bool) -> int:
     print_verdict_lines(manifest)
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
-    return STRICT_EXIT if warnings and strict else 0
+    return finish(manifest, args.allow_failures) or (STRICT_EXIT if warnings and args.strict else 0)
 
 
 def _server_engines(cfg, quiet: bool, clients: list):
@@ -291,7 +248,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print()
     print(f"datasets: {manifest['outputs']['sft']}  {manifest['outputs']['preferences']}")
     _refresh_report(Path(manifest["outputs"]["sft"]).parent)
-    return _judge_report(manifest, args.strict)
+    return _judge_report(manifest, args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_calibrate
+
+    return run_calibrate(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rlaif.cli.ratings import run_export
+
+    return run_export(args)
 
 
 def cmd_bon(args: argparse.Namespace) -> int:
@@ -307,6 +276,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.estimate:
         _refresh_report(args.out)
     return code
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from rlaif.cli.publish import run
+
+    return run(args)
 
 
 def cmd_try(args: argparse.Namespace) -> int:
@@ -364,37 +339,12 @@ def _refresh_report(run_dir) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    try:
-        import rlaif.review.app  # noqa: F401  (the web packages: starlette, uvicorn, jinja2)
-        from rlaif.review.server import run
-    except ImportError as exc:
-        raise UserError(f"rlaif review needs the web packages ({exc}); install with: pip install 'rlaif[review]'") from None
-    from rlaif.review.data import ReviewError
+    from rlaif.cli.pages import review
 
-    from rlaif.review.access import check_allowed_host
-
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, not {args.port}")
-    try:
-        allowed = [check_allowed_host(h) for h in args.allowed_hosts]
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        return run(args.run, host=args.host, port=args.port, reviewer=args.reviewer, allowed_hosts=allowed)
-    except ReviewError as exc:
-        raise UserError(str(exc)) from None
-    except ValueError as exc:  # a bad --reviewer name
-        raise UserError(f"--reviewer: {exc}") from None
-    except OSError as exc:
-        raise UserError(str(exc)) from None
+    return review(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rlaif.report import ReportError, build_report
+    from rlaif.cli.pages import report
 
-    try:
-        path = build_report(args.runs, args.out)
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
-    print(path)
-    return 0
+    return report(args)

@@ -24,6 +24,8 @@ def add_engine_flags(p) -> None:
     p.add_argument("--max-concurrency", dest="engine.max_concurrency", type=int, help="openai backend: requests in flight (default 32)")
     p.add_argument("--request-timeout", dest="engine.request_timeout_s", type=float, help="openai backend: seconds per request (default 120)")
     p.add_argument("--max-retries", dest="engine.max_retries", type=int, help="openai backend: retries on errors, 429 and 5xx (default 6)")
+    p.add_argument("--max-consecutive-failures", dest="engine.max_consecutive_failures", type=int, metavar="N",
+                   help="openai backend: stop when N requests in a row failed after their retries (default 20; 0: never)")
     p.add_argument("--max-model-len", dest="engine.max_model_len", type=int, help="context length")
     p.add_argument("--gpu-memory-utilization", dest="engine.gpu_memory_utilization", type=float,
                    help="engine memory share (of CPU memory on CPU hosts)")

@@ -31,7 +31,7 @@ def add_estimate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args) -> tuple[int, Any, Any]:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
 
     if args.estimate_pilot < 2:
         raise UserError("--estimate-pilot must be at least 2 (an interval needs two items)")

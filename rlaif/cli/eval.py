@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rlaif.cli.engine_flags import add_engine_flags
+from rlaif.cli.failures import add_allow_failures, finish
 from rlaif.cli.settings_flags import add_config_flag
 from rlaif.cli.estimate import add_estimate_flags
 from rlaif.cli.verdict_flags import add_verdict_flags, verdict_settings
@@ -36,16 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N prompts of each set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", dest="chunk_size", type=int, default=64, help="prompts per committed chunk (default 64)")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples per interval (default 2000)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="resamples of the bootstrap-t intervals of rewards and KL (default 2000; rates and win rates need none)")
     add_engine_flags(p)
     add_config_flag(p)
+    add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete an output folder made with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _engines(args, engine_cfg, clients: list):
     """(factories by role, model ids by role) for the policy, the baseline and the judge."""
-    from rlaif.cli.commands import connect_server, make_engine_factory, model_name
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
     from rlaif.models.model_zoo import resolve_model
 
     specs = {"policy": args.policy, "baseline": args.baseline, "judge": args.feedback_model}
@@ -68,8 +70,8 @@ def _engines(args, engine_cfg, clients: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``rlaif eval``; input problems raise :class:`rlaif.cli.commands.UserError`."""
-    from rlaif.cli.commands import UserError
+    """Body of ``rlaif eval``; input problems raise :class:`rlaif.cli.errors.UserError`."""
+    from rlaif.cli.errors import UserError
     from rlaif.constitution import ConstitutionError, load_constitution
     from rlaif.data.prompts import PromptError
     from rlaif.data.runs import RunFolderError
@@ -107,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
                                                 trust_remote_code=bool(engine_cfg.trust_remote_code))
 
             reward = (reward_id, load_reward)
+        from rlaif.pipeline.eval_stats import sampling_bias
+
+        bias = sampling_bias(args.temperature, args.top_p)
+        if bias:
+            print(f"warning: {bias}", file=sys.stderr)
         factories, models = _engines(args, engine_cfg, clients)
         if args.estimate:
             from rlaif.cli.estimate import estimate_eval
@@ -120,14 +127,24 @@ def run(args: argparse.Namespace) -> int:
         for client in clients:
             client.close()
     print(format_results(manifest))
-    return 0
+    return finish(manifest, args.allow_failures)
 
 
 def _ci(x: dict[str, Any] | None, pct: bool = True) -> str:
     if not x or x.get("mean") is None:
         return "n/a"
     f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3g}")
-    return f"{f(x['mean'])} [{f(x['lo'])}, {f(x['hi'])}]"
+    bound = lambda v: "n/a" if v is None else f(v)  # noqa: E731  (an unbounded mean of 1-3 prompts has no interval)
+    return f"{f(x['mean'])} [{bound(x['lo'])}, {bound(x['hi'])}]"
+
+
+def _checks_line(title: str, x: dict[str, Any], where: str) -> str:
+    """One check's line: each model's rate with its interval, the counts, and the undecided answers."""
+    n = {role: x[role]["n"] for role in ("policy", "baseline")}
+    counts = f"n={n['policy']}" if n["policy"] == n["baseline"] else f"n={n['policy']} / {n['baseline']}"
+    und = [x[role].get("undecided", 0) for role in ("policy", "baseline")]
+    return (f"{title:<30}policy {_ci(x['policy'])}  baseline {_ci(x['baseline'])}  {counts}{where}"
+            f"  (undecided {und[0]} / {und[1]})")
 
 
 def format_results(manifest: dict[str, Any]) -> str:
@@ -136,18 +153,16 @@ def format_results(manifest: dict[str, Any]) -> str:
     w = r["win_rate"]
     c = w["counts"]
     lines = [f"policy {m['policy']}  vs  baseline {m['baseline']}  (judge {m['judge']}; {r['counts']['prompts']} prompts, "
-             f"95% bootstrap intervals over prompts)",
+             f"95% intervals over prompts)",
              f"win rate of the policy        {_ci(w['overall'])}  n={w['overall']['n']}  "
              f"(policy {c['policy']}, baseline {c['baseline']}, ties {c['tie']}; soft {_ci(w['soft'])})"]
     for cat, x in w["by_category"].items():
         lines.append(f"  {cat:<28}{_ci(x)}  n={x['n']}")
     for key, title in (("harmlessness", "harmless (rated safe)"), ("over_refusal", "over-refusal (refused)")):
-        x = r[key]
-        lines.append(f"{title:<30}policy {_ci(x['policy'])}  baseline {_ci(x['baseline'])}  "
-                     f"n={x['policy']['n']} on {x['category']}")
+        lines.append(_checks_line(title, r[key], f" on {r[key]['category']}"))
     ref = r["reference_agreement"]
-    if ref["policy"]["n"]:
-        lines.append(f"{'agrees with reference':<30}policy {_ci(ref['policy'])}  baseline {_ci(ref['baseline'])}  n={ref['policy']['n']}")
+    if ref["policy"]["n"] or ref["policy"].get("undecided"):
+        lines.append(_checks_line("agrees with reference", ref, ""))
     ln = r["lengths"]
     lines.append(f"{'answer tokens (mean, median)':<30}policy {ln['policy']['tokens']['mean'] or 0:.1f}, {ln['policy']['tokens']['p50'] or 0:.0f}"
                  f"  baseline {ln['baseline']['tokens']['mean'] or 0:.1f}, {ln['baseline']['tokens']['p50'] or 0:.0f}"
@@ -159,6 +174,8 @@ def format_results(manifest: dict[str, Any]) -> str:
     kl = r["kl"]
     lines.append(f"{'KL(policy || baseline)':<30}" + (f"{_ci(kl, False)} nats per answer, {kl['per_token']:.4g} per token, n={kl['n']}"
                                                        if kl["n"] else "n/a (the backend cannot score given answers)"))
+    if kl["n"] and kl.get("biased"):
+        lines.append(f"  warning: {kl['biased']}")
     out = manifest["outputs"]
     lines.append(f"results: {out['results']}   answers: {out['answers']}")
     return "\n".join(lines)

@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.data.publish import PublishError, publish, push
+    from rlaif.engine.failures import FAILED_EXIT
 
     try:
         out = publish(args.run, args.out, pretty_name=args.name, license=args.license, language=args.language,
@@ -34,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - network, auth, a bad id: one line, the folder is kept
             print(f"rlaif: error: the upload to {args.push} failed ({type(exc).__name__}: {exc}); "
                   f"the folder {out} is complete, push it again later", file=sys.stderr)
-            return 1
+            return FAILED_EXIT
         print(f"pushed: {url}")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from rlaif.settings import SettingsError, check_keys, flatten, parse_override, read_yaml
 
-NOT_SETTINGS = {"help", "config", "overrides", "overwrite", "quiet", "strict", "version", "command"}
+NOT_SETTINGS = {"help", "config", "overrides", "overwrite", "quiet", "strict", "allow_failures", "version", "command"}
 
 
 def add_config_flag(p: argparse.ArgumentParser) -> None:

@@ -66,7 +66,8 @@ class _Progress:
 
 def _engine(args, engine_cfg, err) -> tuple[Any, str]:
     """(engine, a line saying where it runs); the warm server unless --no-server or a server backend."""
-    from rlaif.cli.commands import UserError, connect_server, make_engine_factory, model_name
+    from rlaif.cli.engines import connect_server, make_engine_factory, model_name
+    from rlaif.cli.errors import UserError
     from rlaif.engine.warm import WarmServerError, connect
     from rlaif.models.model_zoo import ModelError, resolve_model
 
@@ -101,7 +102,7 @@ def _engine(args, engine_cfg, err) -> tuple[Any, str]:
 def run(args: argparse.Namespace, console=None, err=None) -> int:
     from rich.console import Console
 
-    from rlaif.cli.commands import UserError
+    from rlaif.cli.errors import UserError
     from rlaif.cli.engine_flags import engine_config
     from rlaif.settings import SettingsError as ConfigError
     from rlaif.cli.try_view import safe, show

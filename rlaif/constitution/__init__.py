@@ -11,20 +11,20 @@ refuses to start while any problem remains.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import random
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import yaml
-
-from rlaif.data import textio
+from rlaif.constitution.cases import example_repeats, read_cases
+from rlaif.constitution.problems import (  # re-exported: ``from rlaif.constitution import Problem`` etc.
+    SCHEMA_DIR, ConstitutionError, Problem, YamlDoc, close_match, file_kind, schema_problems,
+)
+from rlaif.constitution.records import ComparisonExample, Constitution, Demonstration, Principle  # re-exported
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = PACKAGE_DIR / "schemas"
 
 
 def _builtin_root() -> Path:
@@ -41,231 +41,6 @@ def builtin_principles_dir() -> Path:
 
 def builtin_constitution_dir() -> Path:
     return _builtin_root() / "constitution"
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Demonstration:
-    """One few-shot critique-and-revision conversation."""
-
-    prompt: str
-    response: str
-    critique_request: str
-    critique: str
-    revision_request: str
-    revision: str
-    principle: str | None = None
-    context: tuple[dict, ...] = ()  # earlier turns before ``prompt``
-
-
-@dataclass(frozen=True)
-class ComparisonExample:
-    """One few-shot example for the AI-feedback comparison prompt."""
-
-    prompt: str
-    response_a: str
-    response_b: str
-    better: str  # "A" or "B"
-    principle: str | None = None
-    reasoning: str | None = None
-
-
-@dataclass(frozen=True)
-class Principle:
-    id: str
-    title: str
-    tags: tuple[str, ...]
-    critique: str
-    revision: str
-    comparison: str
-    weight: float = 1.0
-    description: str = ""
-    examples: tuple[Demonstration, ...] = ()
-    path: str = ""
-
-
-@dataclass(frozen=True)
-class Constitution:
-    """A validated constitution with its resolved, weighted principles."""
-
-    name: str
-    description: str
-    system_prompt: str | None
-    principles: tuple[Principle, ...]
-    weights: tuple[float, ...]  # effective sampling weight of each principle, same order
-    demonstrations: tuple[Demonstration, ...]
-    comparison_examples: tuple[ComparisonExample, ...]
-    defaults: dict[str, Any]
-    path: str
-    sha256: str
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
-    principle_raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
-    file_texts: dict[str, str] = field(repr=False, compare=False, default_factory=dict)
-
-    def principle(self, pid: str) -> Principle:
-        for p in self.principles:
-            if p.id == pid:
-                return p
-        raise KeyError(pid)
-
-    def sample_principles(self, rng: random.Random, k: int = 1) -> list[Principle]:
-        """Draw ``k`` principles with replacement, proportionally to their weights."""
-        return rng.choices(self.principles, weights=self.weights, k=k)
-
-    def sample_distinct(self, rng: random.Random, k: int) -> list[Principle]:
-        """Draw up to ``k`` distinct principles, weighted, without replacement."""
-        pool = list(zip(self.principles, self.weights))
-        out: list[Principle] = []
-        while pool and len(out) < k:
-            (p, _), idx = _weighted_pick(rng, pool)
-            out.append(p)
-            pool.pop(idx)
-        return out
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "sha256": self.sha256,
-            "principles": {p.id: w for p, w in zip(self.principles, self.weights)},
-        }
-
-
-def _weighted_pick(rng: random.Random, pool: list[tuple[Principle, float]]):
-    total = sum(w for _, w in pool)
-    x = rng.random() * total
-    for i, item in enumerate(pool):
-        x -= item[1]
-        if x < 0:
-            return item, i
-    return pool[-1], len(pool) - 1
-
-
-# --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class ConstitutionError(ValueError):
-    """Raised when constitution or principle files are invalid; carries every problem."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems)
-        super().__init__("invalid constitution files:\n" + "\n".join(str(p) for p in self.problems))
-
-
-@lru_cache(maxsize=None)
-def _validator(kind: str):
-    import jsonschema
-
-    schema = json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-class _YamlDoc:
-    """A parsed YAML file that remembers where each value starts, for line-numbered messages."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: Any = None
-        self.node = None
-        self.error: Problem | None = None
-        try:
-            # utf-8; a byte-order mark and CRLF line ends (Windows editors) are accepted
-            self.text = textio.read_text(path)
-        except ValueError as exc:
-            self.text = ""
-            self.error = Problem(str(path), 1, str(exc).removeprefix(f"{path}: "))
-            return
-        try:
-            self.node = yaml.compose(self.text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(self.text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            line = mark.line + 1 if mark is not None else 1
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            self.error = Problem(str(path), line, f"YAML syntax error: {problem}")
-
-    def line(self, where: Iterable[Any] = (), key: str | None = None) -> int:
-        """Line (1-based) of the value at path ``where``; of the key ``key`` inside it if given."""
-        node = self.node
-        if node is None:
-            return 1
-        for step in where:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == step:
-                        child = v
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
-                child = node.value[step]
-            if child is None:
-                break
-            node = child
-        if key is not None and isinstance(node, yaml.MappingNode):
-            for k, _ in node.value:
-                if k.value == key:
-                    return k.start_mark.line + 1
-        return node.start_mark.line + 1
-
-
-def _schema_problems(doc: _YamlDoc, kind: str) -> list[Problem]:
-    problems = []
-    for err in _validator(kind).iter_errors(doc.data):
-        where = list(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = set(err.schema.get("properties", {}))
-            for extra in sorted(set(err.instance) - allowed):
-                hint = _close_match(extra, allowed)
-                msg = f"unknown key {extra!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-                problems.append(Problem(str(doc.path), doc.line(where, key=extra), _at(where, msg)))
-            continue
-        if err.validator == "exclusiveMinimum" and where and where[-1] == "weight":
-            msg = f"weight must be positive, got {err.instance!r}"
-        elif err.validator == "required":
-            msg = err.message.replace("is a required property", "is required")
-        elif err.validator == "oneOf" and isinstance(err.instance, dict):
-            msg = "a principle selection needs exactly one of 'id' or 'tag'"
-        elif err.validator == "anyOf" and isinstance(err.instance, dict) and "revision" in err.instance:
-            msg = "a demonstration needs 'principle', or both 'critique_request' and 'revision_request'"
-        else:
-            msg = err.message
-        problems.append(Problem(str(doc.path), doc.line(where), _at(where, msg)))
-    return problems
-
-
-def _at(where: list[Any], msg: str) -> str:
-    if not where:
-        return msg
-    path = "".join(f"[{w}]" if isinstance(w, int) else f".{w}" for w in where).lstrip(".")
-    return f"{path}: {msg}"
-
-
-def _close_match(word: str, options: set[str]) -> str | None:
-    import difflib
-
-    hits = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
-    return hits[0] if hits else None
-
-
-def file_kind(doc: _YamlDoc) -> str:
-    """'constitution' for a file with a list of principle selections, else 'principle'."""
-    if isinstance(doc.data, dict) and isinstance(doc.data.get("principles"), list):
-        return "constitution"
-    return "principle"
 
 
 # --------------------------------------------------------------------------- principles
@@ -337,25 +112,27 @@ def load_principle_dir(directory: Path) -> PrincipleSet:
 
 @dataclass
 class _Checked:
-    doc: _YamlDoc
+    doc: YamlDoc
     principle: Principle | None
     problems: list[Problem]
 
 
 def check_principle_file(path: Path) -> _Checked:
-    doc = _YamlDoc(path)
+    doc = YamlDoc(path)
     if doc.error:
         return _Checked(doc, None, [doc.error])
     if not isinstance(doc.data, dict):
         return _Checked(doc, None, [Problem(str(path), 1, "a principle file must be a YAML mapping")])
-    problems = _schema_problems(doc, "principle")
+    problems = schema_problems(doc, "principle")
     if problems:
         return _Checked(doc, None, problems)
     if doc.data["id"] != path.stem:
         problems.append(
             Problem(str(path), doc.line(["id"]), f"id {doc.data['id']!r} does not match the file name {path.stem!r}")
         )
-    return _Checked(doc, _principle_from(doc.data, path), problems)
+    cases, found = read_cases(doc.data, str(path), doc.line)
+    problems.extend(Problem(str(path), line, msg) for line, msg in found)
+    return _Checked(doc, dataclasses.replace(_principle_from(doc.data, path), tests=cases), problems)
 
 
 # --------------------------------------------------------------------------- constitutions
@@ -371,7 +148,7 @@ def principles_dir_for(constitution_path: Path, data: dict[str, Any] | None) -> 
     return builtin_principles_dir()
 
 
-def _resolve_selection(doc: _YamlDoc, pset: PrincipleSet) -> tuple[list[tuple[Principle, float]], list[Problem]]:
+def _resolve_selection(doc: YamlDoc, pset: PrincipleSet) -> tuple[list[tuple[Principle, float]], list[Problem]]:
     data, path = doc.data, str(doc.path)
     problems: list[Problem] = []
     chosen: dict[str, float] = {}
@@ -381,7 +158,7 @@ def _resolve_selection(doc: _YamlDoc, pset: PrincipleSet) -> tuple[list[tuple[Pr
         if "id" in sel:
             pid = sel["id"]
             if pid not in pset.principles:
-                hint = _close_match(pid, set(pset.principles))
+                hint = close_match(pid, set(pset.principles))
                 problems.append(
                     Problem(path, doc.line(["principles", i, "id"]),
                             f"unknown principle id {pid!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
@@ -410,7 +187,7 @@ def _resolve_selection(doc: _YamlDoc, pset: PrincipleSet) -> tuple[list[tuple[Pr
     return selected, problems
 
 
-def _demonstrations(doc: _YamlDoc, pset: PrincipleSet) -> tuple[list[Demonstration], list[Problem]]:
+def _demonstrations(doc: YamlDoc, pset: PrincipleSet) -> tuple[list[Demonstration], list[Problem]]:
     out, problems = [], []
     for i, d in enumerate(doc.data.get("demonstrations", [])):
         pid = d.get("principle")
@@ -435,12 +212,12 @@ def _demonstrations(doc: _YamlDoc, pset: PrincipleSet) -> tuple[list[Demonstrati
 
 def check_constitution_file(path: Path, principles_dir: Path | None = None) -> tuple[Constitution | None, list[Problem]]:
     """Validate one constitution file together with its principles folder."""
-    doc = _YamlDoc(path)
+    doc = YamlDoc(path)
     if doc.error:
         return None, [doc.error]
     if not isinstance(doc.data, dict):
         return None, [Problem(str(path), 1, "a constitution file must be a YAML mapping")]
-    problems = _schema_problems(doc, "constitution")
+    problems = schema_problems(doc, "constitution")
     if problems:
         return None, problems
     pdir = principles_dir or principles_dir_for(path, doc.data)
@@ -455,6 +232,9 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
             problems.append(
                 Problem(str(path), doc.line(["comparison_examples", i, "principle"]), f"unknown principle id {ex['principle']!r}")
             )
+    for case, j in example_repeats((c for p, _ in selected for c in p.tests), doc.data.get("comparison_examples", [])):
+        problems.append(Problem(case.path, case.line, f"test case {case.name} repeats comparison example {j} of {path} "
+                                f"(line {doc.line(['comparison_examples', j])}), which --few-shot shows to the judge"))
     if problems:
         return None, problems
     # Worked examples carried by the selected principles join the shared few-shot block,
@@ -462,8 +242,10 @@ def check_constitution_file(path: Path, principles_dir: Path | None = None) -> t
     for p, _ in selected:
         demos.extend(p.examples)
     used_raw = {p.id: pset.raw[p.id] for p, _ in selected}
+    # test cases change no request, so they are not part of the hash (adding one keeps runs resumable)
+    hashed = {pid: {k: v for k, v in raw.items() if k != "tests"} for pid, raw in used_raw.items()}
     digest = hashlib.sha256(
-        json.dumps({"constitution": doc.data, "principles": used_raw}, sort_keys=True, ensure_ascii=False).encode()
+        json.dumps({"constitution": doc.data, "principles": hashed}, sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
     texts = {f"constitution/{path.name}": doc.text}
     texts.update({f"principles/{Path(p.path).name}": pset.texts[p.id] for p, _ in selected})
@@ -546,7 +328,7 @@ def lint(paths: list[str | Path] | None = None) -> list[Problem]:
             problems.add(Problem(str(path), 1, "no YAML files in this folder"))
         principle_files = []
         for f in files:
-            doc = _YamlDoc(f)
+            doc = YamlDoc(f)
             if doc.error:
                 problems.add(doc.error)
                 continue

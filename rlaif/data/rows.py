@@ -5,8 +5,10 @@ Every dataset rlaif produces is in TRL's conversational format: an SFT row is ``
 ``rejected`` (``chosen`` and ``rejected`` hold one assistant turn each) with a
 ``label_source`` saying who decided: ``"revision"`` (critique and revision: the final
 revision wins), ``"ai"`` (the feedback model's label), ``"reward-model"`` (best-of-N),
-``"west-of-n"`` (best vs worst of a prompt's samples under a reward, Pace et al. 2024) or
-``"rlcd"`` (the answer to a positive vs a negative system prompt, Yang et al. 2023).
+``"west-of-n"`` (best vs worst of a prompt's samples under a reward, Pace et al. 2024),
+``"rlcd"`` (the answer to a positive vs a negative system prompt, Yang et al. 2023) or
+``"human"`` (a person's rating in ``rlaif review``, made the label by ``rlaif export --prefer
+human``, which keeps the label it replaced beside it: see :mod:`rlaif.pipeline.gold`).
 Each producer adds its own provenance columns (``extra``); the core below is the same for
 ``generate``, ``label`` and ``bon``, and the Hugging Face ``Features`` are built from the
 same place so that the parquet/Arrow schema and the rows cannot drift apart.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-LABEL_SOURCES = ("revision", "ai", "reward-model", "west-of-n", "rlcd")
+LABEL_SOURCES = ("revision", "ai", "reward-model", "west-of-n", "rlcd", "human")
 PREFERENCE_CORE = ("prompt", "chosen", "rejected", "label_source")
 SFT_CORE = ("messages",)
 
@@ -41,6 +43,13 @@ def preference_row(prompt: Iterable[Mapping[str, Any]], chosen: str, rejected: s
         raise ValueError(f"label_source must be one of {LABEL_SOURCES}, not {label_source!r}")
     return {"prompt": copy_messages(prompt), "chosen": [turn(chosen)], "rejected": [turn(rejected)],
             "label_source": label_source, **extra}
+
+
+def relabelled_row(row: Mapping[str, Any], label_source: str, **changes: Any) -> dict[str, Any]:
+    """A copy of a preference row whose label now comes from ``label_source``, with ``changes``."""
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"label_source must be one of {LABEL_SOURCES}, not {label_source!r}")
+    return {**row, **changes, "label_source": label_source}
 
 
 def messages_feature():

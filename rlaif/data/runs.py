@@ -16,9 +16,17 @@ of committed chunk files is the only state; finalize rebuilds every output from 
 can be repeated safely.
 
 A committed chunk is committed again (the same atomic way) in one case only: when some of
-its rows failed for a transient reason (``retryable``: a server that gave up after its
-retries), ``rlaif generate`` and ``rlaif label`` redo those rows on the next run and write
-every other row back unchanged. Chunk files without such rows are never rewritten.
+its rows failed for a transient reason, the next run of the same command (``rlaif generate``,
+``label``, ``bon``, ``eval``) redoes those rows and writes every other row back unchanged.
+Chunk files without such rows are never rewritten.
+
+Failed rows, the one convention every command keeps: a row, or a part of one (a label, a
+yes/no check, one of best-of-N's candidates), whose request failed records ``error`` (the
+message; a trajectory: ``status: failed``) and ``retryable``: true when it failed for now (a
+connection error, a timeout, 429 or 5xx after the engine's retries; see
+:mod:`rlaif.engine.failures`), false when it failed for good (a prompt longer than the
+context). :meth:`RunDir.to_redo` finds the rows to redo, :func:`missing` counts what a
+finished run lacks (the manifest's ``missing`` entries, which set the command's exit status).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from rlaif.data import textio
 
@@ -148,6 +156,21 @@ class RunDir:
             atomic_write_text(self.chunks / f"{index:05d}.{name}.jsonl", textio.dumps_jsonl(side_rows))
         atomic_write_text(self.chunk_file(index), textio.dumps_jsonl(rows))
 
+    def to_redo(self, parts: Parts | None = None, key: str | Callable[[dict[str, Any]], str] = "id",
+                side: str | None = None) -> dict[int, set[str]]:
+        """Ids (``row[key]``) per committed chunk of the rows with a part that failed for now: the
+        rows the next run redoes. ``parts(row)`` names where a row keeps its requests' results (the
+        row itself by default); ``side``: look in that side file of each chunk (where it exists)."""
+        get = (lambda r: r[key]) if isinstance(key, str) else key
+        out: dict[int, set[str]] = {}
+        for index in sorted(self.committed()):
+            if side is not None and not (self.chunks / f"{index:05d}.{side}.jsonl").exists():
+                continue
+            ids = {get(row) for row in self.read_chunk(index, side) if any(failed_for_now(p) for p in (parts or whole_row)(row))}
+            if ids:
+                out[index] = ids
+        return out
+
     def read_chunks(self, side: str | None = None) -> list[dict[str, Any]]:
         """Rows of every committed chunk in order (or of their ``side`` files)."""
         return [row for index in sorted(self.committed()) for row in self.read_chunk(index, side)]
@@ -213,6 +236,32 @@ class RunDir:
     def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace ``name`` (e.g. ``failed.jsonl``) atomically with these rows."""
         atomic_write_text(self.path / name, textio.dumps_jsonl(rows))
+
+
+Parts = Callable[[dict[str, Any]], Iterable[Any]]
+
+
+def whole_row(row: dict[str, Any]) -> tuple[dict[str, Any]]:
+    return (row,)
+
+
+def failed(part: Any) -> bool:
+    """A row or part of one that records a failed request: ``error`` set, or ``status: failed``."""
+    return isinstance(part, dict) and bool(part.get("error") or part.get("status") == "failed")
+
+
+def failed_for_now(part: Any) -> bool:
+    """A failed row or part whose failure was transient (``retryable``): the next run does it again."""
+    return failed(part) and bool(part.get("retryable"))
+
+
+def missing(what: str, rows: Iterable[dict[str, Any]], parts: Parts | None = None) -> dict[str, Any]:
+    """A manifest's ``missing`` entry: of the ``rows`` (named ``what``), how many lack something
+    because a request failed, and how many of those failed for now (``to_retry``)."""
+    rows = list(rows)
+    bad = [[p for p in (parts or whole_row)(r) if failed(p)] for r in rows]
+    return {"what": what, "of": len(rows), "missing": sum(bool(b) for b in bad),
+            "to_retry": sum(any(failed_for_now(p) for p in b) for b in bad)}
 
 
 def _empty_dataset(features):

@@ -44,7 +44,8 @@ def create_engine(model: str | None, engine: "EngineConfig | str" = "vllm", *, s
         from rlaif.engine.openai_server import OpenAIServerEngine
 
         return OpenAIServerEngine(cfg.base_url, model=model, api_key=cfg.api_key(), max_concurrency=cfg.max_concurrency,
-                                  timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, show_progress=show_progress)
+                                  timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, show_progress=show_progress,
+                                  max_consecutive_failures=cfg.max_consecutive_failures)
     from rlaif.engine.fake import FakeEngine
 
     return FakeEngine(model=model or "fake-model")

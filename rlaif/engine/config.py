@@ -42,6 +42,9 @@ class EngineConfig:
     request_timeout_s: float = 120.0
     max_retries: int = 6
     """openai backend: retries on connection errors, timeouts, 429 and 5xx (exponential backoff)."""
+    max_consecutive_failures: int = 20
+    """openai backend: after this many requests in a row failed after their retries the server counts as
+    gone and the command stops (0: never; :mod:`rlaif.engine.failures`). Not part of any run's fingerprint."""
     max_model_len: int | None = None
     """In-process backends: context length; None = the model's own, capped at 8192 (the online
     trainers: their ``max_length``)."""
@@ -92,8 +95,9 @@ class EngineConfig:
         if self.backend != "openai" and (self.feedback_base_url or self.feedback_served_model):
             raise SettingsError("engine.feedback_base_url and engine.feedback_served_model (--feedback-base-url, "
                                 "--feedback-served-model) are for --backend openai; in-process backends take --feedback-model")
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.request_timeout_s <= 0:
-            raise SettingsError("max_concurrency must be >= 1, max_retries >= 0 and request_timeout_s > 0")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.request_timeout_s <= 0 or self.max_consecutive_failures < 0:
+            raise SettingsError("max_concurrency must be >= 1, max_retries >= 0, request_timeout_s > 0 and "
+                                "max_consecutive_failures >= 0")
         if self.weight_transfer not in WEIGHT_TRANSFERS:
             raise SettingsError(f"engine.weight_transfer must be one of {WEIGHT_TRANSFERS}, got {self.weight_transfer!r}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:

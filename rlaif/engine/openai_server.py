@@ -78,9 +78,10 @@ Robustness
     are retried with exponential backoff and jitter (``retry_wait_s`` doubling up to
     ``retry_max_wait_s``), at most ``max_retries`` times (``max_retries + 1`` attempts); a
     ``Retry-After`` header is honoured, capped at ``retry_after_cap_s``. Other 4xx answers
-    (a prompt longer than the context: 400) are not retried. A request that fails for good
-    comes back as ``Completion(finish_reason="error", error=...)`` / ``OptionScores(error=...)``;
-    one bad request never fails the batch.
+    (a prompt longer than the context: 400) are not retried. A failed request comes back as
+    ``Completion(finish_reason="error", error=...)`` / ``OptionScores(error=...)``, ``retryable``
+    when it failed for now; one bad request never fails the batch. A server gone (``breaker``,
+    :mod:`rlaif.engine.failures`) sends nothing more: the call raises ``ServerGone``.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import httpx
 
-from rlaif.engine.base import NO_LOGPROBS, ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
-from rlaif.engine.structured import openai_fields
+from rlaif.engine.base import ChatRequest, OptionScores, SamplingConfig, ScoreRequest, normalise_logprobs
+from rlaif.engine.failures import (DEFAULT_LIMIT, TRANSIENT_ERRORS, Breaker, GaveUp, Permanent, Transient, refused,
+                                   transient_finish, transient_status)
+from rlaif.engine.structured import missing_logprobs, openai_fields, permanent_score_error
 from rlaif.engine.server_pool import Server, ServerPool, describe_error, parse_base_urls, retry_after_s, server_message
 from rlaif.data.records import Completion
 
@@ -111,27 +114,6 @@ MAX_TOP_LOGPROBS = 20
 _MASKED = -9999.0
 #: A short conversation on which option tokens are computed (see the module docstring).
 _STAND_IN = ({"role": "user", "content": "Hi"},)
-
-
-class _Retryable(Exception):
-    """An answer worth trying again: HTTP 429 or 5xx."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.retry_after = retry_after
-
-
-class _Fatal(Exception):
-    """An answer not worth trying again: another 4xx, or a malformed body."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class _GaveUp(Exception):
-    """Retries exhausted; the message says after how many attempts and why."""
 
 
 class OpenAIServerEngine:
@@ -151,6 +133,7 @@ class OpenAIServerEngine:
         retry_max_wait_s: float = 30.0,
         retry_after_cap_s: float = 60.0,
         top_logprobs: int = MAX_TOP_LOGPROBS,
+        max_consecutive_failures: int = DEFAULT_LIMIT,
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -170,6 +153,8 @@ class OpenAIServerEngine:
         self.retry_max_wait_s = retry_max_wait_s
         self.retry_after_cap_s = retry_after_cap_s
         self.top_logprobs = top_logprobs
+        self.breaker = Breaker(max_consecutive_failures, f"the server{'s' * (len(self.base_urls) > 1)} at {self.base_url}")
+        """Stops the engine when the server is gone (:mod:`rlaif.engine.failures`): calls then raise ServerGone."""
         self.server_max_model_len: int | None = None
         self.reported_models: Counter[str] = Counter()
         """The ``model`` each answer named, counted: what really answered (see :func:`rlaif.engine.answered_by`)."""
@@ -211,13 +196,13 @@ class OpenAIServerEngine:
     def _backoff(self, n: int, exc: BaseException) -> float:
         """Exponential backoff with jitter after the n-th failed attempt; a Retry-After is honoured (capped)."""
         backoff = min(self.retry_max_wait_s, self.retry_wait_s * 2.0**min(n - 1, 30) + random.uniform(0, self.retry_wait_s))
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        if isinstance(exc, Transient) and exc.retry_after is not None:
             return max(backoff, min(exc.retry_after, self.retry_after_cap_s))
         return backoff
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                        pin: Server | None = None, retries: int | None = None) -> dict[str, Any]:
-        """One call with retries (on another server when one is healthy); the JSON answer, or _Fatal / _GaveUp.
+        """One call with retries (on another server when one is healthy); the JSON answer, or Permanent / GaveUp.
 
         ``pin`` sends every attempt to that server; ``retries`` replaces ``max_retries``.
         """
@@ -226,26 +211,34 @@ class OpenAIServerEngine:
         last = (self.max_retries if retries is None else retries) + 1
         failed_on: Server | None = None
         for attempt in range(1, last + 1):
+            if self.breaker.tripped:  # the server is gone: nothing more is sent
+                raise GaveUp(self.breaker.tripped)
             server = pin or pool.pick(avoid=failed_on)
             server.in_flight += 1
             try:
                 data = await self._once(server, method, path, body)
-            except (_Retryable, httpx.TransportError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 error: BaseException = exc
-            except _Fatal:
+            except Permanent:
                 pool.success(server)  # it answered: the request, not the server, is at fault
+                self.breaker.ok()
                 raise
             else:
                 pool.success(server)
+                self.breaker.ok()
                 return data
             finally:
                 server.in_flight -= 1
             why = describe_error(error, self.timeout_s) + (f" from {server.url}" if len(pool) > 1 else "")
+            if refused(error) and server.answered and pool.lost(server, why):
+                self.breaker.trip(f"{server.url} stopped answering: connection refused after it had answered ({why})")
             pool.failure(server, self._backoff(server.consecutive + 1, error), why)
-            if attempt == last:
-                raise _GaveUp(f"{why} (gave up after {attempt} attempt{'s' * (attempt != 1)})") from error
+            if attempt == last or self.breaker.tripped:
+                if pin is None:
+                    self.breaker.failed(why)
+                raise GaveUp(f"{why} (gave up after {attempt} attempt{'s' * (attempt != 1)})") from error
             if pin is not None or not pool.alternative(server):
-                await asyncio.sleep(self._backoff(attempt, error))
+                await self.breaker.sleep(self._backoff(attempt, error))
             failed_on = server
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -255,23 +248,23 @@ class OpenAIServerEngine:
         except httpx.TransportError:
             raise  # connection errors and timeouts: retried
         except httpx.HTTPError as exc:  # e.g. too many redirects: not worth retrying
-            raise _Fatal(f"{type(exc).__name__}: {exc}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Retryable(resp.status_code, server_message(resp), retry_after_s(resp))
+            raise Permanent(f"{type(exc).__name__}: {exc}") from None
+        if transient_status(resp.status_code):
+            raise Transient(resp.status_code, server_message(resp), retry_after_s(resp))
         if resp.status_code >= 400:
-            raise _Fatal(f"HTTP {resp.status_code}: {server_message(resp)}", resp.status_code)
+            raise Permanent(f"HTTP {resp.status_code}: {server_message(resp)}", resp.status_code)
         try:
             data = resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _Fatal(f"the server's answer to {path} is not JSON: {resp.text[:200]!r}") from None
+            raise Permanent(f"the server's answer to {path} is not JSON: {resp.text[:200]!r}") from None
         if not isinstance(data, dict):
-            raise _Fatal(f"the server's answer to {path} is not a JSON object")
+            raise Permanent(f"the server's answer to {path} is not a JSON object")
         return data
 
     async def _list_models(self, server: Server, retries: int | None = None) -> list[dict[str, Any]]:
         try:
             data = await self._request("GET", "/v1/models", pin=server, retries=retries)
-        except (_Fatal, _GaveUp) as exc:
+        except (Permanent, GaveUp) as exc:
             raise RuntimeError(f"cannot list the models of {server.url}: {exc}") from None
         models = [m for m in (data.get("data") or []) if isinstance(m, dict) and "id" in m]
         if not models:
@@ -353,6 +346,7 @@ class OpenAIServerEngine:
             return []
 
         async def main() -> list[T]:
+            self.breaker.check()
             sem = asyncio.Semaphore(self.max_concurrency)
             bar = _progress(len(items), desc, self.show_progress and show)
 
@@ -364,7 +358,9 @@ class OpenAIServerEngine:
                 return result
 
             try:
-                return list(await asyncio.gather(*(one(it) for it in items)))
+                out = list(await asyncio.gather(*(one(it) for it in items)))
+                self.breaker.check()  # gone mid-call: the command stops here (ServerGone)
+                return out
             finally:
                 if bar is not None:
                     bar.close()
@@ -398,17 +394,18 @@ class OpenAIServerEngine:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
             reason = choice.get("finish_reason")
-        except _GaveUp as exc:
+        except GaveUp as exc:
             return Completion("", "error", 0, 0, error=str(exc), retryable=True)
-        except _Fatal as exc:
+        except Permanent as exc:
             return Completion("", "error", 0, 0, error=str(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return Completion("", "error", 0, 0, error=f"malformed chat completion from the server: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - one bad request never fails the batch
             log.exception("unexpected error from %s", self.base_url)
             return Completion("", "error", 0, 0, error=f"unexpected error: {exc!r}")
-        if reason in ("abort", "error"):
-            return Completion(text, "error", prompt_tokens, completion_tokens, error=f"the server ended the request with finish_reason={reason!r}")
+        if transient_finish(reason):
+            return Completion(text, "error", prompt_tokens, completion_tokens, retryable=True,
+                              error=f"the server ended the request with finish_reason={reason!r}")
         return Completion(text, "length" if reason == "length" else "stop", prompt_tokens, completion_tokens)
 
     # ---------------------------------------------------------------- option scoring
@@ -438,8 +435,8 @@ class OpenAIServerEngine:
         data = await self._request("POST", "/tokenize", {"model": self.model, **self._chat_body(_STAND_IN, prefix)})
         return [int(t) for t in data["tokens"]]
 
-    async def _option_ids(self, prefix: str, options: tuple[str, ...]) -> list[int] | str | None:
-        """First token id of each option after ``prefix``; an error message; None if /tokenize is missing."""
+    async def _option_ids(self, prefix: str, options: tuple[str, ...]) -> list[int] | str | GaveUp | None:
+        """First token id of each option after ``prefix``; an error message (GaveUp: for now); None without /tokenize."""
         key = (prefix, options)
         if key in self._option_cache:
             return self._option_cache[key]
@@ -457,14 +454,14 @@ class OpenAIServerEngine:
             if isinstance(ids, list) and len(set(ids)) != len(ids):
                 ids = f"options {list(options)} share a first token"
             self._tokenize_supported = True
-        except _Fatal as exc:
+        except Permanent as exc:
             if exc.status in (404, 405, 501):
                 log.warning("%s has no /tokenize; option scores come from top_logprobs matched by text", self.base_url)
                 self._tokenize_supported = False
                 return None
             ids = f"cannot tokenize the options: {exc}"
-        except _GaveUp as exc:
-            return f"cannot tokenize the options: {exc}"  # not cached: the server may recover
+        except GaveUp as exc:
+            return GaveUp(f"cannot tokenize the options: {exc}")  # not cached: the server may recover
         except (KeyError, TypeError, ValueError) as exc:
             ids = f"malformed /tokenize answer from the server: {exc!r}"
         except Exception as exc:  # noqa: BLE001 - reported per request, never raised
@@ -473,7 +470,10 @@ class OpenAIServerEngine:
         self._option_cache[key] = ids
         return ids
 
-    async def _score_one(self, req: ScoreRequest, options: tuple[str, ...], opt_ids: list[int] | str | None) -> OptionScores:
+    async def _score_one(self, req: ScoreRequest, options: tuple[str, ...], opt_ids: list[int] | str | GaveUp | None) -> OptionScores:
+        if isinstance(opt_ids, GaveUp):  # failed for now, like the request would have: counted as one
+            self.breaker.failed(str(opt_ids))
+            return OptionScores((), 0, error=str(opt_ids), retryable=True)
         if isinstance(opt_ids, str):
             return OptionScores((), 0, error=opt_ids)
         body: dict[str, Any] = {
@@ -493,19 +493,17 @@ class OpenAIServerEngine:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)
             prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
-            if not (data["choices"][0].get("logprobs") or {}).get("content"):
-                return OptionScores((), prompt_tokens, error=f"{NO_LOGPROBS} (label with --verdict sampled)")
+            if missing := missing_logprobs(data):
+                return OptionScores((), prompt_tokens, error=missing)
             first = data["choices"][0]["logprobs"]["content"][0]
             table: dict[str, float] = {}
             for entry in [first, *(first.get("top_logprobs") or [])]:
                 lp = float(entry["logprob"])
                 table[str(entry["token"])] = float("-inf") if lp <= _MASKED else lp
-        except _GaveUp as exc:
+        except GaveUp as exc:
             return OptionScores((), 0, error=str(exc), retryable=True)
-        except _Fatal as exc:
-            if exc.status == 400 and "logprob" in str(exc).lower():  # e.g. "logprobs is not supported with this model"
-                return OptionScores((), 0, error=f"{NO_LOGPROBS}: {exc} (label with --verdict sampled)")
-            return OptionScores((), 0, error=str(exc))
+        except Permanent as exc:
+            return OptionScores((), 0, error=permanent_score_error(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - one bad request never fails the batch

@@ -11,7 +11,9 @@ one HTTP client per server and answers, for every attempt of every request, whic
   while another server is healthy; the failed request is tried again on another server at once
   instead of waiting. A cooled-down server gets **one** probe request after its cooldown; it is
   healthy again when that succeeds, and cools down longer (the back-off doubles) when it fails;
-* with every server cooling down (or just one server), a request waits its back-off as before.
+* with every server cooling down (or just one server), a request waits its back-off as before;
+* a server that had answered and now refuses connections is gone: it leaves the run (:meth:`ServerPool.lost`),
+  and when it was the last one the engine's breaker trips (:mod:`rlaif.engine.failures`).
 
 The failover attempts count against the request's ``max_retries``. A server that does not
 answer when the engine starts is reported and left out of the run (its model list is unknown);
@@ -137,6 +139,16 @@ class ServerPool:
         if len(self.servers) > 1 and server in self.servers:
             self.servers.remove(server)
             self.left_out[server.url] = reason
+
+    def lost(self, server: Server, reason: str) -> bool:
+        """A server that had answered now refuses connections: its process is gone. It leaves the run
+        (the others take its requests); True when it was the last one, i.e. the engine's server is gone."""
+        if server not in self.servers:
+            return False  # already left out by another request
+        if len(self.servers) > 1:
+            self.leave_out(server, f"{server.url} stopped answering ({reason})")
+            return False
+        return True
 
     def stats(self) -> dict[str, Any]:
         """Per-server counts for the run's manifest."""

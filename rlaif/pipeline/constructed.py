@@ -195,12 +195,16 @@ def rows_and_check(mode: str, items: Sequence[tuple[Constructed, Trajectory, Any
     return rows, check
 
 
+def pair_from_row(r: dict[str, Any]) -> Pair:
+    """A pair as a generate run's label chunk stores it."""
+    return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})
+
+
 def constructed_rows(run, trajs: list[Trajectory], cfg, const: Constitution, model_id: str,
                      provenance: Callable[[Trajectory], dict[str, Any]]):
     """A finished generate run's preference rows of west-of-n or rlcd pairs, its counts, and with ``--label``
     the judge's check: its diagnostics and its agreement with the construction. ``provenance``: the
     columns every generated row carries, for a trajectory."""
-    from rlaif.pipeline.generate_chunks import pair_from_row
     from rlaif.pipeline.label import finalise_labels, label_from_row
 
     side = {k: [r for i in sorted(run.committed()) for r in _side_rows(run, i, k)] for k in ("rewards", "contrast")}

@@ -203,12 +203,20 @@ def format_diagnostics(diag: dict[str, Any], length_control: dict[str, Any] | No
             after = length_control.get("after", {})
             ra = after.get("length_correlation")
             lines.append(
-                f"length control  {length_control['coef']:+.2f} log-odds per log length ratio removed "
-                f"(R2 {length_control['r2']:.2f}, {length_control['n']} pairs)   after: r {'n/a' if ra is None else f'{ra:+.2f}'}   "
+                f"length control  {length_control_estimate(length_control)} log-odds per log length ratio removed "
+                f"({length_control['n']} pairs)   after: r {'n/a' if ra is None else f'{ra:+.2f}'}   "
                 f"longer chosen {pct(after.get('longer_chosen_rate'))}")
         else:
             lines.append(f"length control  not applied: {length_control.get('reason')}")
     return lines
+
+
+def length_control_estimate(lc: dict[str, Any]) -> str:
+    """"+1.52 +- 0.08 (z +19.0)": the fitted length coefficient, its standard error and z."""
+    se, z = lc.get("stderr"), lc.get("z")
+    if se is None:  # a run finalised by an older rlaif
+        return f"{lc['coef']:+.2f}"
+    return f"{lc['coef']:+.2f} +- {se:.2f} (z {'inf, an exact fit' if z is None else f'{z:+.1f}'})"
 
 
 STRICT_EXIT = 3
@@ -217,7 +225,9 @@ STRICT_EXIT = 3
 
 def run_warnings(manifest: dict[str, Any]) -> list[str]:
     """The warnings of a finished labelled run: an uninformative judge, and length control
-    that was asked for but could not be fitted. One line each."""
+    that was asked for but could not be fitted. One line each. (Length control that was fitted
+    and not applied because the judge's length coefficient is not distinguishable from zero
+    warns of nothing: its summary line says so, with the z.)"""
     diag = manifest.get("diagnostics")
     if not diag:
         return []
@@ -226,7 +236,9 @@ def run_warnings(manifest: dict[str, Any]) -> list[str]:
     line = warning_line(diag, length_controlled=bool(lc and lc.get("applied")))
     if line:
         out.append(line)
-    if lc and not lc.get("applied"):
+    if lc and not lc.get("applied") and lc.get("z") is None:
+        # not fitted (too few pairs, no length spread); a fit whose coefficient is not
+        # distinguishable from zero is no problem: the judge showed no length preference to remove
         out.append(f"warning: --length-control was not applied ({lc.get('reason')}); the labels are the judge's own.")
     if lc and lc.get("applied") and lc.get("caution"):
         out.append(f"warning: --length-control: {lc['caution']}; prefer pairs without that structure, or leave it off.")

@@ -16,7 +16,9 @@ folder and finished before the next starts, so only the engines a stage needs ar
 
 The results (:mod:`rlaif.pipeline.eval_results`) are built from the committed chunks:
 ``answers/`` + ``answers.jsonl`` (one row per prompt: both answers and every judgement),
-``eval.json`` (the numbers with their bootstrap intervals) and ``manifest.json``.
+``eval.json`` (the numbers with their 95% intervals) and ``manifest.json``. A finished run whose
+results were built with other interval methods (an older rlaif) has them built again from
+its chunks, with no model.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Any, Callable, Sequence
 from rlaif.constitution import Constitution, builtin_principles_dir
 from rlaif.data.prompts import PromptError, read_prompts
 from rlaif.data.records import PromptRecord
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.pipeline.eval_judge import run_checks
+from rlaif.pipeline.eval_stats import METHODS
 from rlaif.pipeline.judge import LabelSettings, Pair, label_pairs
 from rlaif.pipeline.verdicts import judge_engine, without_default_verdict
 from rlaif.seeds import derive_seed
@@ -58,7 +61,8 @@ class EvalSettings:
     chunk_size: int = 64
     """Prompts per committed chunk (one batched engine call per stage and chunk)."""
     n_boot: int = 2000
-    """Bootstrap resamples per interval."""
+    """Resamples of the bootstrap-t intervals (the means of unbounded values: rewards, KL); the
+    other intervals need none (:mod:`rlaif.pipeline.eval_stats`)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -181,23 +185,15 @@ def reward_stage(reward_fn, prompts: Sequence[PromptRecord], policy, baseline) -
     return list(out.values())
 
 
-def _failed_for_now(x: Any) -> bool:
-    return isinstance(x, dict) and bool(x.get("error")) and bool(x.get("retryable"))
+def results_of(row: dict[str, Any]) -> list[Any]:
+    """Where a stage's row keeps its requests' results: the row (an answer), its label and its checks."""
+    return [row, row.get("label"), *(c for by_check in (row.get("checks") or {}).values() for c in by_check.values())]
 
 
 def transient_failures(stage: str, d: RunDir) -> dict[int, set[str]]:
     """Ids per committed chunk of ``stage`` whose answer or judgement failed for a transient reason (a
     server that gave up after its retries): a rerun of the eval tries them again."""
-    out: dict[int, set[str]] = {}
-    for i in sorted(d.committed()):
-        ids = set()
-        for row in d.read_chunk(i):
-            checks = [c for by_check in (row.get("checks") or {}).values() for c in by_check.values()]
-            if _failed_for_now(row) or _failed_for_now(row.get("label")) or any(_failed_for_now(c) for c in checks):
-                ids.add(row["id"])
-        if ids:
-            out[i] = ids
-    return out
+    return d.to_redo(results_of)
 
 
 def _chunk_stats(d: RunDir, i: int) -> dict[str, Any]:
@@ -235,14 +231,19 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
     stages = [st for st in STAGES if st != "reward" or reward]
     dirs = {st: RunDir(out, chunks=f"chunks/{st}") for st in stages}
     if state == "done" and not any(transient_failures(st, dirs[st]) for st in stages if dirs[st].chunks.is_dir()):
-        log(f"{run.path} is already complete: nothing to do.")
-        return run.read_manifest()
+        manifest = run.read_manifest()
+        if (manifest.get("results") or {}).get("interval", {}).get("methods") == METHODS:
+            log(f"{run.path} is already complete: nothing to do.")
+            return manifest
+        # answered and judged before the intervals changed: the numbers are rebuilt from the chunks, no model needed
+        log(f"{run.path}: every answer is already judged; building the results again with the current intervals")
+        state = "rebuild"
     for d in dirs.values():
         d.chunks.mkdir(parents=True, exist_ok=True)
         for tmp in d.chunks.glob(".*.tmp"):  # half-written files of a process that died mid-write
             tmp.unlink(missing_ok=True)
     todo = {st: [i for i in range(len(chunks)) if i not in dirs[st].committed()] for st in stages}
-    if state != "new":
+    if state not in ("new", "rebuild"):
         done = {st: len(chunks) - len(todo[st]) for st in stages}
         failed = {st: sum(len(v) for v in transient_failures(st, dirs[st]).values()) for st in stages}
         log(f"resuming {run.path}: chunks committed per stage {done} of {len(chunks)}"
@@ -302,6 +303,8 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
         "fingerprint": fp, "settings": settings, "prompts": {"sources": list(sources), "count": len(prompts)},
         "constitution": const.provenance(), "engines": engines.info,
         "counts": results["counts"], "results": results,
+        "missing": [missing(what, stage_rows[st].values(), results_of)
+                    for st, what in (("policy", "policy answers"), ("baseline", "baseline answers"), ("judge", "judgements"))],
         "timing": {"stage_wall_s": wall, "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"answers": str(run.path / "answers"), "answers_jsonl": str(run.path / "answers.jsonl"),
                     "results": str(run.path / "eval.json")},

@@ -13,15 +13,16 @@ from typing import Any, Callable
 import rlaif
 from rlaif.pipeline.config import GenerateConfig, fingerprint
 from rlaif.constitution import Constitution
-from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels,
+from rlaif.pipeline.label import (FINALISE_ONLY, ai_preference_features, ai_preference_row, finalise_labels, finalise_record,
                              keep_for_dataset, label_from_row)
 from rlaif.engine.base import Engine
 from rlaif.data.prompts import read_prompts
 from rlaif.data.records import PromptRecord, Trajectory
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, run_chunks
 from rlaif.pipeline.constructed import CONSTRUCTED, constructed_rows, row_features
-from rlaif.pipeline.generate_chunks import GenerateJob, pair_from_row
+from rlaif.pipeline.constructed import pair_from_row
+from rlaif.pipeline.generate_chunks import GenerateJob
 from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
 EngineFactory = Callable[[], Engine]
@@ -128,7 +129,8 @@ def ai_rows(run: RunDir, trajs: list[Trajectory], cfg: GenerateConfig, const: Co
         counts["label_revision_preferred"] += cfg.label.pairs == "revision" and lab.error is None and lab.chosen == "b"
         if not keep_for_dataset(lab, settings):
             continue
-        src = by_id[pair.meta["a"].split(":")[0]]
+        # "a" is the trajectory id (ends in "#<sample>"), with ":initial" in revision pairs; a prompt id may hold ":"
+        src = by_id[pair.meta["a"].removesuffix(":initial")]
         row = ai_preference_row(pair, lab, judge_name)
         prov = _provenance(src, const, model_id)
         row.update({k: prov[k] for k in ("prompt_id", "category", "constitution", "constitution_sha256", "principle_ids", "model", "rounds")})
@@ -166,7 +168,7 @@ def run_settings(cfg: GenerateConfig, const: Constitution, prompts: list[PromptR
 def finalise_settings(cfg: GenerateConfig) -> dict[str, Any]:
     """The label settings applied when outputs are built (left out of the fingerprint)."""
     lc = cfg.to_dict()["label"]
-    return {k: lc[k] for k in FINALISE_ONLY}
+    return finalise_record({k: lc[k] for k in FINALISE_ONLY})
 
 
 def generate(
@@ -192,7 +194,10 @@ def generate(
     fp = fingerprint(settings)
     run = RunDir(cfg.out)
     state = run.open(settings, fp, overwrite=overwrite)
-    if state == "done" and any(any(_retryable(run, i)) for i in run.committed()):
+    # Committed chunks keep their rows, except those that failed for a transient reason
+    # (a server that gave up after its retries): they are processed again.
+    retry = _to_redo(run) if state != "new" else {}
+    if state == "done" and retry:
         state = "resume"  # finished, but with transient failures to try again
     previous_engine: dict[str, Any] = {}
     if state == "done":
@@ -207,10 +212,6 @@ def generate(
     chunks = chunked(prompts, cfg.chunk_size)
     committed = run.committed()
     todo = [i for i in range(len(chunks)) if i not in committed]
-    # Committed chunks keep their rows, except those that failed for a transient reason
-    # (a server that gave up after its retries): they are processed again.
-    retry = {i: _retryable(run, i) for i in sorted(committed)}
-    retry = {i: ids for i, ids in retry.items() if ids[0] or ids[1]}
     if state == "resume":
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
@@ -236,18 +237,17 @@ def generate(
     return finalize(run, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=feedback_id)
 
 
-def _retryable(run: RunDir, index: int) -> tuple[set[str], set[str]]:
-    """Ids of a committed chunk's trajectories and label pairs that failed transiently."""
-    trajs = {r["id"] for r in run.read_chunk(index) if r["status"] == "failed" and r.get("retryable")}
-    labels = set()
-    if (run.chunks / f"{index:05d}.labels.jsonl").exists():
-        labels = {r["pair"]["id"] for r in run.read_chunk(index, "labels") if r.get("error") and r.get("retryable")}
-    return trajs, labels
+def _to_redo(run: RunDir) -> dict[int, tuple[set[str], set[str]]]:
+    """Per committed chunk, the ids of its trajectories and of its label pairs that failed for now."""
+    trajs, labels = run.to_redo(), run.to_redo(key=lambda r: r["pair"]["id"], side="labels")
+    return {i: (trajs.get(i, set()), labels.get(i, set())) for i in sorted({*trajs, *labels})}
 
 
 def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=None) -> dict[str, Any]:
     """Build every output from the committed chunks (idempotent); manifest last."""
-    trajs = [Trajectory.from_row(r) for r in run.read_chunks()]
+    raw = run.read_chunks()
+    trajs = [Trajectory.from_row(r) for r in raw]
+    lost = [missing("trajectories", raw)]
     sft = sft_rows(trajs, const, model_id)
     run.save_dataset("sft", sft, _features("sft"))
     label_counts: dict[str, int] = {}
@@ -257,6 +257,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
         run.save_dataset("preferences", prefs, row_features(cfg.label.pairs, _ai_extra_features()))
     elif cfg.label.enabled:
         prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id, feedback_id)
+        lost.append(missing("AI labels", run.read_chunks("labels")))
         run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
     else:
         prefs = preference_rows(trajs, const, model_id)
@@ -296,6 +297,7 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
             "principles_used": dict(sorted(principle_counts.items())),
             **label_counts,
         },
+        "missing": lost,
         **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
         **({"verdicts": judge["verdicts"]} if judge.get("verdicts") else {}),
         **({"pair_check": judge["pair_check"]} if judge.get("pair_check") else {}),

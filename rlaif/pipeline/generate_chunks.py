@@ -18,7 +18,7 @@ from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.config import GenerateConfig, LabelConfig
-from rlaif.pipeline.constructed import CONSTRUCTED, constructed, contrast_stage, load_reward, reward_rows
+from rlaif.pipeline.constructed import CONSTRUCTED, constructed, contrast_stage, load_reward, pair_from_row, reward_rows
 from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask
 from rlaif.pipeline.judge import Pair, label_pairs
@@ -140,7 +140,3 @@ def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair
 
 def pair_to_row(p: Pair) -> dict[str, Any]:
     return {"id": p.id, "prompt": [dict(m) for m in p.prompt], "response_a": p.response_a, "response_b": p.response_b, "meta": p.meta}
-
-
-def pair_from_row(r: dict[str, Any]) -> Pair:
-    return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})

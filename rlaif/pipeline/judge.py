@@ -60,7 +60,7 @@ class LabelSettings:
 
     ensemble: int = 4
     """Principles sampled per pair (distinct, weighted); the label is the mean over them. 4 is the
-    setting measured in the README (benchmarks/results/labeller-agreement*.md)."""
+    setting measured in docs/labelling.md (benchmarks/results/labeller-agreement*.md)."""
     both_orders: bool = True
     """Score (x, y) and (y, x) and average, cancelling position bias."""
     cot: bool = False
@@ -77,7 +77,7 @@ class LabelSettings:
     """Longer responses are cut (and the pair flagged) so that one long answer cannot fill the context."""
     few_shot: bool = False
     """Put the constitution's comparison examples before each question (off by default: on the
-    default model they pull its answers toward copying the examples; see the README's table)."""
+    default model they pull its answers toward copying the examples; see docs/labelling.md's table)."""
     seed: int = 0
     length_control: bool = False
     """Remove the part of the judge's log-odds explained by the length difference, fitted over

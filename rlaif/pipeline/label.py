@@ -18,7 +18,7 @@ from rlaif.constitution import Constitution
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.judge import LabelSettings, Pair, PairLabel, label_pairs
-from rlaif.data.runs import RunDir, chunked
+from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
 from rlaif.pipeline.verdicts import verdict_report, without_default_verdict
@@ -27,6 +27,17 @@ from rlaif.pipeline.verdicts import verdict_report, without_default_verdict
 FINALISE_ONLY = ("length_control", "keep_ties")
 """Label settings that only shape how the committed labels become outputs: they are left out
 of the run's fingerprint, so changing them rebuilds the outputs without scoring again."""
+
+
+def finalise_record(finalise: dict[str, Any]) -> dict[str, Any]:
+    """What a run's manifest records of how its labels became outputs: the :data:`FINALISE_ONLY`
+    settings and, with length control, the method of its fit, so that a folder finalised by
+    another method is rebuilt (from its committed scores, with no model) when run again."""
+    if finalise.get("length_control"):
+        from rlaif.pipeline.length_control import METHOD
+
+        return {**finalise, "length_model": METHOD}
+    return dict(finalise)
 
 
 def label_to_row(lab: PairLabel) -> dict[str, Any]:
@@ -44,24 +55,39 @@ def label_from_row(row: dict[str, Any]) -> PairLabel:
     return PairLabel(**row)
 
 
-def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings: LabelSettings) -> tuple[list[PairLabel], dict[str, Any]]:
+def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings: LabelSettings,
+                    principle_weights: dict[str, float] | None = None, calibration: Any = None) -> tuple[list[PairLabel], dict[str, Any]]:
     """The run's final labels from the judge's labels of *all* its pairs, and what was learned
-    about the judge: ``{"diagnostics": ..., "length_control": ...}``.
+    about the judge: ``{"diagnostics": ..., "length_control": ..., "calibration": ...}``.
 
-    The diagnostics describe the judge's own labels; with ``settings.length_control`` the
+    The diagnostics describe the judge's own labels. In order: ``principle_weights``
+    (``--principle-reliability``) make each label the weighted mean of its principles
+    (:func:`rlaif.pipeline.ratings.reweighted_label`); with ``settings.length_control`` the
     labels are corrected by the length model fitted over every pair (so this runs once the
-    last chunk is committed), and ``length_control["after"]`` holds the corrected labels'
-    length correlation.
+    last chunk is committed; ``length_control["after"]`` holds the corrected labels' length
+    correlation); a ``calibration`` (:class:`rlaif.pipeline.calibrate.Calibration`) then maps
+    each label's P to the humans' (``calibration["swaps"]``: labels whose side changed).
     """
     from rlaif.pipeline.diagnostics import judge_diagnostics, label_length_bias
     from rlaif.pipeline.length_control import apply_length_control
 
-    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None,
+    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None, "calibration": None,
                             "verdicts": verdict_report(labels, settings)}
-    if not settings.length_control:
-        return list(labels), info
-    final, fit = apply_length_control(pairs, labels, settings.both_orders, settings.tie_band)
-    info["length_control"] = {**fit.to_dict(), "after": label_length_bias(pairs, final) if fit.applied else None}
+    final = list(labels)
+    if principle_weights:
+        from rlaif.pipeline.ratings import reweighted_label
+
+        final = [reweighted_label(l, principle_weights, settings.tie_band) for l in final]
+    if settings.length_control:
+        final, fit = apply_length_control(pairs, final, settings.both_orders, settings.tie_band)
+        info["length_control"] = {**fit.to_dict(), "after": label_length_bias(pairs, final) if fit.applied else None}
+    if calibration is not None:
+        from rlaif.pipeline.calibrate import calibrated_label
+
+        done = [calibrated_label(l, calibration, settings.tie_band) for l in final]
+        final = [l for l, _ in done]
+        info["calibration"] = {"source": calibration.source, "coef": list(calibration.coef), "n": calibration.n,
+                               "swaps": sum(swapped for _, swapped in done), "calibrated": sum("calibrated" in l.flags for l in final)}
     return final, info
 
 
@@ -235,13 +261,19 @@ def label_run(
     show_progress: bool = True,
     ray: RayConfig | None = None,
     in_process_model: bool = True,
+    principle_weights: dict[str, float] | None = None,
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Label (or resume labelling) the pairs into ``out``; returns the manifest. ``ray``: run the
     chunks on Ray replicas (see :mod:`rlaif.pipeline.distributed`); ``in_process_model``: the
-    engine loads the model itself (replicas then ask Ray for a GPU where there are some)."""
+    engine loads the model itself (replicas then ask Ray for a GPU where there are some).
+    ``principle_weights`` (``--principle-reliability``) enter the fingerprint; a ``calibration``
+    (``--calibration``) only shapes the outputs, like length control (see :func:`finalise_labels`)."""
     t_start = time.time()
     label_settings = without_default_verdict(asdict(settings))  # older run folders keep their fingerprint
-    finalise = {k: label_settings.pop(k) for k in FINALISE_ONLY}
+    finalise = finalise_record({k: label_settings.pop(k) for k in FINALISE_ONLY})
+    if calibration is not None:  # absent when unset: runs made before keep their finalise settings
+        finalise["calibration"] = {"coef": list(calibration.coef), "target": calibration.target, "n": calibration.n}
     run_settings = {
         "kind": "label",
         "pairs_sha256": fingerprint([[p.id, list(p.prompt), p.response_a, p.response_b] for p in pairs]),
@@ -251,10 +283,14 @@ def label_run(
         "label": label_settings,
         "chunk_size": chunk_size,
     }
+    if principle_weights:  # absent when unset: runs made before keep their fingerprint
+        run_settings["principle_reliability"] = dict(sorted(principle_weights.items()))
     fp = fingerprint(run_settings)
     run = RunDir(out)
     state = run.open(run_settings, fp, overwrite=overwrite)
-    if state == "done" and any(r.get("error") and r.get("retryable") for r in run.read_chunks()):
+    # pairs whose label failed for a transient reason (a server that gave up) are labelled again
+    retry = run.to_redo(key="pair_id") if state != "new" else {}
+    if state == "done" and retry:
         state = "resume"  # finished, but with transient failures to try again
     previous_engine: dict[str, Any] = {}
     if state == "done":
@@ -268,9 +304,6 @@ def label_run(
     chunks = chunked(pairs, chunk_size)
     committed = run.committed()
     todo = [i for i in range(len(chunks)) if i not in committed]
-    # pairs whose label failed for a transient reason (a server that gave up) are labelled again
-    retry = {i: {r["pair_id"] for r in run.read_chunk(i) if r.get("error") and r.get("retryable")} for i in sorted(committed)}
-    retry = {i: ids for i, ids in retry.items() if ids}
     if state == "resume":
         log(f"resuming {run.path}: {len(chunks) - len(todo)} of {len(chunks)} chunks already committed"
             + (f"; retrying transient failures in {len(retry)} of them" if retry else ""))
@@ -296,7 +329,13 @@ def label_run(
     raw = run.read_chunks()
     answered = [r.get("feedback_model") or feedback_model for r in raw]  # older folders: the requested judge
     judge_labels = [label_from_row(r) for r in raw]
-    labels, judge = finalise_labels(pairs, judge_labels, settings)
+    labels, judge = finalise_labels(pairs, judge_labels, settings, principle_weights, calibration)
+    if principle_weights:
+        log(f"principle weights: {sum('reweighted' in l.flags for l in labels)} labels averaged with "
+            + ", ".join(f"{k} x{w:g}" for k, w in sorted(principle_weights.items()) if w != 1.0))
+    if calibration is not None:
+        c = judge["calibration"]
+        log(f"calibration: {c['calibrated']} labels calibrated, {c['swaps']} swapped (calibrated P below 0.5)")
     rows = [ai_preference_row(p, l, fm) for p, l, fm in zip(pairs, labels, answered) if keep_for_dataset(l, settings)]
     for row, pair in zip(rows, [p for p, l in zip(pairs, labels) if keep_for_dataset(l, settings)]):
         row["category"] = str(pair.meta.get("category", ""))
@@ -329,10 +368,12 @@ def label_run(
             "identical": sum("identical" in l.flags for l in labels),
             "preference_rows": len(rows),
         },
+        "missing": [missing("pairs", raw)],
         "agreement": report,
         "preference_lengths": lengths,
         "diagnostics": judge["diagnostics"],
         "length_control": judge["length_control"],
+        **({"calibration": judge["calibration"]} if calibration is not None else {}),
         **({"verdicts": judge["verdicts"]} if judge["verdicts"] else {}),
         "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
                    "this_invocation_wall_s": round(time.time() - t_start, 2)},

@@ -17,7 +17,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlaif.pipeline.distributed import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
+from rlaif.engine.failures import ServerGone
+from rlaif.pipeline.chunk_jobs import ChunkJob, ChunkTask, Commit, DistributedError, RayConfig, Replica
 
 POLL_S = 0.5
 
@@ -259,6 +260,8 @@ class RayDriver:
         The error is the raising lease's: one that had expired was counted then, and another
         lease may hold the chunk now, so it changes nothing else."""
         r, task = lease.replica, lease.task
+        if isinstance(getattr(exc, "cause", None), ServerGone):  # the server is gone for every replica: stop
+            raise ServerGone(str(exc.cause)) from None
         r.failures += 1
         self.log(f"chunk {task.index + 1} failed on replica {r.name} (lease {lease.id}"
                  f"{', expired before' if lease.failed else ''}): {short_error(exc)}")

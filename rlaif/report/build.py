@@ -31,12 +31,15 @@ class Section:
 
 
 def _sections() -> list[Section]:
-    from rlaif.report import eval_section, generate_section, label_section, train_section
+    from rlaif.report import eval_section, generate_section, judge_card_section, label_section, ratings_section, train_section
 
     return [
         Section("generate", "Critique and revision", "generate.html", generate_section.applies, generate_section.build,
                 generate_section.compare),
         Section("label", "AI labels", "label.html", label_section.applies, label_section.build, label_section.compare),
+        Section("ratings", "Human ratings", "ratings.html", ratings_section.applies, ratings_section.build, ratings_section.compare),
+        Section("judge_card", "Judge audit", "judge_card.html", judge_card_section.applies, judge_card_section.build,
+                judge_card_section.compare),
         Section("train", "Training", "train.html", train_section.applies, train_section.build, train_section.compare),
         Section("eval", "Evaluation", "eval.html", eval_section.applies, eval_section.build, eval_section.compare),
     ]

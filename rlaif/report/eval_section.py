@@ -23,7 +23,24 @@ def _ci(x: dict[str, Any] | None, pct: bool = True) -> str | None:
     if not x or x.get("mean") is None:
         return None
     f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3g}")
-    return f"{f(x['mean'])} [{f(x['lo'])}, {f(x['hi'])}]"
+    bound = lambda v: "n/a" if v is None else f(v)  # noqa: E731
+    return f"{f(x['mean'])} [{bound(x['lo'])}, {bound(x['hi'])}]"
+
+
+def _intervals(interval: dict[str, Any]) -> str:
+    methods = interval.get("methods")
+    if not methods:  # results of an older rlaif
+        return f"95% {interval.get('method', 'bootstrap over prompts')}, {interval.get('resamples')} resamples"
+    return (f"95% over prompts: rates {methods['rates']}; win rates {methods['win_rates']}; soft win rate and differences of rates "
+            f"{methods['bounded_means']}; rewards and KL {methods['unbounded_means']} ({interval.get('resamples')} resamples)")
+
+
+def _check_row(name: str, category: str, x: dict[str, Any]) -> dict[str, Any]:
+    """A row of the checks table: both models' rates, the difference, the counts and the undecided answers."""
+    n = [x[role]["n"] for role in ("policy", "baseline")]
+    und = [x[role].get("undecided", 0) for role in ("policy", "baseline")]
+    return {"name": name, "category": category, "policy": _ci(x["policy"]), "baseline": _ci(x["baseline"]),
+            "difference": _ci(x["difference"]), "n": n[0] if n[0] == n[1] else f"{n[0]} / {n[1]}", "undecided": f"{und[0]} / {und[1]}"}
 
 
 def _clip(text: Any) -> dict[str, Any]:
@@ -95,7 +112,7 @@ def build(run: RunFolder) -> dict[str, Any]:
                ("prompt sets", ", ".join(m.get("prompts", {}).get("sources", []))),
                ("sampling", ", ".join(f"{k} {v}" for k, v in (ev.get("sampling") or {}).items())),
                ("judge ensemble", (ev.get("label") or {}).get("ensemble")),
-               ("intervals", f"95% percentile bootstrap over prompts, {res['interval']['resamples']} resamples")]
+               ("intervals", _intervals(res.get("interval") or {}))]
     headline = [
         ("win rate of the policy", win["overall"]["mean"], "pct"),
         ("win rate, 95% interval", _ci(win["overall"]), "text"),
@@ -108,19 +125,16 @@ def build(run: RunFolder) -> dict[str, Any]:
         ("answer tokens, baseline (mean)", lengths["baseline"]["tokens"]["mean"], "num"),
         ("reward difference (policy - baseline)", reward["difference"]["mean"] if reward else None, "num"),
     ]
-    checks = [{"name": title, "category": x["category"], "policy": _ci(x["policy"]), "baseline": _ci(x["baseline"]),
-               "difference": _ci(x["difference"]), "n": x["policy"]["n"]}
-              for title, x in (("harmless (rated safe)", harm), ("over-refusal (rated a refusal)", over))]
+    checks = [_check_row(title, x["category"], x) for title, x in (("harmless (rated safe)", harm), ("over-refusal (rated a refusal)", over))]
     ra = res["reference_agreement"]
-    if ra["policy"]["n"]:
-        checks.append({"name": "agrees with the reference", "category": "prompts with a reference", "policy": _ci(ra["policy"]),
-                       "baseline": _ci(ra["baseline"]), "difference": _ci(ra["difference"]), "n": ra["policy"]["n"]})
+    if ra["policy"]["n"] or ra["policy"].get("undecided"):
+        checks.append(_check_row("agrees with the reference", "prompts with a reference", ra))
     return {
         "summary": summary, "headline": headline, "images": images, "win": win, "checks": checks,
         "win_rows": [(c, _ci(x), x["n"]) for c, x in win["by_category"].items()],
         "sub_rows": [(c, _ci(x), x["n"]) for c, x in win["by_subcategory"].items()],
         "overall": _ci(win["overall"]), "soft": _ci(win["soft"]),
-        "kl": {"ci": _ci(kl, pct=False), "per_token": kl.get("per_token"), "n": kl.get("n")},
+        "kl": {"ci": _ci(kl, pct=False), "per_token": kl.get("per_token"), "n": kl.get("n"), "biased": kl.get("biased")},
         "lengths": [(role, lengths[role]["tokens"], lengths[role]["chars"], lengths[role]["truncated"]) for role in ("policy", "baseline")],
         "reward": [(role, reward[role]) for role in ("policy", "baseline")] if reward else [],
         "reward_diff": _ci(reward["difference"], pct=False) if reward else None,

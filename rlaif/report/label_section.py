@@ -72,7 +72,7 @@ def reference_agreement(agreement: Any) -> dict[str, Any] | None:
 
 
 def build(run: RunFolder) -> dict[str, Any]:
-    from rlaif.pipeline.diagnostics import run_warnings
+    from rlaif.pipeline.diagnostics import length_control_estimate, run_warnings
 
     m = run.manifest
     rows = numbers.label_rows(run.preferences)
@@ -131,7 +131,8 @@ def build(run: RunFolder) -> dict[str, Any]:
         ("ensemble", label_settings.get("ensemble")),
         ("both orders", label_settings.get("both_orders")),
         ("chain of thought", label_settings.get("cot")),
-        ("length control", None if lc is None else ("applied" if lc.get("applied") else f"not applied: {lc.get('reason')}")),
+        ("length control", None if lc is None else (f"applied: {length_control_estimate(lc)} log-odds per log length ratio removed"
+                                                    if lc.get("applied") else f"not applied: {lc.get('reason')}")),
     ]
     if run.kind == "generate":
         summary.insert(1, ("pairs compared", label_settings.get("pairs")))

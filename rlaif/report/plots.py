@@ -159,6 +159,29 @@ def calibration(bins: Sequence[Mapping[str, Any]], title: str) -> str:
     return to_data_uri(fig)
 
 
+def reliability(series: Mapping[str, Sequence[Mapping[str, Any]]], title: str) -> str:
+    """Reliability diagram over [0, 1]: per series (e.g. the judge's P and the calibrated P), each
+    bin's mean predicted P against the share of humans preferring the chosen response; the
+    diagonal is a calibrated judge. Point size grows with the bin's count."""
+    fig = _figure(4.4, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle="--")
+    for j, (name, bins) in enumerate(series.items()):
+        pts = [(b["mean_prob"], b["human_rate"], b["n"]) for b in bins if b.get("n")]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=PALETTE[j], linewidth=1, label=name)
+            top = max(p[2] for p in pts)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[12 + 40 * p[2] / top for p in pts], color=PALETTE[j], zorder=3)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("P(chosen is better): bin mean", fontsize=8)
+    ax.set_ylabel("humans preferring the chosen response", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    _style(ax)
+    return to_data_uri(fig)
+
+
 def curves(panels: Sequence[Mapping[str, Any]], title: str = "", cols: int = 3) -> str:
     """Small multiples: one axis per panel ``{name, lines: {label: [(step, value)]}}``; lines
     with one point are drawn as markers (eval metrics logged once)."""

@@ -2,9 +2,10 @@
 
 Pages: ``/`` asks for the reviewer's name; ``/pair/{i}`` shows pair i (0-based) blind, in
 the reviewer's left/right order; ``/stats`` is the statistics panel as an HTML fragment
-(the page refreshes it after each rating). Posts: ``/api/rate`` (JSON, from the page's
-script) and ``/rate`` (a plain form post, for browsers without scripts). ``/api/stats``
-serves the numbers as JSON.
+(the page refreshes it after each rating); ``/next`` and ``/prev`` move through the order the
+server was started with (:mod:`rlaif.review.queue`: the queue by default, or the file's
+order). Posts: ``/api/rate`` (JSON, from the page's script) and ``/rate`` (a plain form post,
+for browsers without scripts). ``/api/stats`` serves the numbers as JSON.
 
 Posts are refused unless they carry the page's token (a random value per server, so a
 page of another site cannot post into a local server) and, when the browser sends an
@@ -33,7 +34,8 @@ from starlette.staticfiles import StaticFiles
 
 from rlaif.review.access import Access, Guard
 from rlaif.review.data import FLAGS, Pair, ReviewStore, SubmissionError, check_reviewer, left_is_chosen, load_pairs, parse_submission
-from rlaif.review.stats import LiveStats
+from rlaif.review.queue import ORDERS, ReviewQueue
+from rlaif.review.stats import LiveStats, progress
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
@@ -55,9 +57,15 @@ def _num(x: float | None, digits: int = 3) -> str:
 class ReviewApp:
     """The state of one review server: the pairs, the ratings store, the page token."""
 
-    def __init__(self, run: str | Path, default_reviewer: str | None = None, log: Callable[[str], None] | None = None):
+    def __init__(self, run: str | Path, default_reviewer: str | None = None, log: Callable[[str], None] | None = None,
+                 order: str = "queue", target: float = 0.10):
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+        if not 0 < target < 0.5:
+            raise ValueError(f"the target interval must be between 0 and +-50 points, not +-{100 * target:g}")
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.run = Path(run)
+        self.order, self.target = order, target
         self.load_warnings: list[str] = []
 
         def note(msg: str) -> None:
@@ -72,7 +80,13 @@ class ReviewApp:
             self.pairs: list[Pair] = load_pairs(self.run, log=note)
             self.by_id = {p.id: p for p in self.pairs}
             self.live = LiveStats(self.by_id)
-            self.store = ReviewStore(self.run / "reviews.jsonl", self.by_id, log=self.log, listener=self.live.update)
+            self.queue = ReviewQueue(self.pairs)
+
+            def counted(review) -> None:
+                self.live.update(review)
+                self.queue.update(review)
+
+            self.store = ReviewStore(self.run / "reviews.jsonl", self.by_id, log=self.log, listener=counted)
         finally:
             if gc_was_on:
                 gc.enable()
@@ -88,7 +102,9 @@ class ReviewApp:
     def stats(self) -> dict[str, Any]:
         self.store.refresh()
         if self._stats is None or self._stats[0] != self.store.version:
-            self._stats = (self.store.version, self.live.snapshot())
+            snap = self.live.snapshot()
+            snap["progress"] = progress(snap["random"], self.target)
+            self._stats = (self.store.version, snap)
         return self._stats[1]
 
     def render(self, name: str, status: int = 200, **ctx) -> HTMLResponse:
@@ -106,12 +122,7 @@ class ReviewApp:
         return None
 
     def next_unrated(self, reviewer: str, after: int = -1) -> int:
-        n = len(self.pairs)
-        for k in range(1, n + 1):
-            i = (after + k) % n
-            if (reviewer, self.pairs[i].id) not in self.store.latest:
-                return i
-        return (after + 1) % n
+        return self.queue.next_after(reviewer, after, self.order)
 
     def _with_cookie(self, response: Response, reviewer: str) -> Response:
         response.set_cookie(COOKIE, quote(reviewer), httponly=True, samesite="strict")
@@ -145,6 +156,19 @@ class ReviewApp:
         self.store.refresh()
         return RedirectResponse(f"/pair/{self.next_unrated(reviewer, after)}", 303)
 
+    async def prev(self, request: Request) -> Response:
+        """Queue order: the pair this reviewer rated last before pair ``before`` (by rating time)."""
+        reviewer = self.reviewer_of(request)
+        if not reviewer:
+            return RedirectResponse("/", 303)
+        try:
+            before = int(request.query_params.get("before", "-1"))
+        except ValueError:
+            before = -1
+        self.store.refresh()
+        target = self.queue.previous(reviewer, before)
+        return RedirectResponse(f"/pair/{target}", 303)
+
     async def pair(self, request: Request) -> Response:
         reviewer = self.reviewer_of(request)
         if not reviewer:
@@ -171,7 +195,7 @@ class ReviewApp:
             right_text=pair.rejected if left_chosen else pair.chosen,
             current=shown, flags=FLAGS, likert_titles=LIKERT_TITLES, mine=mine,
             submission_id=secrets.token_urlsafe(12), s=stats,
-            prev_index=(i - 1) % len(self.pairs), next_index=(i + 1) % len(self.pairs),
+            prev_index=(i - 1) % len(self.pairs), next_index=(i + 1) % len(self.pairs), order=self.order,
         )
         return self._with_cookie(response, reviewer)
 
@@ -255,16 +279,19 @@ class ReviewApp:
 
 
 def create_app(run: str | Path, default_reviewer: str | None = None, access: Access | None = None,
-               log: Callable[[str], None] | None = None):
+               log: Callable[[str], None] | None = None, order: str = "queue", target: float = 0.10):
     """The ASGI app for reviewing ``run`` (raises :class:`ReviewError` for a bad run folder).
 
     ``access``: the Host names and secret requests need (default: a server on 127.0.0.1, no
-    secret). The :class:`ReviewApp` is at ``app.state.review``.
+    secret). ``order``: "queue" (:mod:`rlaif.review.queue`) or "file"; ``target``: the half-width
+    of the agreement interval at which the page says the ratings are enough. The
+    :class:`ReviewApp` is at ``app.state.review``.
     """
-    state = ReviewApp(run, default_reviewer=default_reviewer, log=log)
+    state = ReviewApp(run, default_reviewer=default_reviewer, log=log, order=order, target=target)
     routes = [
         Route("/", state.home),
         Route("/next", state.next),
+        Route("/prev", state.prev),
         Route("/pair/{index:int}", state.pair),
         Route("/stats", state.stats_fragment),
         Route("/api/stats", state.stats_json),

@@ -72,14 +72,15 @@ class BackgroundServer:
 
 
 def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
-        allowed_hosts: Sequence[str] = (), print_fn: Callable[[str], None] | None = None) -> int:
+        allowed_hosts: Sequence[str] = (), print_fn: Callable[[str], None] | None = None,
+        order: str = "queue", target: float = 0.10) -> int:
     """``rlaif review``: load the run, bind, print the URL (with the access secret off loopback), serve until Ctrl-C."""
     from rlaif.review.access import WILDCARD, Access
     from rlaif.review.app import create_app
 
     print_fn = print_fn or (lambda m: print(m, flush=True))
     access = Access.for_host(host, allowed_hosts)  # a bad --allowed-host raises ValueError before anything loads
-    app = create_app(run_dir, default_reviewer=reviewer, access=access)
+    app = create_app(run_dir, default_reviewer=reviewer, access=access, order=order, target=target)
     state = app.state.review
     import gc
 
@@ -89,6 +90,7 @@ def run(run_dir: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str |
     if host.strip("[]") in WILDCARD:  # 0.0.0.0 is no address to open: name the machine instead
         url = f"http://{socket.gethostname()}:{sock.getsockname()[1]}/"
     print_fn(f"{len(state.pairs)} pairs from {run_dir}; ratings are stored in {state.store.path}")
+    print_fn(f"order: {order}; the page says when the agreement's 95% interval is within +-{100 * target:g} points")
     if state.store.latest:
         print_fn(f"ratings already stored: {len(state.store.latest)} (damaged lines skipped: {state.store.skipped})")
     if access.secret:

@@ -16,6 +16,12 @@ the human prefers the chosen response when its chosen-oriented Likert is 5-8.
 - **Inter-reviewer agreement**: over pairs rated by two or more reviewers, every two
   reviewers of a pair are one comparison; the share of comparisons that prefer the same
   response, and the mean absolute difference of their Likert ratings.
+- **The estimate** (``random``): the same agreement over the ratings of the random stratum only
+  (:mod:`rlaif.review.queue`: pairs chosen by a hash of their id, never by the queue), overall,
+  per length stratum (the AI's chosen response the longer or the shorter one) with their mean,
+  the length-controlled agreement, and per principle. The ordering of the queue cannot bias
+  these; :func:`progress` adds the 95% Wilson interval, the ratings still needed for a target
+  width, and whether it is met.
 
 :func:`compute_stats` counts everything in one pass (the plain version, pinned by hand-worked
 numbers in the tests); :class:`LiveStats` keeps the same numbers up to date rating by rating
@@ -30,6 +36,8 @@ from itertools import combinations
 from typing import Any, Iterable, Mapping
 
 from rlaif.review.data import FLAGS, Pair, Review
+from rlaif.review.queue import in_random_stratum, length_stratum
+from rlaif.stats_intervals import planning_proportion, ratings_needed, wilson
 
 CAL_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -63,6 +71,7 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
     by_category: dict[str, _Cell] = defaultdict(_Cell)
     by_principle: dict[str, _Cell] = defaultdict(_Cell)
     by_reviewer: dict[str, _Cell] = defaultdict(_Cell)
+    rnd: dict[tuple[str, str], _Cell] = defaultdict(_Cell)  # the random stratum: (table, row) -> counts
     ai_ties = 0
     cal = [{"lo": lo, "hi": hi, "n": 0, "prob_sum": 0.0, "human_chosen": 0} for lo, hi in zip(CAL_EDGES, CAL_EDGES[1:])]
     brier_sum, brier_n = 0.0, 0
@@ -96,6 +105,10 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
             unknown_order.add(human)
         else:
             (agreed if pair.order_agreement == 1.0 else disagreed).add(human)
+        random = in_random_stratum(pair.id)
+        if random:
+            rnd[("overall", "")].add(human)
+            rnd[("length", length_stratum(pair))].add(human)
         probs = pair.principle_probs
         for i, principle in enumerate(pair.principles):
             p = probs[i] if probs else None
@@ -103,6 +116,8 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
                 by_principle[principle].add(human)
             elif p != 0.5:
                 by_principle[principle].add((p > 0.5) == human)
+                if random:
+                    rnd[("principle", principle)].add((p > 0.5) == human)
 
     bins = []
     for b in cal:
@@ -150,7 +165,38 @@ def compute_stats(pairs_by_id: Mapping[str, Pair], reviews: Iterable[Review]) ->
             "mean_abs_likert_diff": abs_diff / comparisons if comparisons else None,
         },
         "flags": flags,
+        "random": random_block(rnd),
     }
+
+
+def random_block(cells: Mapping[tuple[str, str], _Cell]) -> dict[str, Any]:
+    """The random stratum's numbers from its cells: overall, per length stratum with their mean
+    (the length-controlled agreement, None until both strata have ratings), per principle."""
+    empty = _Cell().out()
+    length = {k: cells[("length", k)].out() if ("length", k) in cells else empty for k in ("longer", "shorter", "equal")}
+    lo, sh = length["longer"]["rate"], length["shorter"]["rate"]
+    return {
+        "overall": cells[("overall", "")].out() if ("overall", "") in cells else empty,
+        "by_length": length,
+        "length_controlled": 0.5 * (lo + sh) if lo is not None and sh is not None else None,
+        "by_principle": {row: {**c.out(), "interval": wilson(c.agree, c.n)}
+                         for (table, row), c in sorted(cells.items()) if table == "principle" and c.n},
+    }
+
+
+def progress(random: Mapping[str, Any], target: float) -> dict[str, Any]:
+    """The estimate of the page's headline: the random stratum's agreement with its 95% Wilson
+    interval, the ratings it needs for an interval of +-``target``, and whether that is met.
+
+    The ratings needed are planned at the value inside the current interval nearest 0.5
+    (:func:`rlaif.stats_intervals.planning_proportion`): +-5 points at 0.5 needs 381 ratings.
+    """
+    o = random["overall"]
+    lo, hi = wilson(o["agree"], o["n"])
+    total = ratings_needed(planning_proportion(lo, hi), target)
+    met = lo is not None and (hi - lo) / 2 <= target
+    return {"n": o["n"], "rate": o["rate"], "lo": lo, "hi": hi, "target": target, "needed_total": total,
+            "more": 0 if met else max(total - o["n"], 1), "met": met}
 
 
 class LiveStats:
@@ -189,6 +235,9 @@ class LiveStats:
             if not pair.tie:
                 order = "unknown" if pair.order_agreement is None else "agreed" if pair.order_agreement == 1.0 else "disagreed"
                 as_is += [self.cells[("overall", "")], self.cells[("category", pair.category)], self.cells[("orders", order)]]
+                random = in_random_stratum(pair.id)
+                if random:
+                    as_is += [self.cells[("random.overall", "")], self.cells[("random.length", length_stratum(pair))]]
                 probs = pair.principle_probs
                 for i, principle in enumerate(pair.principles):
                     p = probs[i] if probs else None
@@ -196,6 +245,8 @@ class LiveStats:
                         as_is.append(self.cells[("principle", principle)])
                     elif p != 0.5:
                         voted.append((self.cells[("principle", principle)], p > 0.5))
+                        if random:
+                            voted.append((self.cells[("random.principle", principle)], p > 0.5))
             plan = (as_is, voted, None if pair.chosen_prob is None else _bin(pair.chosen_prob))
             self._plans[pair.id] = plan
         return plan
@@ -288,4 +339,5 @@ class LiveStats:
                 "mean_abs_likert_diff": self.abs_diff / c if c else None,
             },
             "flags": {side: dict(counts) for side, counts in self.flags.items()},
+            "random": random_block({(t.removeprefix("random."), row): c for (t, row), c in self.cells.items() if t.startswith("random.")}),
         }

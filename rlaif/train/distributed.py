@@ -1,7 +1,7 @@
 """Training over several processes: checkpoints that any number of processes can resume.
 
 Under ``torchrun`` the recipes replicate the model (DDP) or shard it (FSDP2) across processes
-(:func:`rlaif.train.common.wrap_parallel`). A checkpoint's optimiser state is written as a
+(:func:`rlaif.train.model_setup.wrap_parallel`). A checkpoint's optimiser state is written as a
 **distributed checkpoint** (``torch.distributed.checkpoint``, folder ``optimizer/``): every
 process writes its own shards, keyed by parameter name, and a later run with another number of
 processes (or with DDP instead of FSDP2, or one process) reads back the pieces it needs. The

@@ -37,11 +37,13 @@ DPO_BETA = 0.1
 class DPOConfig(TrainConfig):
     loss: str = "sigmoid"
     """"sigmoid" (DPO; with label smoothing or soft labels: conservative DPO), "ipo", "hinge",
-    "rdpo" (R-DPO: DPO with a length penalty, needs alpha) or "simpo" (reference-free)."""
+    "rdpo" (R-DPO: DPO with a length penalty in the reward, needs alpha) or "simpo" (reference-free)."""
     beta: float | None = None
     """Inverse temperature of the implicit reward (IPO's tau). Default 0.1, and 2.0 for SimPO."""
     alpha: float | None = None
-    """R-DPO only: margin penalty per token by which chosen is longer than rejected (Park et al. 2024)."""
+    """R-DPO only: weight of the length penalty alpha |y| in the reward (Park et al. 2024): the
+    loss adds alpha (|chosen| - |rejected|) to the beta-scaled margin, so a longer chosen
+    answer needs less margin from the policy."""
     label_smoothing: float = 0.0
     """Probability that a label is flipped, in [0, 0.5) (cDPO, Mitchell 2023)."""
     soft_labels: bool = True
@@ -79,8 +81,8 @@ class DPOConfig(TrainConfig):
         if self.loss == "rdpo":
             if self.alpha is None or not self.alpha >= 0:
                 raise ValueError(
-                    "loss: rdpo needs alpha >= 0, the margin penalty per token of length difference "
-                    "(alpha = 0.01 costs a chosen answer 100 tokens longer 1 unit of beta-scaled margin)"
+                    "loss: rdpo needs alpha >= 0, the length penalty per token in the reward "
+                    "(with alpha = 0.01 a chosen answer 100 tokens longer needs 1 unit less of beta-scaled margin)"
                 )
         elif self.alpha is not None:
             raise ValueError(f"alpha is R-DPO's length penalty; it has no effect with loss: {self.loss} (use loss: rdpo)")

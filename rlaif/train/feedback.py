@@ -54,6 +54,9 @@ class JudgeConfig(LabelSettings):
     """Principles sampled per pair (distinct, weighted, seeded by the pair id); the label is their mean."""
     max_response_chars: int = 4000
     """Longer responses are cut before the judge reads them (and the pair flagged)."""
+    retries: int = 2
+    """Times a step judges again the pairs whose requests failed for now (after the engine's own retries);
+    pairs still failing then checkpoint the run and stop it (exit status 4; rerunning continues)."""
 
     def __post_init__(self):
         try:
@@ -64,6 +67,8 @@ class JudgeConfig(LabelSettings):
             raise ValueError("judge.model: policy judges with the rollout engine; leave judge.engine.backend at vllm")
         if self.seed:
             raise ValueError("judge.seed: the judge's principle draws follow the run's seed (set seed)")
+        if self.retries < 0:
+            raise ValueError("judge.retries must be >= 0")
         if self.length_control or self.keep_ties:
             raise ValueError("judge.length_control and judge.keep_ties are for labelled runs (rlaif label, rlaif generate "
                              "--label); an online judge skips and counts ties, and has no run to fit length control on")
@@ -156,15 +161,29 @@ class Judged:
 
 
 def judge_groups(judge, const, settings: LabelSettings, groups: Sequence[tuple[list[dict], list[str], str]],
-                 kind: str, desc: str = "judge") -> list[list[Judged]]:
+                 kind: str, desc: str = "judge", retries: int | None = None) -> list[list[Judged]]:
     """Judge the pairs of every group in one batch. A group is ``(prompt messages, responses, id)``;
-    the pair ids ``"{id}:{i}-{j}"`` seed each pair's principles."""
+    the pair ids ``"{id}:{i}-{j}"`` seed each pair's principles. With ``retries``, pairs whose label
+    failed for now are judged again (same ids, so the same labels a first success would give) up to
+    that many times, and pairs still failing raise :class:`rlaif.engine.failures.ServerGone`."""
     pairs, where = [], []
     for g, (prompt, responses, gid) in enumerate(groups):
         for i, j in pairings(len(responses), kind):
             pairs.append(Pair(f"{gid}:{i}-{j}", tuple(prompt), responses[i], responses[j]))
             where.append((g, i, j))
     labels = label_pairs(judge, const, pairs, settings, desc=desc) if pairs else []
+    for _ in range(retries or 0):
+        again = [k for k, lab in enumerate(labels) if lab.error and lab.retryable]
+        if not again:
+            break
+        for k, lab in zip(again, label_pairs(judge, const, [pairs[k] for k in again], settings, desc=f"{desc} again")):
+            labels[k] = lab
+    left = [lab for lab in labels if lab.error and lab.retryable]
+    if retries is not None and left:
+        from rlaif.engine.failures import ServerGone
+
+        raise ServerGone(f"the judge ({getattr(judge, 'model', 'judge')}) failed {len(left)} of {len(labels)} pairs ({desc}) "
+                         f"after {retries} more tries within the step (the last error: {left[-1].error})")
     out: list[list[Judged]] = [[] for _ in groups]
     for (g, i, j), pair, lab in zip(where, pairs, labels):
         out[g].append(Judged(g, i, j, pair, lab))

@@ -12,11 +12,15 @@ Each iteration:
    * ``reward_fn_weight`` x a Python function's (``reward_fn: module:function``, verifiable rewards),
    minus ``missing_eos_penalty`` for responses cut at the token limit;
 3. **advantages** within each group (:func:`rlaif.train.rl_losses.group_advantages`): reward minus the
-   group mean (``baseline: mean``) or the leave-one-out mean (``rloo``), divided by the group's
-   standard deviation (``scale_rewards``); every token of a response gets its response's advantage;
+   group mean (``baseline: mean``) or the leave-one-out mean (``rloo``), *not* divided by the group's
+   standard deviation unless ``scale_rewards`` (Dr. GRPO's advantage, Liu et al. 2025: the division
+   turns a judge's noise around 1/2 into advantages of about +-1, full-size gradients on no signal);
+   every token of a response gets its response's advantage;
 4. **update**: ``grpo_epochs`` passes over shuffled mini-batches of ``batch_size x grad_accum``
-   responses: PPO's clipped ratio loss plus ``kl_coef`` x the k3 KL to the frozen reference, both
-   averaged over the mini-batch's response tokens;
+   responses: PPO's clipped ratio loss plus ``kl_coef`` x the k3 KL to the frozen reference, summed
+   over the mini-batch's response tokens and divided by their count (DAPO's token-level aggregation,
+   Yu et al. 2025, TRL's ``loss_type="dapo"``; GRPO averages each response first, and Dr. GRPO divides
+   by a constant, the batch size times the maximum response length);
 5. **sync**: the new weights go into the engine.
 
 Metrics, checkpoints and exact resume work as for PPO (:mod:`rlaif.train.online`). ``max_steps``
@@ -64,8 +68,10 @@ class GRPOConfig(jd.JudgedConfig):
     """Subtracted from the reward of responses that hit max_new_tokens without an end token."""
     baseline: str = "mean"
     """"mean" (GRPO: the group mean) or "rloo" (the mean of the other responses of the group)."""
-    scale_rewards: bool = True
-    """Divide the advantages by the group's reward standard deviation (GRPO)."""
+    scale_rewards: bool = False
+    """Divide the advantages by the group's reward standard deviation (GRPO, Shao et al. 2024). Off by
+    default (Dr. GRPO, Liu et al. 2025): with it, rewards that differ only by the judge's noise get
+    advantages of about +-1."""
     kl_coef: float = 0.04
     """Weight beta of the k3 KL to the reference in the loss."""
     cliprange: float = 0.2

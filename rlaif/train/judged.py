@@ -172,7 +172,8 @@ def probe(s: JudgedSession, it: int) -> dict[str, float]:
     s.judge.take(0)
     groups = [(list(r.messages), [x.text, ref], f"probe:{it}:{r.id}")
               for r, x, ref in zip(s.probe_prompts, samples, s.probe_reference)]
-    judged = [g[0] for g in judge_groups(s.judge, s.const, s.label_settings, groups, "all", desc="probe")]
+    judged = [g[0] for g in judge_groups(s.judge, s.const, s.label_settings, groups, "all", desc="probe",
+                                         retries=s.cfg.judge.retries)]
     ok = [x.label for x in judged if x.label.error is None]
     win = [1.0 if lab.chosen == "a" else 0.5 if lab.chosen is None else 0.0 for lab in ok]
     m = {"probe/win_rate": sum(win) / len(win) if win else 0.5,
@@ -190,7 +191,7 @@ def judge_step(s: JudgedSession, it: int, recs, texts: list[str], kind: str):
     groups = [(list(recs[g * k].messages), texts[g * k : (g + 1) * k], f"{it}:{recs[g * k].id}")
               for g in range(len(texts) // k)]
     s.judge.take(0)
-    judged = judge_groups(s.judge, s.const, s.label_settings, groups, kind, desc=f"judge {it + 1}")
+    judged = judge_groups(s.judge, s.const, s.label_settings, groups, kind, desc=f"judge {it + 1}", retries=s.cfg.judge.retries)
     flat = [x for g in judged for x in g]
     return judged, {**label_metrics(flat), **s.judge.take(len(flat))}
 

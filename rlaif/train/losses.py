@@ -306,39 +306,37 @@ def rdpo_loss(
     """Length-regularised DPO, R-DPO (Park et al. 2024, "Disentangling Length from
     Quality in Direct Preference Optimization").
 
-    The DPO margin is penalised by ``alpha`` times the length difference in tokens:
+    R-DPO maximises ``E[r(x, y) - alpha |y|] - beta KL(pi || ref)``, whose optimal policy has
+    ``r = beta log(pi / ref) + alpha |y| + const``; under Bradley-Terry the chosen answer wins
+    with probability ``sigma(z)``, ``z = beta h + alpha (|y_w| - |y_l|)``, ``l = -log sigma(z)``
+    (``h`` from :func:`dpo_logits`). Length explains part of the preference, so a pair whose
+    chosen answer is longer needs *less* policy margin and the policy does not learn that
+    length pays. Label noise ``eps`` flips the pair, i.e. the sign of ``z``:
+    ``l = -(1 - eps) log sigma(z) - eps log sigma(-z)``, minimised at
+    ``beta h* = logit(1 - eps) - alpha (|y_w| - |y_l|)``. ``alpha = 0`` is DPO.
 
-        ``z = beta h - alpha (|y_w| - |y_l|)``,  ``l = -log sigma(z)``
-
-    with ``h`` from :func:`dpo_logits`, so a chosen answer that wins only by being
-    longer earns less. With label noise ``eps`` the pair is the other way round, which
-    flips the signs of both ``h`` and the length difference, i.e. of ``z``:
-    ``l = -(1 - eps) log sigma(z) - eps log sigma(-z)``. ``alpha = 0`` is DPO.
-
-    Worked example (the unit test): ``beta = 0.1``, ``alpha = 0.05``; log pi / log ref
-    of chosen -10 / -12 and of rejected -9 / -8, so ``h = 2 - (-1) = 3`` and
-    ``beta h = 0.3``; chosen 20 tokens and rejected 10, so the penalty is
-    ``0.05 * 10 = 0.5`` and ``z = -0.2``: ``l = log(1 + e^0.2) = 0.7981388693815918``
-    (plain DPO: ``log(1 + e^-0.3) = 0.5543552444685271``). With ``eps = 0.25``,
-    since ``softplus(x) - softplus(-x) = x``: ``l = softplus(0.2) - 0.25 * 0.2 =
-    0.7481388693815918``.
+    Worked example (the unit test): ``beta = 0.1``, ``alpha = 0.05``; log pi / log ref of
+    chosen -10 / -12 and of rejected -9 / -8, so ``beta h = 0.1 (2 - (-1)) = 0.3``; chosen 20
+    tokens and rejected 10, so ``z = 0.3 + 0.5 = 0.8`` and ``l = log(1 + e^-0.8) = 0.37110066..``
+    (DPO: ``log(1 + e^-0.3) = 0.55435524..``; lengths swapped: ``z = -0.2``, ``l = 0.79813886..``).
+    With ``eps = 0.25``: ``l = softplus(-0.8) + 0.25 * 0.8``, as ``softplus(x) - softplus(-x) = x``.
 
     Args:
         policy_chosen, policy_rejected, ref_chosen, ref_rejected: ``(B,)`` sequence
             log-probabilities (summed over completion tokens, as in the paper).
         chosen_lengths, rejected_lengths: ``(B,)`` completion lengths in tokens.
         beta: inverse temperature of the implicit reward.
-        alpha: length penalty per token of length difference, >= 0.
+        alpha: weight of the length penalty ``alpha |y|`` in the reward, per token, >= 0.
         label_smoothing: ``eps``, float or ``(B,)`` in [0, 1].
         normalizer: pairs to divide by (default ``B``).
 
     Returns:
         ``(loss, metrics)``: DPO's pair metrics (implicit rewards ``beta * log-ratio``,
-        without the penalty) and ``length_penalty``, the mean ``alpha (|y_w| - |y_l|)``.
+        without the length term) and ``length_penalty``, the mean ``alpha (|y_w| - |y_l|)``.
     """
     h = dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     dlen = _up(chosen_lengths).to(h.dtype) - _up(rejected_lengths).to(h.dtype)
-    z = beta * h - alpha * dlen
+    z = beta * h + alpha * dlen  # r = beta log(pi / ref) + alpha |y| + const at the optimum
     eps = _as_eps(label_smoothing, h)
     per_pair = -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
     rc, rr = _implicit_rewards(beta, policy_chosen, policy_rejected, ref_chosen, ref_rejected)

@@ -320,8 +320,10 @@ def train_loop(s, iteration: Callable[[Any, int], dict[str, float]], evaluate: C
     cfg, pos = s.cfg, s.position
     bar = tqdm(total=s.total_steps, initial=pos["step"], desc=cfg.name, dynamic_ncols=True)
     last: dict[str, float] = {}
+    if pos.pop("probe_due", False):  # the evaluation a stopped run owed (its judge was gone)
+        s.log.log(pos["step"], stopping(s, bar, evaluate, pos["step"], due=True))
     while pos["step"] < s.total_steps:
-        last = iteration(s, pos["step"])
+        last = stopping(s, bar, iteration, pos["step"])
         pos["step"] += 1
         step = pos["step"]
         if step % cfg.log_every == 0 or step == s.total_steps:
@@ -329,15 +331,35 @@ def train_loop(s, iteration: Callable[[Any, int], dict[str, float]], evaluate: C
         bar.update(1)
         bar.set_postfix({k.rsplit("/", 1)[-1]: f"{last[k]:.3f}" for k in postfix if k in last})
         if cfg.eval_every and step % cfg.eval_every == 0 and step < s.total_steps:
-            s.log.log(step, evaluate(s, step))
+            s.log.log(step, stopping(s, bar, evaluate, step, due=True))
         if cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps:
             checkpoint(s)
+    final_eval = stopping(s, bar, evaluate, pos["step"])
     bar.close()
-    final_eval = evaluate(s, pos["step"])
     if final_eval:
         s.log.log(pos["step"], final_eval)
     checkpoint(s)
     return {**last, **final_eval}
+
+
+def stopping(s, bar, work: Callable[[Any, int], dict[str, float]], step: int, due: bool = False) -> dict[str, float]:
+    """``work(s, step)``; when its judge is gone (:class:`rlaif.engine.failures.ServerGone`), checkpoint
+    the last finished iteration (the RNG as it was before ``work``) and stop. ``due``: an evaluation the
+    resumed run owes first (a stopped final evaluation needs no mark: a resumed run at the end evaluates)."""
+    from rlaif.engine.failures import ServerGone
+
+    from .checkpoint import rng_state, set_rng_state
+
+    before = rng_state()
+    try:
+        return work(s, step)
+    except ServerGone as exc:
+        bar.close()
+        set_rng_state(before)
+        if due:
+            s.position["probe_due"] = True
+        path = checkpoint(s)
+        raise ServerGone(f"{exc}; the run is checkpointed at iteration {s.position['step']} ({path.name})") from exc
 
 
 def close(s) -> None:

@@ -258,7 +258,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 GROUP_BASELINES = ("mean", "rloo")
 
 
-def group_advantages(rewards: torch.Tensor, baseline: str = "mean", scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, baseline: str = "mean", scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """Advantages of ``G`` responses to the same prompt from their rewards alone (no critic).
 
     * ``mean`` (GRPO, Shao et al. 2024 sec. 4.1.2): ``A_i = r_i - mean(r)``;
@@ -266,7 +266,10 @@ def group_advantages(rewards: torch.Tensor, baseline: str = "mean", scale: bool 
       = G / (G - 1) (r_i - mean(r))``, an unbiased baseline since it never uses ``r_i``.
 
     With ``scale`` the advantages are divided by the group's standard deviation (Bessel-corrected)
-    plus ``eps``, as GRPO does; a group whose rewards are all equal gets exactly 0.
+    plus ``eps``, as GRPO does (and TRL's ``scale_rewards="group"``); a group whose rewards are all
+    equal gets exactly 0. Without it (the default) this is Dr. GRPO's advantage (Liu et al. 2025,
+    TRL's ``scale_rewards="none"``): the scaling makes every group's advantages about +-1 however
+    little its rewards differ, so a judge's noise would take full-size steps.
 
     Args:
         rewards: ``(B, G)``, one row per prompt.

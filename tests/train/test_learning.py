@@ -6,6 +6,7 @@ separates them. On held-out pairs, after training, the reward model and DPO's im
 must rank chosen above rejected and the reward gap must have grown from where it started. A
 loss that ignored the label's direction (chosen and rejected swapped) fails every one of these.
 """
+import math
 import random
 
 import pytest
@@ -135,3 +136,51 @@ def test_reward_model_learns_from_soft_labels_and_margins_together(tiny_model_di
     assert float((gap1 > 0).double().mean()) >= 0.9  # the good answer wins on held-out pairs
     assert float(gap1.mean()) > float(gap0.mean()) + 1.0  # by a reward gap that grew
     assert after["eval/loss"] < loss0
+
+
+@pytest.fixture(scope="module")
+def longer_chosen_folder(tmp_path_factory):
+    """Pairs that differ in length only: the rejected answer is two words, the chosen one the same two
+    words followed by six more of the same kind (all from w0-w9), so the chosen answer is always 6
+    tokens longer and otherwise equal in content. chosen_prob is 0.75 on every pair: the labeller's
+    whole preference (log-odds logit(0.75) = log 3) is what a length term of alpha * 6 can explain."""
+    from datasets import Dataset
+
+    rng = random.Random(0)
+    words = lambda n, k: " ".join(f"w{rng.randrange(k)}" for _ in range(n))  # noqa: E731
+    rows = []
+    for i in range(128):
+        short = words(2, 10)
+        rows.append({"prompt": [{"role": "user", "content": words(rng.randint(2, 6), 120)}],
+                     "chosen": [{"role": "assistant", "content": f"{short} {words(6, 10)}"}],
+                     "rejected": [{"role": "assistant", "content": short}],
+                     "chosen_prob": 0.75, "margin": 0.0, "prompt_id": f"p{i}"})
+    d = tmp_path_factory.mktemp("longer-chosen")
+    Dataset.from_list(rows).save_to_disk(str(d / "preferences"))
+    return d
+
+
+def test_rdpo_learns_less_length_preference_than_dpo(tiny_model_dir, longer_chosen_folder, tmp_path):
+    """R-DPO (Park et al. 2024) credits alpha (|y_w| - |y_l|) of each preference to length, so on pairs
+    whose chosen answer is always the longer one, and otherwise equal in content, it must learn a
+    smaller preference for length than DPO. Same tiny model, data, seed and steps for both; on held-out
+    pairs of the same kind, the implicit-reward gap beta * (log-ratio of the longer answer - log-ratio
+    of the shorter), measured here from the trained model, must be lower for R-DPO. Here alpha * 6 =
+    log 3 = logit(chosen_prob): length explains the whole preference, so R-DPO's optimum is a gap of 0
+    where DPO's is log 3 (with the length term's sign reversed it would be 2 log 3)."""
+    from rlaif.train import dpo
+
+    gaps = {}
+    for loss, extra in (("sigmoid", []), ("rdpo", [f"alpha={math.log(3.0) / 6}"])):
+        settings = _settings(tiny_model_dir, longer_chosen_folder, tmp_path, f"len-{loss}", "epochs=3", "lr=3e-3",
+                             "beta=1.0", f"loss={loss}", *extra)
+        s, spec = dpo.setup(load_config(dpo.DPOConfig, None, settings))
+        longer0, shorter0 = _scores(dpo, s)
+        dpo.train(s, spec)
+        longer1, shorter1 = _scores(dpo, s)
+        dpo.cleanup(s)
+        gaps[loss] = 1.0 * ((longer1 - longer0) - (shorter1 - shorter0))  # beta * log-ratio gap, beta = 1
+    print({k: (round(float(g.mean()), 3), round(float((g > 0).double().mean()), 3)) for k, g in gaps.items()})
+    assert len(gaps["sigmoid"]) == 32
+    assert float(gaps["sigmoid"].mean()) > 0.3  # DPO learns that length pays: the set-up can show the effect
+    assert float(gaps["rdpo"].mean()) < float(gaps["sigmoid"].mean()) - 0.25

@@ -31,6 +31,15 @@ def test_token_logps_matches_log_softmax_oracle():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_token_logps_matches_trl_selective_log_softmax():
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(2, 7, 13, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 13, (2, 7), generator=g)
+    torch.testing.assert_close(L.token_logps(logits, labels), trl_utils.selective_log_softmax(logits, labels),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_token_logps_uniform_is_minus_log_v():
     # Equal logits over V = 4 tokens: every token has probability 1/4.
     got = L.token_logps(torch.zeros(1, 2, 4), torch.tensor([[0, 3]]))
@@ -62,6 +71,18 @@ def test_sft_loss_uniform_logits_is_log_v():
     labels = torch.tensor([[1, 2, 3], [4, 5, 6]])
     loss, _ = L.sft_loss(L.token_logps(logits, labels), torch.ones(2, 3))
     close(loss, math.log(7.0))
+
+
+def test_sft_loss_matches_torch_cross_entropy_with_ignored_labels():
+    """The masked mean NLL is what torch's cross_entropy computes with the masked labels set to -100
+    (the Hugging Face convention for prompt and padding tokens)."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 6, 17, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 17, (3, 6), generator=g)
+    mask = torch.rand(3, 6, generator=g) > 0.4
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 17), labels.masked_fill(~mask, -100).reshape(-1),
+                                             ignore_index=-100)
+    close(L.sft_loss(L.token_logps(logits, labels), mask)[0], want, 1e-12)
 
 
 def test_sft_loss_accumulated_equals_full_batch():
@@ -148,6 +169,18 @@ def test_bt_swapping_chosen_and_rejected_changes_nothing():
     close(L.bradley_terry_loss(rc, rr, p, m)[0], L.bradley_terry_loss(rr, rc, 1 - p, m)[0], 1e-12)
 
 
+def test_soft_labels_are_binary_cross_entropy_against_the_label():
+    """Without a margin, the Bradley-Terry loss with soft label p, and DPO with eps = 1 - p (cDPO), are
+    torch's binary cross-entropy of the logit (d, or beta h) against p."""
+    g = torch.Generator().manual_seed(12)
+    d, p = torch.randn(8, generator=g, dtype=torch.float64) * 3, torch.rand(8, generator=g, dtype=torch.float64)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    close(L.bradley_terry_loss(d, torch.zeros(8, dtype=torch.float64), chosen_prob=p)[0], bce(d, p), 1e-12)
+    pc, pr, rc, rr = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4))
+    h = (pc - rc) - (pr - rr)
+    close(L.dpo_sigmoid_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=1 - p)[0], bce(0.3 * h, p), 1e-12)
+
+
 def test_bt_soft_label_one_equals_hard():
     rc, rr = t(0.7, -0.2), t(0.1, 0.4)
     close(L.bradley_terry_loss(rc, rr, chosen_prob=t(1.0, 1.0))[0], L.bradley_terry_loss(rc, rr)[0])
@@ -208,6 +241,19 @@ def test_ipo_hand_values_and_minimum():
     close(pc.grad, 0.0)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.25, 0.5])
+def test_ipo_label_noise_optimum_is_the_population_target(eps):
+    """Azar et al. 2023: the IPO population objective with preference probability p is minimised at
+    h* = (p - 1/2) / tau. With p = 1 - eps (tau = beta), the minimiser of the expected loss, found by
+    ternary search on the loss itself, must sit there."""
+    beta = 0.25
+
+    def loss(h):
+        return float(L.ipo_loss(t(h), t(0.0), t(0.0), t(0.0), beta=beta, label_smoothing=eps)[0])
+
+    assert _argmin_convex(loss) == pytest.approx(((1 - eps) - 0.5) / beta, abs=1e-6)
+
+
 def test_hinge_hand_values():
     args = (t(1.0), t(0.0), t(0.0), t(0.0))  # h = 1
     close(L.hinge_loss(*args, beta=0.5)[0], 0.5)
@@ -225,21 +271,43 @@ def test_simpo_hand_value():
 
 
 def test_rdpo_hand_value():
-    """The worked example of rdpo_loss's docstring: beta h = 0.1 * (2 - (-1)) = 0.3, length
-    penalty 0.05 * (20 - 10) = 0.5, z = -0.2, loss = log(1 + e^0.2)."""
+    """The worked example of rdpo_loss's docstring, with Park et al. 2024's sign: the length term
+    alpha (|y_w| - |y_l|) is *added* to beta h (r = beta log(pi / ref) + alpha |y| at the optimum of
+    E[r - alpha |y|] - beta KL). beta h = 0.1 * (2 - (-1)) = 0.3; alpha dlen = 0.05 * (20 - 10) = 0.5;
+    z = 0.8 and loss = log(1 + e^-0.8) = 0.3711006659477777 (a hand value, not the code's formula)."""
     args = (t(-10.0), t(-9.0), t(-12.0), t(-8.0), t(20.0), t(10.0))
     loss, m = L.rdpo_loss(*args, beta=0.1, alpha=0.05)
-    close(loss, 0.7981388693815918)
-    close(loss, math.log1p(math.exp(0.2)))
+    close(loss, 0.3711006659477777)
     close(m["length_penalty"], 0.5)
-    close(m["margin"], 0.3)  # the implicit reward gap, without the penalty
-    # label noise 0.25: softplus(0.2) - 0.25 * 0.2, since softplus(x) - softplus(-x) = x
-    close(L.rdpo_loss(*args, beta=0.1, alpha=0.05, label_smoothing=0.25)[0], 0.7481388693815918)
-    # without the penalty it is DPO: log(1 + e^-0.3)
+    close(m["margin"], 0.3)  # the implicit reward gap, without the length term
+    # label noise 0.25: softplus(-0.8) + 0.25 * 0.8, since softplus(x) - softplus(-x) = x
+    close(L.rdpo_loss(*args, beta=0.1, alpha=0.05, label_smoothing=0.25)[0], 0.5711006659477777)
+    # without the length term it is DPO: log(1 + e^-0.3)
     close(L.rdpo_loss(*args, beta=0.1, alpha=0.0)[0], 0.5543552444685271)
     close(L.dpo_sigmoid_loss(*args[:4], beta=0.1)[0], 0.5543552444685271)
-    # the same pair with the shorter answer chosen costs less than DPO: z = 0.3 + 0.5
-    close(L.rdpo_loss(*args[:4], t(10.0), t(20.0), beta=0.1, alpha=0.05)[0], math.log1p(math.exp(-0.8)))
+    # a longer chosen answer needs less margin (cheaper than DPO); a shorter one needs more:
+    # lengths swapped, z = 0.3 - 0.5 = -0.2 and loss = log(1 + e^0.2)
+    close(L.rdpo_loss(*args[:4], t(10.0), t(20.0), beta=0.1, alpha=0.05)[0], 0.7981388693815918)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.7, 0.95, 0.2])
+@pytest.mark.parametrize("dlen", [10.0, -6.0, 0.0])
+def test_rdpo_optimum_is_the_label_log_odds_minus_the_length_term(p, dlen):
+    """Park et al. 2024: r = beta log(pi / ref) + alpha |y| + const, and a Bradley-Terry preference
+    p = sigma(r_w - r_l) then puts the optimum of the expected loss at beta h* = logit(p) - alpha dlen.
+    The minimiser is found numerically from the loss itself (ternary search over h) and compared
+    with that closed form; the label enters as a soft label smoothed by eps, as the DPO recipe does:
+    p_eff = (1 - eps) p + eps (1 - p)."""
+    beta, alpha, smooth = 0.1, 0.05, 0.1
+    eps = L.soft_label_noise(t(p), smooth)  # 1 - p_eff
+
+    def loss(h):
+        return float(L.rdpo_loss(t(h), t(0.0), t(0.0), t(0.0), t(20.0 + dlen), t(20.0), beta=beta, alpha=alpha,
+                                 label_smoothing=eps)[0])
+
+    p_eff = (1 - smooth) * p + smooth * (1 - p)
+    h_star = _argmin_convex(loss, lo=-400.0, hi=400.0)
+    assert beta * h_star == pytest.approx(math.log(p_eff / (1 - p_eff)) - alpha * dlen, abs=1e-6)
 
 
 def test_rdpo_is_dpo_at_alpha_zero_and_swap_symmetric():
@@ -360,8 +428,12 @@ def test_matches_trl_dpo_trainer_compute_loss(loss_type):
     if loss_type == "ipo":  # TRL averages the log-ratios over completion tokens
         n = mask[:, 1:].sum(-1).float()
         pol_c, pol_r, ref_c, ref_r = pol_c / n[:B], pol_r / n[B:], ref_c / n[:B], ref_r / n[B:]
-    ours = L.PAIR_LOSSES[loss_type](pol_c, pol_r, ref_c, ref_r, beta=0.3)[0]
+    ours, m = L.PAIR_LOSSES[loss_type](pol_c, pol_r, ref_c, ref_r, beta=0.3)
     close(ours, trl_loss, 1e-5)
+    if loss_type != "ipo":  # TRL's reward metrics use the summed log-probs; IPO's loss the averaged ones
+        for key, trl_key in (("reward_chosen", "rewards/chosen"), ("reward_rejected", "rewards/rejected"),
+                             ("margin", "rewards/margins"), ("accuracy", "rewards/accuracies")):
+            close(m[key], fake._metrics["train"][trl_key][-1], 1e-5)
 
 
 @pytest.mark.parametrize("use_margin,center", [(False, None), (True, 0.01)])
@@ -387,3 +459,27 @@ def test_soft_label_noise():
     # p = 0.9, eps = 0.1: q = 0.9 * 0.9 + 0.1 * 0.1 = 0.82, so 1 - q = 0.18
     torch.testing.assert_close(L.soft_label_noise(t(0.9, 1.0, 0.5), 0.1), t(0.18, 0.1, 0.5))
     torch.testing.assert_close(L.soft_label_noise(t(0.7), 0.0), t(0.3))
+
+
+def test_docs_name_an_independent_check_for_every_loss():
+    """docs/training.md's "How each loss is checked" lists every public function of losses.py and
+    rl_losses.py, and every test it names exists in tests/train/."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "training.md").read_text(encoding="utf-8")
+    section = text.split("## How each loss is checked", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    public = set()
+    for mod in ("losses", "rl_losses"):
+        tree = ast.parse((root / "rlaif" / "train" / f"{mod}.py").read_text(encoding="utf-8"))
+        public |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+    assert public - documented == set(), "functions with no row"
+    tests = {n.name for f in (root / "tests" / "train").glob("test_*.py")
+             for n in ast.walk(ast.parse(f.read_text(encoding="utf-8"))) if isinstance(n, ast.FunctionDef)}
+    named = {m.rstrip("*").rstrip("_") for row in rows for m in re.findall(r"`(test_[\w*]+)", row.split("|")[4])}
+    missing = {n for n in named if n not in tests and not any(t.startswith(n) for t in tests)}
+    assert named and missing == set(), f"tests named in the docs that do not exist: {sorted(missing)}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import engine_logps, trainer_logps
-from oracles import content_oracle, position_oracle
+from oracles import OracleEngine, content_oracle, position_oracle, shown_responses
 from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.judge import PairLabel, Pair
 from rlaif.train import feedback
@@ -83,10 +83,21 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(L.group_advantages(r, "rloo", scale=False)[0], loo)
     # scaled by the (Bessel) standard deviation of the group: sd of (1, 2, 3, 6) = sqrt(14 / 3)
     sd = math.sqrt(14 / 3)
-    torch.testing.assert_close(L.group_advantages(r, "mean", eps=0.0)[0], torch.tensor([-2.0, -1.0, 0.0, 3.0], dtype=torch.float64) / sd)
-    assert L.group_advantages(r, "rloo")[1].abs().max() == 0
+    torch.testing.assert_close(L.group_advantages(r, "mean", scale=True, eps=0.0)[0], torch.tensor([-2.0, -1.0, 0.0, 3.0], dtype=torch.float64) / sd)
+    assert L.group_advantages(r, "rloo", scale=True)[1].abs().max() == 0
     with pytest.raises(ValueError):
         L.group_advantages(r, "median")
+
+
+def test_group_advantages_default_keeps_the_rewards_scale():
+    """Dr. GRPO (Liu et al. 2025): no division by the group's standard deviation by default. Rewards
+    0.5 +- 0.001 (a judge that cannot tell the responses apart) keep advantages of 0.001 instead of
+    being blown up to about +-1."""
+    r = torch.tensor([[0.501, 0.499, 0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(L.group_advantages(r), torch.tensor([[0.001, -0.001, 0.0, 0.0]], dtype=torch.float64))
+    scaled = L.group_advantages(r, scale=True)  # sd = sqrt(2e-6 / 3) = 8.16e-4
+    assert float(scaled.abs().max()) == pytest.approx(0.001 / (math.sqrt(2e-6 / 3) + 1e-4), rel=1e-9)
+    assert float(scaled.abs().max()) > 1.0
 
 
 def test_kl_penalty_loss_is_k3_and_vanishes_at_the_reference():
@@ -322,6 +333,47 @@ def test_grpo_reward_is_the_weighted_sum_of_its_parts(engine, tiny_chat, prompt_
     assert m["judge/pairs"] == 64 and len(judged) == 16
 
 
+class NoiseOracle(OracleEngine):
+    """A judge that cannot tell responses apart: logit P(A) is a fixed pseudo-random number in
+    [-scale, scale] for each ordered pair of texts, so P(A) = 1/2 +- scale / 4."""
+
+    scale: float = 0.004
+
+    def _score(self, req, options):
+        import hashlib
+
+        first, second = shown_responses(req.messages[-1]["content"])
+        self.scored.append((first, second))
+        u = int.from_bytes(hashlib.sha256(f"{first}\0{second}".encode()).digest()[:8], "big") / 2.0**64
+        z = self.scale * (2.0 * u - 1.0)
+        return [-math.log1p(math.exp(-z)), -math.log1p(math.exp(z))]
+
+
+@pytest.mark.vllm
+def test_grpo_default_does_not_blow_judge_noise_up_to_full_size_gradients(engine, tiny_chat, prompt_file, tmp_path):
+    """With a judge that answers 1/2 plus noise of about 0.001, GRPO's default (Dr. GRPO: advantages
+    not divided by the group's standard deviation) gives a policy gradient whose norm before the
+    optimiser step is at most 1% of the norm with scale_rewards: true on the same batch (same seeds,
+    same samples, same judge answers). The gradient norm, not a weight change, is what tells them apart:
+    AdamW steps by about lr whatever the gradient's scale."""
+    from rlaif.train import grpo
+
+    norms, rewards = {}, {}
+    for name, extra in (("default", ()), ("scaled", ("scale_rewards=true",))):
+        # 4 prompts x 4 responses = 16 = batch_size x grad_accum: one optimiser step, taken from the
+        # starting policy; no KL term (its gradient at the reference is rounding noise)
+        cfg = _cfg("grpo", tiny_chat, prompt_file, tmp_path, f"noise-{name}", "max_steps=1", "probe_size=0",
+                   "rollout_batch_size=4", "grad_accum=2", "kl_coef=0", *extra)
+        s = grpo.setup(cfg, engine=engine, judge=NoiseOracle())
+        m = grpo.iteration(s, 0)
+        grpo.cleanup(s)
+        norms[name], rewards[name] = m["train/grad_norm"], (m["train/reward"], m["train/reward_std"])
+    print(norms, rewards)
+    assert rewards["default"] == rewards["scaled"]  # the same batch, judged the same
+    assert 0 < rewards["default"][1] < 0.005  # the rewards differ, by the judge's noise only
+    assert 0 < norms["default"] <= 0.01 * norms["scaled"]
+
+
 # ------------------------------------------------------------ real vLLM, the default model
 
 
@@ -370,3 +422,77 @@ def test_a_served_judge_is_asked_through_the_openai_backend(engine, tiny_chat, p
         score = srv.requests("score")
     assert len(score) == 4 * 2 * 2 and {b["model"] for b in score} == {"judge-model"}
     assert m["train/judge/requests"] == 16 and m["train/judge/tie_rate"] == 1.0 and m.get("train/pairs_trained") == 0
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("kind,stop", [("online-dpo", "within"), ("grpo", "breaker")])
+def test_a_judge_that_stops_answering_checkpoints_and_stops_and_the_rerun_completes(engine, tiny_chat, prompt_file, tmp_path,
+                                                                                   monkeypatch, capsys, kind, stop):
+    """Through ``rlaif train``: a served judge that answers until the first iteration is logged and then only 500. Its
+    requests give up, the step judges the failed pairs again (``judge.retries``) and, still failing (or
+    stopped by the engine's breaker: 20 requests in a row), the run checkpoints the last finished
+    iteration and exits with status 4 and one line. The same command against the judge restarted on
+    the same port completes, and the run equals one whose judge never failed (GRPO with a probe after
+    every iteration)."""
+    from fixtures_server import FaultyOracle, OracleServer
+
+    from rlaif.cli import main
+    from rlaif.engine.failures import FAILED_EXIT
+    from rlaif.train import checkpoint, online
+
+    class Shared:  # the module's engine; the run must not close it
+        def __init__(self, e):
+            self.e = e
+
+        def __getattr__(self, name):
+            return getattr(self.e, name)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(online, "make_engine", lambda cfg, path: Shared(engine))
+    breaks: list = []  # the server that breaks once an iteration's metrics are logged
+    log = checkpoint.MetricsLog.log
+
+    def log_then_break(self, step, values):
+        log(self, step, values)
+        for server in breaks:
+            server.break_now()
+
+    monkeypatch.setattr(checkpoint.MetricsLog, "log", log_then_break)
+    probe = ["probe_size=4", "eval_every=1"] if kind == "grpo" else ["probe_size=0"]
+
+    def train(name, url):
+        return main(["train", kind, f"model={tiny_chat}", f"data={prompt_file}", f"runs_dir={tmp_path}", f"name={name}",
+                     "tensorboard=false", "rollout_batch_size=4", "samples_per_prompt=2", "batch_size=8", "max_new_tokens=12",
+                     "max_length=64", "max_prompt_length=32", "lr=3e-3", "lr_schedule=constant", "warmup_ratio=0",
+                     "max_steps=2", "save_every=1", *probe, "judge.ensemble=2", "judge.model=judge", "judge.retries=1",
+                     "judge.engine.backend=openai", f"judge.engine.base_url={url}", "judge.engine.max_retries=1",
+                     "judge.engine.request_timeout_s=2", *(["judge.engine.max_consecutive_failures=0"] if stop == "within" else [])])
+
+    with FaultyOracle("500", after=10**6, models=("judge",), marker=MARK) as bad:
+        breaks.append(bad)
+        assert train("r", bad.url) == FAILED_EXIT
+        breaks.clear()
+        port, answered = bad.port, bad.answered
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlaif:")]
+    assert len(lines) == 1 and lines[0].startswith("rlaif: stopped early:") and "run the same command again" in lines[0]
+    assert ("more tries within the step" if stop == "within" else "20 requests in a row") in lines[0]
+    assert "checkpointed at iteration 1" in lines[0]
+    assert {m["step"] for m in _log(tmp_path, "r")} == {1}  # nothing of the iteration that failed
+    with OracleServer(("judge",), port=port, marker=MARK) as good:
+        assert train("r", good.url) == 0
+        asked = len(good.requests("score"))
+    with OracleServer(("judge",), marker=MARK) as fresh:
+        assert train("fresh", fresh.url) == 0
+        assert answered + asked == len(fresh.requests("score"))  # nothing judged twice
+    a, b = _log(tmp_path, "fresh"), _log(tmp_path, "r")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == ([1, 1, 2, 2] if kind == "grpo" else [1, 2])
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ("train/loss", "train/kl", "train/entropy", "train/judge/ties", "train/judge/failed", "probe/win_rate",
+                  "probe/soft_win_rate"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), k
+    for step in (0, 1):
+        assert (tmp_path / "fresh" / "pairs" / f"{step:05d}.jsonl").read_text() == (tmp_path / "r" / "pairs" / f"{step:05d}.jsonl").read_text()

@@ -115,6 +115,37 @@ def test_adaptive_kl_controller_by_hand():
     assert L.adaptive_kl_coef(0.1, kl=6.0, target=6.0, horizon=10000, n_steps=100) == pytest.approx(0.1, rel=1e-12)
 
 
+def test_adaptive_kl_controller_drives_the_kl_to_its_target():
+    """Behaviour of Ziegler et al. 2019's controller on a policy whose KL falls as the coefficient
+    rises (KL = 0.6 / beta: at the start, beta = 0.05, the KL of 12 is twice the target 6): beta
+    must rise while the KL is above the target and settle where the KL meets it (beta = 0.1)."""
+    coef, target = 0.05, 6.0
+    kls = []
+    for _ in range(4000):
+        kl = 0.6 / coef
+        kls.append(kl)
+        coef = L.adaptive_kl_coef(coef, kl, target, horizon=10000, n_steps=256)
+    assert kls[1] < kls[0] and coef == pytest.approx(0.1, rel=1e-3) and kls[-1] == pytest.approx(target, rel=1e-3)
+    # from below: KL 3 at beta 0.2, the coefficient falls back to 0.1
+    coef = 0.2
+    for _ in range(4000):
+        coef = L.adaptive_kl_coef(coef, 0.6 / coef, target, horizon=10000, n_steps=256)
+    assert coef == pytest.approx(0.1, rel=1e-3)
+
+
+def test_masked_stats_match_torch_on_the_unmasked_elements():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 7, generator=g, dtype=torch.float64) * 2 + 1
+    mask = torch.rand(4, 7, generator=g) > 0.3
+    sel = x[mask]
+    assert float(L.masked_mean(x, mask)) == pytest.approx(float(sel.mean()), rel=1e-12)
+    assert float(L.masked_var(x, mask)) == pytest.approx(float(sel.var(unbiased=True)), rel=1e-12)
+    assert float(L.masked_var(x, mask, unbiased=False)) == pytest.approx(float(sel.var(unbiased=False)), rel=1e-12)
+    w = L.masked_whiten(x, mask, eps=0.0)
+    torch.testing.assert_close(w[mask], (sel - sel.mean()) / sel.std(), rtol=1e-12, atol=1e-12)
+    assert float(w[~mask].abs().max()) == 0.0
+
+
 def test_masked_whiten():
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     m = torch.tensor([[1, 1, 1, 0]])
@@ -128,6 +159,12 @@ def test_entropy_from_logits():
     h = L.entropy_from_logits(torch.tensor([[[0.0, math.log(3.0)]]]))
     assert h.item() == pytest.approx(0.25 * math.log(4) + 0.75 * math.log(4 / 3), rel=1e-6)
     assert L.entropy_from_logits(torch.zeros(1, 1, 7)).item() == pytest.approx(math.log(7), rel=1e-6)
+
+
+def test_entropy_from_logits_matches_trl():
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    logits = torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 4
+    torch.testing.assert_close(L.entropy_from_logits(logits), trl_utils.entropy_from_logits(logits), rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------- GAE
@@ -239,6 +276,59 @@ def test_value_loss_clipping_by_hand():
     assert m["clipfrac"].item() == pytest.approx(1 / 3)
     loss.backward()
     torch.testing.assert_close(v.grad, torch.tensor([[0.0, (0.1 - 1.0) / 3, -0.5 / 3]]), rtol=1e-6, atol=1e-7)
+
+
+def _trl_grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta, clip_eps):
+    """TRL's GRPOTrainer._compute_loss with loss_type="dapo" (its token-level aggregation over the
+    batch), driven with a fake trainer whose model returns the per-token log-probs we choose."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+    ident = lambda x, **kw: x  # noqa: E731
+    B, T = logp.shape
+    fake = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **kw: (logp, torch.zeros_like(logp), None),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1), loss_type="dapo",
+        epsilon_low=clip_eps, epsilon_high=clip_eps, use_vllm=False, model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
+        accelerator=SimpleNamespace(num_processes=1, reduce=ident, gather=ident, gather_for_metrics=ident),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
+    inputs = {
+        "prompt_ids": torch.zeros(B, 2, dtype=torch.long), "prompt_mask": torch.ones(B, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask.long(),
+        "advantages": advantages, "old_per_token_logps": old_logp, "ref_per_token_logps": ref_logp,
+        "num_items_in_batch": mask.sum(),
+    }
+    return grpo.GRPOTrainer._compute_loss(fake, None, inputs), fake._metrics["train"]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_policy_and_kl_losses_match_trl_grpo_dapo(beta):
+    """policy_loss + beta * kl_penalty_loss, both divided by the batch's response tokens, is TRL's GRPO
+    loss with loss_type="dapo" (DAPO's token-level aggregation): same value, same gradient, same share
+    of clipped tokens. Ratios reach well past the clip range on both sides, advantages of both signs."""
+    g = torch.Generator().manual_seed(8)
+    B, T = 4, 6
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in (6, 3, 1, 5)], dtype=torch.float64)
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    logp = (old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.4).requires_grad_(True)
+    ref = old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3
+    adv = torch.tensor([1.5, -0.7, 0.3, -2.0], dtype=torch.float64)
+    trl_loss, trl_metrics = _trl_grpo_loss(logp, old, ref, adv, mask, beta, 0.2)
+    (trl_grad,) = torch.autograd.grad(trl_loss, logp)
+    pl, pm = L.policy_loss(logp, old, adv[:, None] * mask, mask, 0.2)
+    kl, km = L.kl_penalty_loss(logp, ref, mask)
+    ours = pl + beta * kl
+    (our_grad,) = torch.autograd.grad(ours, logp)
+    assert float(ours.detach()) == pytest.approx(float(trl_loss.detach()), rel=1e-10)
+    torch.testing.assert_close(our_grad, trl_grad, rtol=1e-10, atol=1e-12)
+    assert float(pm["clipfrac"]) == pytest.approx(trl_metrics["clip_ratio/region_mean"][-1], rel=1e-6)  # TRL: float32
+    assert 0 < float(pm["clipfrac"]) < 1  # some tokens clipped, some not: the comparison covers both
+    if beta:
+        assert float(km["kl_k3"]) == pytest.approx(trl_metrics["kl"][-1], rel=1e-10)
 
 
 def test_losses_accumulate_to_full_batch_with_normalizer():
