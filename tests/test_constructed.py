@@ -89,24 +89,31 @@ def test_west_of_n_with_a_reward_model(tmp_path, capsys):
 class ContrastOracle(OracleServer):
     """Answers a prompt under a system prompt that says to follow a principle with the marker word
     (``contrary``: under the one that says to go against it), so the judge (the base oracle, which
-    prefers the marker) agrees with the construction, or not. ``fail`` makes every negative-prompt
-    request fail with HTTP 503 (a server that is down for that part of the run)."""
+    prefers the marker) agrees with the construction, or not. ``fail`` (a function of a chat request's
+    body) picks requests answered with HTTP 503 (a server that is busy for that part of the run)."""
 
     def __init__(self, contrary=False):
-        self.contrary, self.fail = contrary, False
+        self.contrary, self.fail = contrary, None
         super().__init__(("policy",))
 
     def _answer(self, method, path, body, attempt):
+        if path == "/v1/chat/completions" and isinstance(body, dict) and self.fail is not None and self.fail(body):
+            return Reply(503, {"error": {"message": "busy"}})
         if path == "/v1/chat/completions" and isinstance(body, dict) and "allowed_token_ids" not in body:
             system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
             if "this principle" in system:
                 positive = "must follow this principle" in system
-                if self.fail and not positive:
-                    return Reply(503, {"error": {"message": "busy"}})
                 marked = positive != self.contrary
                 return Reply(200, dict(chat_completion(f"CONTRAST answer{' ' + ORACLE_MARKER if marked else ''} #{body['seed']}"),
                                        model=body["model"]))
         return super()._answer(method, path, body, attempt)
+
+
+def _contrast(body, question: str | None = None, positive: bool | None = None) -> bool:
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    user = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    return ("this principle" in system and (question is None or user.startswith(question))
+            and (positive is None or ("must follow this principle" in system) == positive))
 
 
 def test_rlcd_pairs_by_construction_checked_by_the_judge(tmp_path, capsys):
@@ -150,18 +157,33 @@ def test_rlcd_pairs_by_construction_checked_by_the_judge(tmp_path, capsys):
 
 
 def test_rlcd_failed_contrast_requests_are_redone_on_rerun(tmp_path, capsys):
+    """One negative-prompt request fails and one scoring request of the judge's check fails: exit 4 with
+    the one line; the rerun asks again only what failed (that trajectory's answer and its two contrast
+    answers, that pair's check) and gives the rows of a run that never failed."""
     prompts = write_prompts(tmp_path, 4)
-    args = ["generate", "--prompts", prompts, "--out", tmp_path / "r", "--backend", "openai", "--rounds", 0, "--pairs", "rlcd",
+    args = ["generate", "--prompts", prompts, "--backend", "openai", "--rounds", 0, "--pairs", "rlcd", "--label", "--ensemble", 1,
             "--max-retries", 0, "--chunk-size", 2, *QUIET]
     with ContrastOracle() as srv:
-        srv.fail = True
-        cli(*args, "--base-url", srv.url)
+        assert cli(*args, "--out", tmp_path / "clean", "--base-url", srv.url) == 0
+        srv.fail = lambda b: (_contrast(b, "Question 1:", positive=False)
+                              or ("allowed_token_ids" in b and "Question 2:" in json.dumps(b)))
+        assert cli(*args, "--out", tmp_path / "r", "--base-url", srv.url) == 4
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("rlaif: incomplete:")]
+        assert len(lines) == 1 and "1 of 4 trajectories" in lines[0] and "1 of 3 AI labels" in lines[0]
         m = json.loads((tmp_path / "r" / "manifest.json").read_text())
-        assert m["counts"]["failed"] == 4 and m["counts"]["preference_rows"] == 0
-        srv.fail = False
-        assert cli(*args, "--base-url", srv.url) == 0
+        assert m["counts"]["failed"] == 1 and m["counts"]["preference_rows"] == 3
+        srv.fail = None
+        before = len(srv.requests("generate")), len(srv.requests("score"))
+        assert cli(*args, "--out", tmp_path / "r", "--base-url", srv.url) == 0
+        again = srv.requests("generate")[before[0]:]
+        rescored = srv.requests("score")[before[1]:]
+    assert sorted((_contrast(b), _contrast(b, positive=True)) for b in again) == [(False, False), (True, False), (True, True)]
+    assert all(next(m["content"] for m in b["messages"] if m["role"] == "user").startswith("Question 1:") for b in again)
+    assert len(rescored) == 2 * 2  # the check of p1's new pair and p2's failed one, both orders
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert m["counts"]["failed"] == 0 and m["counts"]["preference_rows"] == 4
+    assert m["counts"]["failed"] == 0 and m["counts"]["preference_rows"] == 4 and all(x["missing"] == 0 for x in m["missing"])
+    assert list(load(tmp_path / "r")) == list(load(tmp_path / "clean"))
 
 
 def test_settings_errors_and_fingerprints(tmp_path, capsys):

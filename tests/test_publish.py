@@ -64,7 +64,8 @@ def test_every_config_loads_and_the_card_validates(run, tmp_path, capsys):
     for rel, sha in manifest["constitution"]["files"].items():
         assert f"`{rel}` sha256 `{sha}`" in text and (out / "provenance" / rel).read_text() == (run / rel).read_text()
     assert '"brier": 0.123' in text and (out / "provenance" / "judge_card.json").is_file()
-    assert "75.0% of 4 ratings" in text  # three of the four ratings preferred the AI's chosen answer
+    # three of the four ratings preferred the AI's chosen answer; Wilson's interval of 3 of 4 by hand: 0.301 to 0.954
+    assert "75.0% of 4 [95% interval 30.1%, 95.4%] ratings" in text
     assert "orders agree" in text and "longer chosen" in text  # the judge's diagnostics
     assert "`ai` (8 pairs)" in text and "the assistant's answer is" in text
     assert str(ROOT) not in text  # no path of this machine in a card meant for sharing
@@ -147,7 +148,13 @@ def test_label_run_card_and_clear_errors(tmp_path, capsys):
     assert cli("label", "--pairs", pairs, "--out", tmp_path / "l", "--backend", "fake", "--ensemble", 1, "--limit", 12, "--quiet") == 0
     assert cli("publish", tmp_path / "l", "--out", tmp_path / "pub") == 0
     text = (tmp_path / "pub" / "README.md").read_text()
-    assert "Agreement with reference labels" in text and "length-controlled" in text and "No human ratings" in text
+    assert "Agreement with reference labels" in text and "No human ratings" in text
+    o = json.loads((tmp_path / "l" / "manifest.json").read_text())["agreement"]["overall"]
+    for stratum in ("longer", "shorter"):  # both length strata, each with its count
+        x = o["by_length"][stratum]
+        assert f"the {stratum} one {100 * x['agreement']:.1f}% of {x['n']} [95% interval" in text
+    if o["length_controlled_agreement"] is not None:
+        assert f"length-controlled {100 * o['length_controlled_agreement']:.1f}%" in text
     assert [c["config_name"] for c in yaml.safe_load(text.split("---")[1])["configs"]] == ["preferences"]
     capsys.readouterr()
     assert cli("publish", tmp_path / "l", "--out", tmp_path / "pub") == 2  # exists: needs --overwrite

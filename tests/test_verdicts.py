@@ -46,6 +46,7 @@ class TextOnlyJudge(OracleServer):
     def __init__(self, models=("judge",), confidence=1.0, position=None, longer=False, malformed_every=0, marked=None):
         self.confidence, self.position, self.longer = confidence, position, longer
         self.malformed_every, self.marked = malformed_every, marked
+        self.fail = None  # fail(body) -> True: that chat request gets HTTP 503
         super().__init__(models, confidence)
 
     def verdicts(self) -> list[dict]:
@@ -57,6 +58,8 @@ class TextOnlyJudge(OracleServer):
             return Reply(404, {"detail": "Not Found"})
         if path != "/v1/chat/completions" or body.get("model") not in self.models:
             return super()._answer(method, path, body, attempt)
+        if self.fail is not None and self.fail(body):
+            return Reply(503, {"error": {"message": "busy"}})
         if "logprobs" in body:  # a log-prob scoring request: the answer has text only
             return Reply(200, dict(chat_completion("A", "length", 50, 1), model=body["model"]))
         if _is_verdict(body):
@@ -273,7 +276,31 @@ def test_malformed_verdicts_are_counted_asked_again_and_reported(tmp_path, capsy
     assert "6 pairs got too few well-formed verdicts" in err
     labels = [json.loads(x) for x in (tmp_path / "bad" / "labels.jsonl").read_text().splitlines()]
     assert all(lab["error"].startswith("malformed verdicts: 4 answers failed the json check") for lab in labels)
-    assert rc != 0 or m["counts"]["failed"] == 6  # exit status on failed pairs: the failure-handling rules decide
+    # a run whose pairs failed is no success: exit 4 and one line (malformed verdicts fail for good: a rerun
+    # would ask the same seeds again)
+    assert rc == 4
+    lines = [x for x in err.splitlines() if x.startswith("rlaif: incomplete:")]
+    assert len(lines) == 1 and "missing 6 of 6 pairs (6 failed for good" in lines[0]
+
+
+def test_sampled_verdicts_that_failed_for_now_are_asked_again_on_rerun(tmp_path, capsys):
+    """The votes of one pair get HTTP 503: exit 4 with one line; the rerun asks only that pair's votes
+    and gives the labels of a run that never failed."""
+    pairs = write_pairs(tmp_path, 4)
+    args = ["label", "--pairs", pairs, "--backend", "openai", "--ensemble", 1, "--verdict", "sampled", "--verdict-samples", 2,
+            "--max-retries", 0, *QUIET]
+    with TextOnlyJudge() as srv:
+        assert cli(*args, "--out", tmp_path / "clean", "--base-url", srv.url) == 0
+        srv.fail = lambda body: _is_verdict(body) and "answer (2)." in json.dumps(body)
+        assert cli(*args, "--out", tmp_path / "l", "--base-url", srv.url) == 4
+        lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rlaif: incomplete:")]
+        assert len(lines) == 1 and "missing 1 of 4 pairs (1 failed for now: run the same command again" in lines[0]
+        srv.fail = None
+        before = len(srv.verdicts())
+        assert cli(*args, "--out", tmp_path / "l", "--base-url", srv.url) == 0
+        again = srv.verdicts()[before:]
+    assert len(again) == 2 * 2 and all("answer (2)." in json.dumps(b) for b in again)  # two orders x two votes of x2
+    assert list(load(tmp_path / "l")) == list(load(tmp_path / "clean"))
 
 
 def test_position_and_length_diagnostics_and_length_control_the_same_way(tmp_path, capsys):
@@ -335,7 +362,8 @@ def test_sampled_labels_equal_logprob_labels_of_the_same_probabilities():
     rng = random.Random(3)
     pairs = []
     for i in range(24):
-        good, bad = f"{ORACLE_MARKER} " + "x " * rng.randint(1, 30), "y " * rng.randint(1, 30)
+        # the better answer is mostly the longer one, so that the length fit has a coefficient to remove
+        good, bad = f"{ORACLE_MARKER} " + "x " * rng.randint(5, 40), "y " * rng.randint(1, 12)
         pairs.append(Pair(f"p{i}", ({"role": "user", "content": f"Q{i}"},), *((good, bad) if i % 3 else (bad, good))))
     const = load_constitution("default")
     base = LabelSettings(ensemble=2, length_control=True)

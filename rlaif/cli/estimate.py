@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -43,10 +44,17 @@ def _options(args) -> tuple[int, Any, Any]:
         raise UserError(str(exc)) from None
 
 
-def _report(args, meter: Meter, ids: list[str], population: int, command: str, unit: str) -> int:
+def _report(args, meter: Meter, ids: list[str], population: int, command: str, unit: str, manifest: dict[str, Any]) -> int:
+    """Print the table; a pilot whose requests failed is no success (its work is missing from the
+    projection): one line and exit status 4, unless ``--allow-failures``, as for the run itself."""
+    from rlaif.cli.failures import finish
+
     _, price, gpu = _options(args)
     print(format_estimate(with_costs(project(meter, ids, population), price, gpu), command, unit))
-    return 0
+    if any(m["missing"] for m in manifest.get("missing") or []):
+        print("rlaif: the pilot's failed requests did no work, so the projection above counts less than the run will need",
+              file=sys.stderr)
+    return finish(manifest, getattr(args, "allow_failures", 0.0))
 
 
 def _quiet(_: str) -> None:
@@ -56,13 +64,15 @@ def _quiet(_: str) -> None:
 def estimate_generate(args, cfg, const, engine_factory, model_id, feedback_factory, feedback_id) -> int:
     """``rlaif generate --estimate``: the run's settings on a pilot of its prompts."""
     n, _, _ = _options(args)
-    meter, ids, population = generate_pilot(cfg, const, engine_factory, model_id, feedback_factory, feedback_id, n, not args.quiet)
-    return _report(args, meter, ids, population, "generate", "prompts")
+    meter, ids, population, manifest = generate_pilot(cfg, const, engine_factory, model_id, feedback_factory, feedback_id, n,
+                                                      not args.quiet)
+    return _report(args, meter, ids, population, "generate", "prompts", manifest)
 
 
 def generate_pilot(cfg, const, engine_factory, model_id, feedback_factory, feedback_id, n: int,
-                   show_progress: bool = False) -> tuple[Meter, list[str], int]:
-    """Run generate's pilot of ``n`` prompts in a temporary folder: (its meter, the pilot's prompt ids, the run's prompts)."""
+                   show_progress: bool = False) -> tuple[Meter, list[str], int, dict[str, Any]]:
+    """Run generate's pilot of ``n`` prompts in a temporary folder: (its meter, the pilot's prompt ids, the
+    run's prompts, the pilot's manifest)."""
     from rlaif.data.prompts import read_prompts
     from rlaif.pipeline.distributed import RayConfig
     from rlaif.pipeline.generate import generate
@@ -75,9 +85,10 @@ def generate_pilot(cfg, const, engine_factory, model_id, feedback_factory, feedb
         path.write_text("".join(json.dumps({"id": p.id, "messages": list(p.messages), **_scalars(p.meta)}) + "\n" for p in pilot),
                         encoding="utf-8")
         pcfg = dataclasses.replace(cfg, prompts=str(path), out=str(Path(tmp) / "run"), limit=None, ray=RayConfig())
-        generate(pcfg, const, meter.wrap(engine_factory, "policy"), model_id, feedback_factory=meter.wrap(feedback_factory, "feedback"),
-                 log=_quiet, show_progress=show_progress, feedback_id=feedback_id)
-    return meter, [p.id for p in pilot], len(prompts)
+        manifest = generate(pcfg, const, meter.wrap(engine_factory, "policy"), model_id,
+                            feedback_factory=meter.wrap(feedback_factory, "feedback"), log=_quiet, show_progress=show_progress,
+                            feedback_id=feedback_id)
+    return meter, [p.id for p in pilot], len(prompts), manifest
 
 
 def estimate_label(args, pairs, const, settings, factory: Callable, model_id: str) -> int:
@@ -88,9 +99,9 @@ def estimate_label(args, pairs, const, settings, factory: Callable, model_id: st
     pilot = [pairs[i] for i in pilot_indices(len(pairs), n, settings.seed)]
     meter = Meter()
     with tempfile.TemporaryDirectory(prefix="rlaif-estimate-") as tmp:
-        label_run(pilot, str(Path(tmp) / "run"), const, settings, meter.wrap(factory, "judge"), model_id,
-                  chunk_size=args.chunk_size, log=_quiet, show_progress=not args.quiet)
-    return _report(args, meter, [p.id for p in pilot], len(pairs), "label", "pairs")
+        manifest = label_run(pilot, str(Path(tmp) / "run"), const, settings, meter.wrap(factory, "judge"), model_id,
+                             chunk_size=args.chunk_size, log=_quiet, show_progress=not args.quiet)
+    return _report(args, meter, [p.id for p in pilot], len(pairs), "label", "pairs", manifest)
 
 
 def estimate_eval(args, prompts, const, s, factories: dict[str, Callable], models: dict[str, str], reward) -> int:
@@ -102,8 +113,8 @@ def estimate_eval(args, prompts, const, s, factories: dict[str, Callable], model
     meter = Meter()
     metered = {role: meter.wrap(f, role) for role, f in factories.items()}
     with tempfile.TemporaryDirectory(prefix="rlaif-estimate-") as tmp:
-        run_eval(pilot, str(Path(tmp) / "run"), const, s, metered, models, reward, show_progress=not args.quiet, log=_quiet)
-    return _report(args, meter, [p.id for p in pilot], len(prompts), "eval", "prompts")
+        manifest = run_eval(pilot, str(Path(tmp) / "run"), const, s, metered, models, reward, show_progress=not args.quiet, log=_quiet)
+    return _report(args, meter, [p.id for p in pilot], len(prompts), "eval", "prompts", manifest)
 
 
 def _scalars(meta: dict[str, Any]) -> dict[str, Any]:

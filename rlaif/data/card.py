@@ -42,6 +42,28 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _share(rate: Any, n: Any, exact: bool = True) -> str:
+    """A share of n with its 95% interval: Clopper-Pearson (``exact``) or Wilson, as rlaif computes them elsewhere."""
+    if rate is None or not n:
+        return "n/a"
+    k = round(rate * n)
+    if exact:
+        from rlaif.pipeline.intervals import clopper_pearson
+
+        ci = clopper_pearson(k, n)
+        lo, hi = ci["lo"], ci["hi"]
+    else:
+        from rlaif.stats_intervals import wilson
+
+        lo, hi = wilson(k, n)
+    return f"{_pct(rate)} of {n} [95% interval {_pct(lo)}, {_pct(hi)}]"
+
+
+def _strata(longer: dict[str, Any], shorter: dict[str, Any], key: str) -> str:
+    return (f"where the better answer is the longer one {_share(longer.get(key), longer.get('n'))}, "
+            f"where it is the shorter one {_share(shorter.get(key), shorter.get('n'))}")
+
+
 def _assistant_text(messages: Sequence[dict[str, Any]]) -> str:
     return messages[-1]["content"] if messages else ""
 
@@ -93,20 +115,28 @@ def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, 
     check = manifest.get("pair_check")
     if check:
         lines += [f"The judge also checked the constructed pairs: it agreed with the construction on "
-                  f"{_pct(check.get('agreement'))} of {check.get('n')} pairs.", ""]
+                  f"{_share(check.get('agreement'), check.get('judged'))} judged pairs ({check.get('n')} checked, "
+                  f"{check.get('ties', 0)} ties, {check.get('failed', 0)} failed).", ""]
     if judge_card is not None:
         lines += ["Judge card (`provenance/judge_card.json`):", "", "```json", json.dumps(judge_card, indent=2)[:6000], "```", ""]
     agreement = manifest.get("agreement")
     if agreement:
         o = agreement["overall"]
-        lines += [f"Agreement with reference labels: {_pct(o['agreement'])} of {o['n']} pairs; length-controlled "
-                  f"{_pct(agreement.get('length_controlled_agreement'))} (the mean of the strata where the better answer "
-                  "is the longer and the shorter one).", ""]
+        bl = o.get("by_length") or {}
+        lines += [f"Agreement with reference labels: {_share(o['agreement'], o['n'])} pairs (a tie counts as a miss); "
+                  f"length-controlled {_pct(o.get('length_controlled_agreement'))}, the mean of the two strata: "
+                  f"{_strata(bl.get('longer') or {}, bl.get('shorter') or {}, 'agreement')}.", ""]
     if humans:
         a = humans["agreement"]["overall"]
         lines += [f"Agreement with human ratings (`rlaif review`): the AI's chosen answer was the one people preferred in "
-                  f"{_pct(a['rate'])} of {a['n']} ratings ({humans['reviewed_pairs']} pairs, "
-                  f"{len(humans['reviewers'])} reviewers).", ""]
+                  f"{_share(a['rate'], a['n'], exact=False)} ratings ({humans['reviewed_pairs']} pairs, "
+                  f"{len(humans['reviewers'])} reviewers)."]
+        rnd = humans.get("random") or {}
+        if (rnd.get("overall") or {}).get("n"):
+            bl = rnd["by_length"]
+            lines.append(f"On the pairs drawn at random for review: length-controlled {_pct(rnd.get('length_controlled'))}; "
+                         f"{_strata(bl['longer'], bl['shorter'], 'rate')}.")
+        lines.append("")
     else:
         lines += ["No human ratings of these pairs were recorded.", ""]
     return lines

@@ -31,7 +31,6 @@ counted; a server's queue and rate limits are as they were during the pilot.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import re
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from rlaif.engine.base import Engine
+from rlaif.pipeline.intervals import mean_interval, t_quantile
 from rlaif.seeds import derive_seed
 
 QUANTITIES = ("requests", "prompt_tokens", "output_tokens", "seconds")
@@ -122,26 +122,6 @@ class MeteredEngine:
 # ------------------------------------------------------------------ the projection (pure)
 
 
-@functools.lru_cache(maxsize=None)
-def t_quantile_975(df: int) -> float:
-    """Student's t 97.5% quantile with ``df`` degrees of freedom: the root of CDF(q) = 0.975, the CDF
-    integrated from the density by Simpson's rule and the root found by bisection."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def mass(q: float, steps: int = 2000) -> float:  # integral of the density over [0, q]
-        h = q / steps
-        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((k * h) ** 2 / df)) for k in range(steps + 1)]
-        return h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
-    lo, hi = 0.0, 1.0
-    while mass(hi) < 0.475:
-        lo, hi = hi, 2 * hi
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mass(mid) < 0.475 else (lo, mid)
-    return (lo + hi) / 2
-
-
 def project_total(values: Sequence[float], population: int) -> tuple[float, float, float]:
     """(projected total, low, high) over ``population`` items from a simple random sample's per-item values."""
     n = len(values)
@@ -150,8 +130,8 @@ def project_total(values: Sequence[float], population: int) -> tuple[float, floa
         return population * mean, population * mean, population * mean
     if n < 2:
         return population * mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n) * math.sqrt(1 - n / population)
+    sd = mean_interval(values)["sd"]
+    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n) * math.sqrt(1 - n / population)
     return population * mean, population * max(mean - half, 0.0), population * (mean + half)
 
 

@@ -219,8 +219,7 @@ def generate(
     work = sorted([*todo, *retry])
     if work:
         tasks = [ChunkTask(i, chunks[i]) if i not in retry else
-                 ChunkTask(i, chunks[i], frozenset(retry[i][0]), tuple(run.read_chunk(i)),
-                           {"labels": tuple(run.read_chunk(i, "labels")) if cfg.label.enabled else ()}) for i in work]
+                 ChunkTask(i, chunks[i], frozenset(retry[i][0]), tuple(run.read_chunk(i)), _old_side(run, i)) for i in work]
         bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
 
         new_chunks = set(todo)
@@ -243,6 +242,12 @@ def _to_redo(run: RunDir) -> dict[int, tuple[set[str], set[str]]]:
     return {i: (trajs.get(i, set()), labels.get(i, set())) for i in sorted({*trajs, *labels})}
 
 
+def _old_side(run: RunDir, index: int) -> dict[str, tuple[dict[str, Any], ...]]:
+    """A committed chunk's side rows that a redo keeps: its labels, and RLCD's contrast answers (asked once)."""
+    return {name: tuple(run.read_chunk(index, name)) for name in ("labels", "contrast")
+            if (run.chunks / f"{index:05d}.{name}.jsonl").exists()}
+
+
 def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=None) -> dict[str, Any]:
     """Build every output from the committed chunks (idempotent); manifest last."""
     raw = run.read_chunks()
@@ -254,6 +259,8 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     judge: dict[str, Any] = {}
     if cfg.label.pairs in CONSTRUCTED:  # west-of-n, rlcd: labelled by construction (the judge, with --label, checks them)
         prefs, label_counts, judge = constructed_rows(run, trajs, cfg, const, model_id, lambda t: _provenance(t, const, model_id))
+        if cfg.label.enabled:  # the judge's check of the pairs: a check whose requests failed is missing too
+            lost.append(missing("AI labels", run.read_chunks("labels")))
         run.save_dataset("preferences", prefs, row_features(cfg.label.pairs, _ai_extra_features()))
     elif cfg.label.enabled:
         prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id, feedback_id)
