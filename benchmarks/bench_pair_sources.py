@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=8)
     ap.add_argument("--out", default="runs/pair-sources")
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "pair-sources.md"))
+    ap.add_argument("--phase", choices=("data", "all"), default="all",
+                    help="data: only the generate runs and the reward model (a shorter first sitting); all: everything")
     args = ap.parse_args()
     out = Path(args.out)
     log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
@@ -67,6 +69,8 @@ def main() -> None:
                                done=out / "west-of-n" / "manifest.json", log=log)
     secs["gen rlcd"] = sh("generate", *common, "--rounds", "0", "--pairs", "rlcd", "--label", "--out", str(out / "rlcd"),
                           done=out / "rlcd" / "manifest.json", log=log)
+    if args.phase == "data":
+        return
     for src in SOURCES:
         secs[f"dpo {src}"] = sh("train", "dpo", "--config", "configs/dpo-demo.yaml", f"data={out / src}", f"name=dpo-{src}",
                                 f"runs_dir={out}", done=out / f"dpo-{src}" / "final" / "config.json", log=log)
@@ -105,7 +109,9 @@ def overlaps(rows: dict, key: str) -> list[str]:
 def table(rows: dict, args, secs: dict) -> str:
     lines = [f"DPO (configs/dpo-demo.yaml) on each source's pairs from the first {args.limit} shipped prompts; `rlaif eval` of "
              f"each model against the default model on {args.eval_limit} prompts of each shipped set (128 tokens; judge: the "
-             "default model). 95% bootstrap intervals over prompts. 2-core CPU, shared with other work.", "",
+             "default model). 95% intervals over prompts, as `rlaif eval` computes them (win rate: Clopper-Pearson with a tie as half a "
+             "win; soft win rate: betting interval; harmless and over-refusal rates: Clopper-Pearson; KL: bootstrap-t). "
+             "2-core CPU, shared with other work.", "",
              "| source | pairs | judge agrees with the construction | win rate vs default | soft win rate | harmless (rated safe) "
              "| over-refusal | KL(policy \\|\\| default) nats/answer |", "|---|---|---|---|---|---|---|---|"]
     for src, r in rows.items():
