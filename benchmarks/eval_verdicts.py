@@ -108,11 +108,14 @@ def save(results: dict[str, dict], path: str, model: str) -> None:
 
 
 def table(results: dict[str, dict], model: str) -> str:
+    from rlaif.pipeline.intervals import clopper_pearson
+
     lines = [f"Sampled verdicts vs log-prob labels on the shipped reference pairs; judge {model} (in-process vLLM, float32, "
              "2-core CPU). Agreement with the reference labels; **LC** = length-controlled (the mean of the two strata).", "",
-             "| set | labeller | requests / pair | output tokens / pair | **LC** | better longer | better shorter | overall | ties | Brier "
-             "| orders agree | P(first slot) | malformed (pairs failed) | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | labeller | requests / pair | output tokens / pair | **LC** | better longer | better shorter "
+             "| overall [95% Clopper-Pearson] | ties | on pairs not tied | Brier | orders agree | P(first slot) | malformed (pairs failed) "
+             "| seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = list(variants())
     rank = lambda key: (list(SETS).index(key.split(": ", 1)[0]), order.index(key.split(": ", 1)[1]) if key.split(": ", 1)[1] in order else 99)  # noqa: E731
     for key, r in sorted(results.items(), key=lambda kv: rank(kv[0])):
@@ -121,11 +124,34 @@ def table(results: dict[str, dict], model: str) -> str:
         v = r["verdicts"]
         mal = "-" if not v else f"{v['malformed']} ({v['failed_malformed']})"
         pos = d.get("position_bias")
+        hits = round(o["agreement"] * o["n"])
+        ci = clopper_pearson(hits, o["n"])
+        decided = o["n"] - o["ties"]
         lines.append(f"| {r['set']} | {key.split(': ', 1)[1]} | {r['requests_per_pair']:.1f} | {r['output_tokens_per_pair']:.1f} "
                      f"| **{pct(o['length_controlled_agreement'])}** | {pct(bl['longer']['agreement'])} of {bl['longer']['n']} "
-                     f"| {pct(bl['shorter']['agreement'])} of {bl['shorter']['n']} | {pct(o['agreement'])} | {o['ties']} | {o['brier']:.3f} "
+                     f"| {pct(bl['shorter']['agreement'])} of {bl['shorter']['n']} | {pct(o['agreement'])} [{pct(ci['lo'])}, {pct(ci['hi'])}] "
+                     f"| {o['ties']} | {pct(hits / decided if decided else None)} of {decided} | {o['brier']:.3f} "
                      f"| {pct(d.get('order_consistency'))} | {'n/a' if pos is None else f'{pos:.2f}'} | {mal} | {r['seconds']:.0f} |")
+    lines += ["", NOTES]
     return "\n".join(lines)
+
+
+NOTES = """Equal budgets. At an equal number of requests per pair (8: four principles x two orders), compare the
+log-probs row with the one-vote rows. At equal output tokens per pair (8), compare it with the "1 vote of 1
+token" row: the letter grammar's answer is the letter and an end-of-sequence token, so capping a vote at one
+token keeps the same letters under the same seeds, hence the same labels as the uncapped letter row (the
+log-prob mode's scoring request counts as one output token). A JSON verdict costs about 8 tokens.
+
+A tie (P exactly 0.5) counts as a miss, as everywhere in rlaif. With one vote per comparison, the votes of
+the two orders and four principles cancel exactly on many pairs: a judge that names the same slot in both
+orders (this one names the first slot most of the time) gives P = 2/3 in one order and 1/3 in the other.
+That is why the one-vote rows tie on most pairs and their agreement, ties included, is far below the
+log-prob labels'; on the pairs they do decide, the column "on pairs not tied" gives their agreement. The
+log-prob labels are never exactly 0.5 here, but their length-controlled agreement is near chance too (the
+default 135M judge does not judge content; see docs/labelling.md).
+
+Not run (2 shared CPU cores, about 16 minutes per row): the 32-requests comparison (log-probs with an
+ensemble of 16 against 4 votes per comparison) and the held-out pair set."""
 
 
 if __name__ == "__main__":
