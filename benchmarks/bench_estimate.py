@@ -16,6 +16,7 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NUM = r"([\d,.]+(?:e[-+]?\d+)?)"
 
 
-def run(n_prompts: int, pilot: int) -> tuple[str, float]:
+def run(n_prompts: int, pilot: int, max_tokens: int | None) -> tuple[str, float]:
+    cap = [f"--{stage}-max-tokens={max_tokens}" for stage in ("response", "critique", "revision")] if max_tokens else []
     cmd = [sys.executable, "-m", "rlaif", "generate", "--prompts", str(ROOT / "prompts" / "rlaif-prompts.jsonl"),
-           "--limit", str(n_prompts), "--rounds", "1", "--label", "--out", "/tmp/rlaif-bench-estimate-unused",
-           "--estimate", "--estimate-pilot", str(pilot), "--quiet"]
+           "--limit", str(n_prompts), "--rounds", "1", "--label", "--out", str(Path(tempfile.gettempdir()) / "rlaif-bench-estimate-unused"),
+           "--estimate", "--estimate-pilot", str(pilot), "--quiet", *cap]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "RLAIF_REPORT": "0"})
     if res.returncode != 0:
@@ -56,11 +58,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--pilot", type=int, default=12)
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "estimate.md"))
+    ap.add_argument("--max-tokens", type=int, help="cap on each stage's tokens (default: the stages' own defaults)")
     args = ap.parse_args()
-    pilot_out, pilot_s = run(args.prompts, args.pilot)
-    full_out, full_s = run(args.prompts, args.prompts)
+    pilot_out, pilot_s = run(args.prompts, args.pilot, args.max_tokens)
+    print(pilot_out, flush=True)  # kept in the log whatever happens to the full run
+    full_out, full_s = run(args.prompts, args.prompts, args.max_tokens)
     est, actual = parse(pilot_out), parse(full_out)
-    lines = [f"`rlaif generate --label --rounds 1` on the first {args.prompts} shipped prompts, default model, in-process vLLM "
+    cap = f" --{{response,critique,revision}}-max-tokens {args.max_tokens}" if args.max_tokens else ""
+    lines = [f"`rlaif generate --label --rounds 1{cap}` on the first {args.prompts} shipped prompts, default model, in-process vLLM "
              f"(2-core CPU, shared). Projection from a {args.pilot}-prompt pilot (`--estimate --estimate-pilot {args.pilot}`, "
              f"{pilot_s:.0f} s in all) against the metered full run (`--estimate-pilot {args.prompts}`, exact totals, {full_s:.0f} s).", "",
              "| figure | projected [95% interval] | actual | error | in the interval |", "|---|---|---|---|---|"]

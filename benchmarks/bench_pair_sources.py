@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=8)
     ap.add_argument("--out", default="runs/pair-sources")
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "pair-sources.md"))
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                    help="which sources to train and evaluate (ai is generated anyway: the reward model of west-of-n learns from it)")
     ap.add_argument("--phase", choices=("data", "all"), default="all",
                     help="data: only the generate runs and the reward model (a shorter first sitting); all: everything")
     args = ap.parse_args()
@@ -60,25 +62,29 @@ def main() -> None:
     prompts = str(ROOT / "prompts" / "rlaif-prompts.jsonl")
     common = ["--prompts", prompts, "--limit", str(args.limit), "--quiet"]
     secs: dict[str, float] = {}
-    secs["gen revision"] = sh("generate", *common, "--rounds", "1", "--out", str(out / "revision"), done=out / "revision" / "manifest.json", log=log)
+    if "revision" in args.sources:
+        secs["gen revision"] = sh("generate", *common, "--rounds", "1", "--out", str(out / "revision"),
+                                  done=out / "revision" / "manifest.json", log=log)
     secs["gen ai"] = sh("generate", *common, "--rounds", "1", "--label", "--out", str(out / "ai"), done=out / "ai" / "manifest.json", log=log)
     secs["train rm"] = sh("train", "rm", "--config", "configs/rm-demo.yaml", f"data={out / 'ai'}", "name=rm", f"runs_dir={out}",
                           done=out / "rm" / "final" / "config.json", log=log)
-    secs["gen west-of-n"] = sh("generate", *common, "--samples", "4", "--rounds", "0", "--pairs", "west-of-n", "--reward-model",
-                               str(out / "rm" / "final"), "--label", "--out", str(out / "west-of-n"),
-                               done=out / "west-of-n" / "manifest.json", log=log)
-    secs["gen rlcd"] = sh("generate", *common, "--rounds", "0", "--pairs", "rlcd", "--label", "--out", str(out / "rlcd"),
-                          done=out / "rlcd" / "manifest.json", log=log)
+    if "west-of-n" in args.sources:
+        secs["gen west-of-n"] = sh("generate", *common, "--samples", "4", "--rounds", "0", "--pairs", "west-of-n", "--reward-model",
+                                   str(out / "rm" / "final"), "--label", "--out", str(out / "west-of-n"),
+                                   done=out / "west-of-n" / "manifest.json", log=log)
+    if "rlcd" in args.sources:
+        secs["gen rlcd"] = sh("generate", *common, "--rounds", "0", "--pairs", "rlcd", "--label", "--out", str(out / "rlcd"),
+                              done=out / "rlcd" / "manifest.json", log=log)
     if args.phase == "data":
         return
-    for src in SOURCES:
+    for src in args.sources:
         secs[f"dpo {src}"] = sh("train", "dpo", "--config", "configs/dpo-demo.yaml", f"data={out / src}", f"name=dpo-{src}",
                                 f"runs_dir={out}", done=out / f"dpo-{src}" / "final" / "config.json", log=log)
         secs[f"eval {src}"] = sh("eval", "--policy", str(out / f"dpo-{src}" / "final"), "--baseline", "default",
                                  "--limit", str(args.eval_limit), "--max-tokens", "128", "--out", str(out / f"eval-{src}"), "--quiet",
                                  done=out / f"eval-{src}" / "eval.json", log=log)
     rows = {}
-    for src in SOURCES:
+    for src in args.sources:
         m = json.loads((out / src / "manifest.json").read_text())
         r = json.loads((out / f"eval-{src}" / "eval.json").read_text())
         rows[src] = {"pairs": m["counts"]["preference_rows"], "check": m.get("pair_check"), "win": r["win_rate"]["overall"],
