@@ -163,3 +163,28 @@ def test_label_run_card_and_clear_errors(tmp_path, capsys):
     assert "not a finished run folder" in capsys.readouterr().err
     assert cli("publish", tmp_path / "l", "--out", tmp_path / "l" / "inside") == 2
     assert "outside the run folder" in capsys.readouterr().err
+
+
+def test_the_card_splits_human_agreement_by_length(tmp_path):
+    """Ratings of the pairs drawn at random for review that agree with the AI exactly where its chosen
+    answer is the longer one: the card gives 100% in that stratum, 0% in the other, 50% length-controlled."""
+    from rlaif.review.data import Review
+    from rlaif.review.queue import in_random_stratum
+
+    d = tmp_path / "l"
+    assert cli("label", "--pairs", ROOT / "prompts" / "reference-pairs.jsonl", "--out", d, "--backend", "fake", "--ensemble", 1,
+               "--quiet") == 0
+    prefs = [json.loads(x) for x in (d / "preferences.jsonl").read_text().splitlines()]
+    drawn = [p for p in prefs if in_random_stratum(p["id"])]
+    size = {p["id"]: (len(p["chosen"][-1]["content"]), len(p["rejected"][-1]["content"])) for p in drawn}
+    longer = sum(a > b for a, b in size.values())
+    shorter = sum(a < b for a, b in size.values())
+    assert longer and shorter
+    rows = [Review(f"sub-{i:06d}", "ann", "2026-01-01T00:00:00", p["id"], 1 if size[p["id"]][0] > size[p["id"]][1] else 8, "chosen",
+                   8 if size[p["id"]][0] > size[p["id"]][1] else 1).to_row() for i, p in enumerate(drawn)]
+    (d / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli("publish", d, "--out", tmp_path / "pub") == 0
+    text = " ".join((tmp_path / "pub" / "README.md").read_text().split())
+    assert "On the pairs drawn at random for review: length-controlled 50.0%" in text
+    assert f"where the AI's chosen answer is the longer one 100.0% of {longer} [" in text
+    assert f"where it is the shorter one 0.0% of {shorter} [95% interval 0.0%, " in text

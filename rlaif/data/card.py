@@ -59,9 +59,9 @@ def _share(rate: Any, n: Any, exact: bool = True) -> str:
     return f"{_pct(rate)} of {n} [95% interval {_pct(lo)}, {_pct(hi)}]"
 
 
-def _strata(longer: dict[str, Any], shorter: dict[str, Any], key: str) -> str:
-    return (f"where the better answer is the longer one {_share(longer.get(key), longer.get('n'))}, "
-            f"where it is the shorter one {_share(shorter.get(key), shorter.get('n'))}")
+def _strata(longer: dict[str, Any], shorter: dict[str, Any], key: str, which: str, exact: bool = True) -> str:
+    return (f"where {which} is the longer one {_share(longer.get(key), longer.get('n'), exact)}, "
+            f"where it is the shorter one {_share(shorter.get(key), shorter.get('n'), exact)}")
 
 
 def _assistant_text(messages: Sequence[dict[str, Any]]) -> str:
@@ -125,7 +125,7 @@ def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, 
         bl = o.get("by_length") or {}
         lines += [f"Agreement with reference labels: {_share(o['agreement'], o['n'])} pairs (a tie counts as a miss); "
                   f"length-controlled {_pct(o.get('length_controlled_agreement'))}, the mean of the two strata: "
-                  f"{_strata(bl.get('longer') or {}, bl.get('shorter') or {}, 'agreement')}.", ""]
+                  f"{_strata(bl.get('longer') or {}, bl.get('shorter') or {}, 'agreement', 'the better answer')}.", ""]
     if humans:
         a = humans["agreement"]["overall"]
         lines += [f"Agreement with human ratings (`rlaif review`): the AI's chosen answer was the one people preferred in "
@@ -133,9 +133,9 @@ def _judge_section(manifest: dict[str, Any], judge_card: Any, humans: dict[str, 
                   f"{len(humans['reviewers'])} reviewers)."]
         rnd = humans.get("random") or {}
         if (rnd.get("overall") or {}).get("n"):
-            bl = rnd["by_length"]
+            bl, which = rnd["by_length"], "the AI's chosen answer"
             lines.append(f"On the pairs drawn at random for review: length-controlled {_pct(rnd.get('length_controlled'))}; "
-                         f"{_strata(bl['longer'], bl['shorter'], 'rate')}.")
+                         f"{_strata(bl['longer'], bl['shorter'], 'rate', which, exact=False)}.")
         lines.append("")
     else:
         lines += ["No human ratings of these pairs were recorded.", ""]
