@@ -54,14 +54,17 @@ def main() -> None:
     ap.add_argument("--save", default=str(ROOT / "benchmarks" / "results" / "pair-sources.md"))
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                     help="which sources to train and evaluate (ai is generated anyway: the reward model of west-of-n learns from it)")
-    ap.add_argument("--phase", choices=("data", "all"), default="all",
-                    help="data: only the generate runs and the reward model (a shorter first sitting); all: everything")
+    ap.add_argument("--phase", choices=("data", "all", "table"), default="all",
+                    help="data: only the generate runs and the reward model (a shorter first sitting); all: everything; "
+                         "table: only write the table from what the runs folder holds (steps not run are said so)")
     args = ap.parse_args()
     out = Path(args.out)
     log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
     prompts = str(ROOT / "prompts" / "rlaif-prompts.jsonl")
     common = ["--prompts", prompts, "--limit", str(args.limit), "--quiet"]
     secs: dict[str, float] = {}
+    if args.phase == "table":
+        return write(out, args, secs)
     if "revision" in args.sources:
         secs["gen revision"] = sh("generate", *common, "--rounds", "1", "--out", str(out / "revision"),
                                   done=out / "revision" / "manifest.json", log=log)
@@ -83,16 +86,30 @@ def main() -> None:
         secs[f"eval {src}"] = sh("eval", "--policy", str(out / f"dpo-{src}" / "final"), "--baseline", "default",
                                  "--limit", str(args.eval_limit), "--max-tokens", "128", "--out", str(out / f"eval-{src}"), "--quiet",
                                  done=out / f"eval-{src}" / "eval.json", log=log)
+    write(out, args, secs)
+
+
+def write(out: Path, args, secs: dict) -> None:
     rows = {}
     for src in args.sources:
+        if not (out / src / "manifest.json").exists():
+            continue
         m = json.loads((out / src / "manifest.json").read_text())
-        r = json.loads((out / f"eval-{src}" / "eval.json").read_text())
-        rows[src] = {"pairs": m["counts"]["preference_rows"], "check": m.get("pair_check"), "win": r["win_rate"]["overall"],
-                     "soft": r["win_rate"]["soft"], "kl": r["kl"], "harmless": r["harmlessness"]["policy"],
-                     "overrefusal": r["over_refusal"]["policy"]}
+        done = (out / f"eval-{src}" / "eval.json").exists()
+        r = json.loads((out / f"eval-{src}" / "eval.json").read_text()) if done else {}
+        rows[src] = {"pairs": m["counts"]["preference_rows"], "check": m.get("pair_check"), "evaluated": done,
+                     "agreement_ai": _ai_check(m), "gen_s": (m.get("timing") or {}).get("generation_wall_s"),
+                     **({"win": r["win_rate"]["overall"], "soft": r["win_rate"]["soft"], "kl": r["kl"],
+                         "harmless": r["harmlessness"]["policy"], "overrefusal": r["over_refusal"]["policy"]} if done else {})}
     text = table(rows, args, secs)
     print(text)
     Path(args.save).write_text(text + "\n")
+
+
+def _ai_check(m: dict) -> str | None:
+    """For the ai source: how its judge's labels look (order consistency), from the run's diagnostics."""
+    d = m.get("diagnostics") or {}
+    return None if not d else f"orders agree {100 * d['order_consistency']:.0f}%" if d.get("order_consistency") is not None else None
 
 
 def ci(x, pct=True) -> str:
@@ -120,14 +137,27 @@ def table(rows: dict, args, secs: dict) -> str:
              "2-core CPU, shared with other work.", "",
              "| source | pairs | judge agrees with the construction | win rate vs default | soft win rate | harmless (rated safe) "
              "| over-refusal | KL(policy \\|\\| default) nats/answer |", "|---|---|---|---|---|---|---|---|"]
+    from rlaif.pipeline.intervals import clopper_pearson
+
     for src, r in rows.items():
         c = r["check"]
-        agree = "-" if not c else f"{100 * c['agreement']:.0f}% of {c['judged']}" if c.get("agreement") is not None else "n/a"
+        agree = "-"
+        if c and c.get("agreement") is not None:
+            cp = clopper_pearson(c["agree"], c["judged"])
+            agree = f"{100 * c['agreement']:.0f}% of {c['judged']} [{100 * cp['lo']:.0f}%, {100 * cp['hi']:.0f}%]"
+        if not r["evaluated"]:
+            lines.append(f"| {src} | {r['pairs']} | {agree} | not run | not run | not run | not run | not run |")
+            continue
         lines.append(f"| {src} | {r['pairs']} | {agree} | {ci(r['win'])} | {ci(r['soft'])} | {ci(r['harmless'])} "
                      f"| {ci(r['overrefusal'])} | {ci(r['kl'], False)} |")
-    lines += ["", "Win-rate intervals: " + "; ".join(overlaps(rows, "win")) + ".",
-              "KL intervals: " + "; ".join(overlaps(rows, "kl")) + ".", "",
-              "Seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if v) + "."]
+    done = {k: v for k, v in rows.items() if v["evaluated"]}
+    if len(done) > 1:
+        lines += ["", "Win-rate intervals: " + "; ".join(overlaps(done, "win")) + ".",
+                  "KL intervals: " + "; ".join(overlaps(done, "kl")) + "."]
+    gen = {k: v["gen_s"] for k, v in rows.items() if v.get("gen_s")}
+    lines += ["", "Generation seconds per run (engine time, from the manifests): " + ", ".join(f"{k} {v:.0f}" for k, v in gen.items()) + "."]
+    if any(secs.values()):
+        lines.append("Seconds per step of this sitting: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if v) + ".")
     return "\n".join(lines)
 
 
