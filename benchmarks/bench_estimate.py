@@ -31,7 +31,7 @@ def run(n_prompts: int, pilot: int, max_tokens: int | None, command: str = "gene
     unused = str(Path(tempfile.gettempdir()) / "rlaif-bench-estimate-unused")
     if command == "label":
         cmd = [sys.executable, "-m", "rlaif", "label", "--pairs", str(ROOT / "prompts" / "reference-pairs.jsonl"),
-               "--limit", str(n_prompts), "--out", unused, "--estimate", "--estimate-pilot", str(pilot), "--quiet"]
+               "--limit", str(n_prompts), "--out", unused, "--estimate", "--estimate-pilot", str(pilot), "--quiet", "--kv-cache-gib", "1"]
     else:
         cap = [f"--{stage}-max-tokens={max_tokens}" for stage in ("response", "critique", "revision")] if max_tokens else []
         cmd = [sys.executable, "-m", "rlaif", "generate", "--prompts", str(ROOT / "prompts" / "rlaif-prompts.jsonl"),

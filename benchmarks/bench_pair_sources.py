@@ -61,7 +61,9 @@ def main() -> None:
     out = Path(args.out)
     log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
     prompts = str(ROOT / "prompts" / "rlaif-prompts.jsonl")
-    common = ["--prompts", prompts, "--limit", str(args.limit), "--quiet"]
+    # a 1 GiB KV cache: the default share of this host's memory (8+ GiB) was killed by the kernel's OOM killer
+    # on the shared 24 GiB machine
+    common = ["--prompts", prompts, "--limit", str(args.limit), "--quiet", "--kv-cache-gib", "1"]
     secs: dict[str, float] = {}
     if args.phase == "table":
         return write(out, args, secs)
@@ -84,7 +86,7 @@ def main() -> None:
         secs[f"dpo {src}"] = sh("train", "dpo", "--config", "configs/dpo-demo.yaml", f"data={out / src}", f"name=dpo-{src}",
                                 f"runs_dir={out}", done=out / f"dpo-{src}" / "final" / "config.json", log=log)
         secs[f"eval {src}"] = sh("eval", "--policy", str(out / f"dpo-{src}" / "final"), "--baseline", "default",
-                                 "--limit", str(args.eval_limit), "--max-tokens", "128", "--out", str(out / f"eval-{src}"), "--quiet",
+                                 "--limit", str(args.eval_limit), "--max-tokens", "128", "--out", str(out / f"eval-{src}"), "--quiet", "--kv-cache-gib", "1",
                                  done=out / f"eval-{src}" / "eval.json", log=log)
     write(out, args, secs)
 
@@ -150,6 +152,12 @@ def table(rows: dict, args, secs: dict) -> str:
             continue
         lines.append(f"| {src} | {r['pairs']} | {agree} | {ci(r['win'])} | {ci(r['soft'])} | {ci(r['harmless'])} "
                      f"| {ci(r['overrefusal'])} | {ci(r['kl'], False)} |")
+    missing = [s for s in args.sources if s not in rows or not rows[s]["evaluated"]]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(f'`{m}`' for m in missing)} (DPO and eval; a source absent from the table "
+                  "also its generate run). Running the same command again continues from the steps already done: "
+                  f"`python benchmarks/bench_pair_sources.py --limit {args.limit} --eval-limit {args.eval_limit} --sources "
+                  f"{' '.join(args.sources)}`."]
     done = {k: v for k, v in rows.items() if v["evaluated"]}
     if len(done) > 1:
         lines += ["", "Win-rate intervals: " + "; ".join(overlaps(done, "win")) + ".",
