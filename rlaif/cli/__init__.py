@@ -9,6 +9,9 @@ from rlaif.cli.engine_flags import add_engine_flags
 from rlaif.cli.failures import EXIT_STATUS, add_allow_failures, epilog
 from rlaif.cli.ray_flags import add_ray_flags
 from rlaif.cli.settings_flags import add_config_flag
+from rlaif.cli.estimate import add_estimate_flags
+from rlaif.cli.verdict_flags import add_verdict_flags
+from rlaif.pipeline.verdicts import NoLogprobsError
 
 
 def _add_feedback_server_flags(p) -> None:
@@ -46,6 +49,8 @@ def _add_label(sub) -> None:
                    help="weigh principles in the ensemble average by this file of rlaif calibrate (flagged ones down)")
     p.add_argument("--calibration", metavar="FILE",
                    help="map the labels' probabilities with this calibration of rlaif calibrate (same judge and constitution)")
+    add_verdict_flags(p)
+    add_estimate_flags(p)
     add_config_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -79,8 +84,12 @@ def _add_generate(sub) -> None:
     add_engine_flags(p)
     p.add_argument("--label", dest="label.enabled", action="store_true", default=None,
                    help="AI preference labels instead of 'the revision wins'")
-    p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random"],
-                   help="what to compare: initial vs final revision (default), or pairs of samples")
+    p.add_argument("--pairs", dest="label.pairs", choices=["revision", "samples-all", "samples-random", "west-of-n", "rlcd"],
+                   help="what to compare: initial vs final revision (default), or pairs of samples; labelled by construction: "
+                        "west-of-n (best vs worst of --samples N under --reward-model/--reward-fn) or rlcd (answers to a "
+                        "positive vs a negative system prompt made from a principle); with --label the judge checks them")
+    p.add_argument("--reward-model", dest="label.reward_model", help="--pairs west-of-n: reward model folder or hub id")
+    p.add_argument("--reward-fn", dest="label.reward_fn", help="--pairs west-of-n: programmatic reward, package.module:function")
     p.add_argument("--pairs-per-prompt", dest="label.pairs_per_prompt", type=int, help="with --pairs samples-random")
     p.add_argument("--feedback-model", dest="label.feedback_model",
                    help="feedback model, its own engine (default: the policy model, same engine); with --backend openai its name on the server")
@@ -94,6 +103,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--length-control", dest="label.length_control", action="store_true", default=None,
                    help="remove the length-explained part of the judge's preference (fitted over all pairs)")
     p.add_argument("--strict", action="store_true", help="with --label: exit with status 3 when the judge looks uninformative")
+    add_verdict_flags(p, "label.", defaults=False)
+    add_estimate_flags(p)
     add_ray_flags(p)
     add_allow_failures(p)
     p.add_argument("--overwrite", action="store_true", help="delete a run folder made with other settings and start over")
@@ -179,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(p)
 
+    p = sub.add_parser("publish", help="a run's datasets as a shareable folder: parquet configs and a dataset card (--push: to the Hub)")
+    from rlaif.cli.publish import add_arguments as add_publish_arguments
+
+    add_publish_arguments(p)
+
     p = sub.add_parser("try", help="the principle workbench: critique and revise a few prompts with one principle, side by side")
     from rlaif.cli.try_ import add_arguments as add_try_arguments
 
@@ -250,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted. Committed work is kept; run the same command again to continue.", file=sys.stderr)
         return 130
-    except UserError as exc:
+    except (UserError, NoLogprobsError) as exc:  # a judge without log-probabilities: the same for every command
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
 

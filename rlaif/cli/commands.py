@@ -99,6 +99,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import ray_config, tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.cli.verdict_flags import verdict_settings
+    from rlaif.cli.estimate import estimate_label
     from rlaif.cli.ratings import label_options
 
     engine_cfg = _engine_config(args)
@@ -109,7 +111,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         settings = LabelSettings(
             ensemble=args.ensemble, both_orders=not args.single_order, cot=args.cot, cot_clamp=tuple(args.cot_clamp),
             tie_band=args.tie_band, keep_ties=args.keep_ties, few_shot=args.few_shot, seed=args.seed,
-            length_control=args.length_control,
+            length_control=args.length_control, **verdict_settings(args),
         )
         pairs = read_pairs(args.pairs, limit=args.limit)
         judge = None
@@ -128,6 +130,8 @@ def cmd_label(args: argparse.Namespace) -> int:
             factory = make_engine_factory(engine_cfg, model_id, args.seed, args.quiet or on_ray, tensor_parallel=tensor_parallel(ray))
         try:
             weights, calibration = label_options(args, const, model_id)
+            if args.estimate:
+                return estimate_label(args, pairs, const, settings, factory, model_id)
             manifest = label_run(
                 pairs, args.out, const, settings, factory, model_id,
                 chunk_size=args.chunk_size, overwrite=args.overwrite, source=str(args.pairs), show_progress=not args.quiet,
@@ -158,10 +162,12 @@ def _judge_report(manifest, args: argparse.Namespace) -> int:
     (rows missing: 4 unless --allow-failures; else --strict and the judge looks uninformative: 3)."""
     from rlaif.cli.failures import finish
     from rlaif.pipeline.diagnostics import STRICT_EXIT, format_diagnostics, run_warnings
+    from rlaif.pipeline.verdicts import print_verdict_lines
 
     if manifest.get("diagnostics") and "label_pairs" not in manifest.get("counts", {}):  # generate prints them in its table
         print("\n".join(format_diagnostics(manifest["diagnostics"], manifest.get("length_control"))))
     warnings = run_warnings(manifest)
+    print_verdict_lines(manifest)
     for w in warnings:
         print(f"rlaif: {w}", file=sys.stderr)
     return finish(manifest, args.allow_failures) or (STRICT_EXIT if warnings and args.strict else 0)
@@ -198,9 +204,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rlaif.data.runs import RunFolderError
     from rlaif.cli.ray_flags import tensor_parallel
     from rlaif.pipeline.distributed import DistributedError
+    from rlaif.cli.estimate import NOT_RUN_SETTINGS, estimate_generate
 
-    flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "config", "overrides", "overwrite", "quiet", "version", "strict", "allow_failures")}
+    flags = {k: v for k, v in vars(args).items() if k not in NOT_RUN_SETTINGS}
     try:
         file_values = load_yaml(args.config, args.overrides)
         const_spec = flags.get("constitution") or file_values.get("constitution") or "default"
@@ -230,6 +236,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             engine_factory = make_engine_factory(cfg.engine, model_id, cfg.seed, quiet, share=0.5 if two else 1.0, tensor_parallel=tp)
             feedback_factory = make_engine_factory(cfg.engine, feedback_id, cfg.seed, quiet, share=0.5, tensor_parallel=tp) if two else None
         try:
+            if args.estimate:
+                return estimate_generate(args, cfg, const, engine_factory, model_id, feedback_factory, feedback_id)
             manifest = generate(cfg, const, engine_factory, model_id, overwrite=args.overwrite, show_progress=not args.quiet,
                                 feedback_factory=feedback_factory, feedback_id=feedback_id)
         except (PromptError, RunFolderError, DistributedError) as exc:
@@ -273,8 +281,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlaif.cli.eval import run
 
     code = run(args)
-    _refresh_report(args.out)
+    if not args.estimate:
+        _refresh_report(args.out)
     return code
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from rlaif.cli.publish import run
+
+    return run(args)
 
 
 def cmd_try(args: argparse.Namespace) -> int:

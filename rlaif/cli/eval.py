@@ -9,6 +9,8 @@ from typing import Any
 from rlaif.cli.engine_flags import add_engine_flags
 from rlaif.cli.failures import add_allow_failures, finish
 from rlaif.cli.settings_flags import add_config_flag
+from rlaif.cli.estimate import add_estimate_flags
+from rlaif.cli.verdict_flags import add_verdict_flags, verdict_settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--principles-dir", dest="principles_dir", help="principles folder (default: the constitution's)")
     p.add_argument("--ensemble", type=int, default=4, help="principles per comparison (default 4)")
     p.add_argument("--tie-band", dest="tie_band", type=float, default=0.0, help="|P - 0.5| <= band is a tie (default 0)")
+    add_verdict_flags(p)
+    add_estimate_flags(p)
     p.add_argument("--reward-model", dest="reward_model", metavar="PATH", help="also score every answer with this reward model")
     p.add_argument("--reward-batch-size", dest="reward_batch_size", type=int, default=8)
     p.add_argument("--reward-device", dest="reward_device", default="auto", help="auto, cpu or cuda[:N]")
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
         s = EvalSettings(SamplingConfig(args.temperature, args.top_p, args.max_tokens),
-                         LabelSettings(ensemble=args.ensemble, tie_band=args.tie_band, seed=args.seed),
+                         LabelSettings(ensemble=args.ensemble, tie_band=args.tie_band, seed=args.seed, **verdict_settings(args)),
                          args.seed, args.chunk_size, args.bootstrap)
         const = load_constitution(args.constitution, args.principles_dir)
         prompts = read_prompt_sets(sets, args.limit)
@@ -108,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         if bias:
             print(f"warning: {bias}", file=sys.stderr)
         factories, models = _engines(args, engine_cfg, clients)
+        if args.estimate:
+            from rlaif.cli.estimate import estimate_eval
+
+            return estimate_eval(args, prompts, const, s, factories, models, reward)
         manifest = run_eval(prompts, args.out, const, s, factories, models, reward, sources=sets,
                             overwrite=args.overwrite, show_progress=not args.quiet)
     except (ConfigError, ConstitutionError, ModelError, PromptError, RunFolderError, ValueError, ImportError) as exc:

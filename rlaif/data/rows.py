@@ -4,7 +4,9 @@ Every dataset rlaif produces is in TRL's conversational format: an SFT row is ``
 (the prompt's turns plus one assistant turn), a preference row is ``prompt`` / ``chosen`` /
 ``rejected`` (``chosen`` and ``rejected`` hold one assistant turn each) with a
 ``label_source`` saying who decided: ``"revision"`` (critique and revision: the final
-revision wins), ``"ai"`` (the feedback model's label), ``"reward-model"`` (best-of-N) or
+revision wins), ``"ai"`` (the feedback model's label), ``"reward-model"`` (best-of-N),
+``"west-of-n"`` (best vs worst of a prompt's samples under a reward, Pace et al. 2024),
+``"rlcd"`` (the answer to a positive vs a negative system prompt, Yang et al. 2023) or
 ``"human"`` (a person's rating in ``rlaif review``, made the label by ``rlaif export --prefer
 human``, which keeps the label it replaced beside it: see :mod:`rlaif.pipeline.gold`).
 Each producer adds its own provenance columns (``extra``); the core below is the same for
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-LABEL_SOURCES = ("revision", "ai", "reward-model", "human")
+LABEL_SOURCES = ("revision", "ai", "reward-model", "west-of-n", "rlcd", "human")
 PREFERENCE_CORE = ("prompt", "chosen", "rejected", "label_source")
 SFT_CORE = ("messages",)
 

@@ -36,6 +36,23 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """A structured-output constraint a backend enforces where it can (a vLLM engine or server, an
+    OpenAI-style ``response_format``); a backend without one ignores it, so the text is checked anyway.
+
+    Exactly one is set: ``choice`` (the answer is one of these strings) or ``json_schema`` (the
+    answer is JSON valid under this schema, given as JSON text so the request stays hashable).
+    """
+
+    choice: tuple[str, ...] = ()
+    json_schema: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.choice) == bool(self.json_schema):
+            raise ValueError("an output constraint is either choice or json_schema")
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """One conversation to continue with an assistant turn."""
 
@@ -43,6 +60,9 @@ class ChatRequest:
     seed: int | None = None
     """Per-request seed: the same request and seed give the same text whatever the batch."""
     tag: str = field(default="", compare=False)
+    """The item (prompt or pair id) the request works for: lets a metering wrapper count per item."""
+    constraint: OutputConstraint | None = None
+    """Structured output the backend should enforce where it can (see :class:`OutputConstraint`)."""
     assistant_prefix: str = ""
     """Continue an assistant turn that already starts with this text: the prompt is
     ``chat_template(messages, add_generation_prompt=True) + assistant_prefix``, as a
@@ -79,6 +99,12 @@ class ScoreRequest:
 
     messages: tuple[Message, ...]
     assistant_prefix: str = ""
+    tag: str = field(default="", compare=False)
+    """The item (pair or prompt id) the request works for, as :attr:`ChatRequest.tag`."""
+
+
+NO_LOGPROBS = "the server returned no log-probabilities"
+"""Start of the error of a scoring request whose answer had none (an API that does not give them)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,12 @@ class OptionScores:
     retryable: bool = False  # transient failure: worth trying again later
     cached_tokens: int = 0
     """Prompt tokens the engine's prefix cache served (vLLM reports them; 0 where unknown)."""
+    votes: tuple[int, ...] = ()
+    """Sampled verdicts (:mod:`rlaif.pipeline.verdicts`): the valid votes for each option; () for log-probs."""
+    malformed: int = 0
+    """Sampled verdicts that failed their format check (each asked again)."""
+    output_tokens: int = 0
+    """Tokens generated to reach the verdict (sampled verdicts; 0 for a log-prob prefill)."""
 
     @property
     def ok(self) -> bool:

@@ -15,9 +15,18 @@ def _tokens(text: str) -> int:
 
 
 def default_script(request: ChatRequest, sampling: SamplingConfig) -> str:
-    """A reply that depends only on the last user turn and the seed."""
+    """A reply that depends only on the last user turn and the seed; under an output constraint (a
+    sampled verdict) one of its choices, or JSON naming one of the schema's ``answer`` values, as a
+    grammar-enforcing backend would give."""
     last = request.messages[-1]["content"]
     digest = hashlib.sha256(f"{last}|{request.seed}".encode()).hexdigest()[:8]
+    c = request.constraint
+    if c is not None:
+        import json
+
+        choices = c.choice or tuple(json.loads(c.json_schema)["properties"]["answer"]["enum"])
+        pick = choices[int(digest, 16) % len(choices)]
+        return pick if c.choice else json.dumps({"answer": pick})
     return f"reply {digest} to: {last[:40]}"
 
 

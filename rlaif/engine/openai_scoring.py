@@ -49,6 +49,7 @@ from typing import Any, Sequence
 
 from rlaif.engine.base import OptionScores, ScoreRequest, normalise_logprobs
 from rlaif.engine.failures import GaveUp, Permanent
+from rlaif.engine.structured import missing_logprobs, permanent_score_error
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class OptionScoring:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)
             prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            if missing := missing_logprobs(data):
+                return OptionScores((), prompt_tokens, error=missing)
             first = data["choices"][0]["logprobs"]["content"][0]
             table: dict[str, float] = {}
             for entry in [first, *(first.get("top_logprobs") or [])]:
@@ -161,7 +164,7 @@ class OptionScoring:
         except GaveUp as exc:
             return OptionScores((), 0, error=str(exc), retryable=True)
         except Permanent as exc:
-            return OptionScores((), 0, error=str(exc))
+            return OptionScores((), 0, error=permanent_score_error(exc))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             return OptionScores((), 0, error=f"the server returned no usable logprobs: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - one bad request never fails the batch

@@ -67,6 +67,7 @@ from rlaif.engine.failures import (DEFAULT_LIMIT, TRANSIENT_ERRORS, Breaker, Gav
                                    transient_finish, transient_status)
 from rlaif.engine.openai_models import ServerModels
 from rlaif.engine.openai_scoring import MAX_TOP_LOGPROBS, OptionScoring
+from rlaif.engine.structured import missing_logprobs, openai_fields, permanent_score_error
 from rlaif.engine.server_pool import Server, ServerPool, describe_error, parse_base_urls, retry_after_s, server_message
 from rlaif.data.records import Completion
 
@@ -274,6 +275,7 @@ class OpenAIServerEngine(ServerModels, OptionScoring):
             body.update(self._chat_body(req.messages, req.assistant_prefix))
         if req.stop:  # the stop string stays in the text (vLLM's include_stop_str_in_output)
             body.update(stop=list(req.stop), include_stop_str_in_output=True)
+        body.update(openai_fields(req.constraint))
         try:
             data = await self._request("POST", "/v1/chat/completions", body)
             self._note_model(data)

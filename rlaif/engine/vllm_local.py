@@ -22,6 +22,7 @@ from rlaif.data.records import Completion
 from rlaif.engine.config import EngineConfig
 from rlaif.engine.failures import Watched
 from rlaif.engine.vllm_weights import WeightSync
+from rlaif.engine.structured import vllm_fields
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class VLLMEngine(ChatTokens, WeightSync):
                     max_tokens=min(sampling.max_tokens, room),
                     seed=req.seed,
                     **({"stop": list(req.stop), "include_stop_str_in_output": True} if req.stop else {}),
+                    **vllm_fields(self._vllm, req.constraint),
                 )
             )
             slots.append(i)

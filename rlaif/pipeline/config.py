@@ -19,6 +19,7 @@ from rlaif.engine.base import SamplingConfig
 from rlaif.engine.config import EngineConfig
 from rlaif.pipeline.distributed import RayConfig
 from rlaif.pipeline.judge import LabelSettings
+from rlaif.pipeline.verdicts import without_default_verdict
 from rlaif.settings import SettingsError, apply_overrides, check_keys, read_yaml
 
 STAGES = ("response", "critique", "revision")
@@ -33,7 +34,7 @@ ConfigError = SettingsError
 """A settings file or flag that cannot be used (every command's settings raise the same error)."""
 
 
-PAIR_MODES = ("revision", "samples-all", "samples-random")
+PAIR_MODES = ("revision", "samples-all", "samples-random", "west-of-n", "rlcd")
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,18 @@ class LabelConfig(LabelSettings):
     """Label pairs with the feedback model; otherwise the final revision is 'chosen'."""
     pairs: str = "revision"
     """'revision': initial response vs final revision; 'samples-all': every pair of a prompt's
-    samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them."""
+    samples (final texts); 'samples-random': ``pairs_per_prompt`` random pairs of them. Labelled by
+    construction, no judge needed (with ``enabled`` the judge checks them): 'west-of-n', the best and
+    the worst of a prompt's samples under ``reward_model`` or ``reward_fn``; 'rlcd', answers under a
+    positive and a negative system prompt made from a sampled principle
+    (:mod:`rlaif.pipeline.constructed`)."""
     pairs_per_prompt: int = 1
     feedback_model: str | None = None
     """None: the policy model, served by the same engine."""
+    reward_model: str | None = None
+    """west-of-n: a sequence-classification reward model (folder or hub id), e.g. ``rlaif train rm``'s."""
+    reward_fn: str | None = None
+    """west-of-n: a programmatic reward instead, ``package.module:function(prompts, responses)``."""
 
     def __post_init__(self) -> None:
         try:
@@ -60,9 +69,14 @@ class LabelConfig(LabelSettings):
             raise ConfigError(f"label.pairs must be one of {list(PAIR_MODES)}, got {self.pairs!r}")
         if self.pairs_per_prompt < 1:
             raise ConfigError("label.pairs_per_prompt must be >= 1")
+        if self.pairs == "west-of-n" and bool(self.reward_model) == bool(self.reward_fn):
+            raise ConfigError("--pairs west-of-n needs one of --reward-model or --reward-fn (label.reward_model / label.reward_fn)")
+        if self.pairs != "west-of-n" and (self.reward_model or self.reward_fn):
+            raise ConfigError("--reward-model and --reward-fn are for --pairs west-of-n")
 
 
-LABEL_FIELDS_ADDED = {"cot_sampling": LabelSettings.cot_sampling, "max_response_chars": LabelSettings.max_response_chars}
+LABEL_FIELDS_ADDED = {"cot_sampling": LabelSettings.cot_sampling, "max_response_chars": LabelSettings.max_response_chars,
+                      "reward_model": None, "reward_fn": None}
 """Labelling settings run folders did not record before the settings were one dataclass: left out of
 the fingerprint at their defaults, so older run folders still resume."""
 ENGINE_FIELDS_ADDED = {f.name: f.default for f in dataclasses.fields(EngineConfig)
@@ -106,8 +120,9 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.label.seed != self.seed:  # the labeller's principle draws follow the run's seed
             object.__setattr__(self, "label", dataclasses.replace(self.label, seed=self.seed))
-        if self.label.enabled and self.label.pairs != "revision" and self.samples_per_prompt < 2:
-            raise ConfigError(f"label.pairs={self.label.pairs!r} needs samples_per_prompt >= 2")
+        needs_samples = self.label.pairs == "west-of-n" or (self.label.enabled and self.label.pairs in ("samples-all", "samples-random"))
+        if needs_samples and self.samples_per_prompt < 2:
+            raise ConfigError(f"label.pairs={self.label.pairs!r} needs samples_per_prompt >= 2 (--samples N)")
         if self.label.enabled and self.label.pairs == "revision" and self.rounds < 1:
             raise ConfigError("label.pairs='revision' needs rounds >= 1 (nothing to compare otherwise)")
         if self.rounds < 0:
@@ -130,6 +145,7 @@ class GenerateConfig:
             for key, default in added.items():
                 if d[section][key] == (dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default):
                     del d[section][key]
+        d["label"] = without_default_verdict(d["label"])
         del d["label"]["seed"]
         del d["engine"]["max_consecutive_failures"]  # when a run stops for a server gone shapes no row
         return d

@@ -109,7 +109,8 @@ def run_chunk(
 
     # Stage 1: initial responses, one batched call.
     requests = [
-        ChatRequest(tuple(with_system(const, c.prompt.messages)), derive_seed(settings.seed, c.prompt.id, c.sample, "response"))
+        ChatRequest(tuple(with_system(const, c.prompt.messages)), derive_seed(settings.seed, c.prompt.id, c.sample, "response"),
+                    tag=c.prompt.id)
         for c in convs
     ]
     for c, out in zip(convs, engine.generate(requests, settings.sampling["response"], desc=f"{tag}response")):
@@ -129,7 +130,8 @@ def run_chunk(
         bases = [critique_context(const, c.prompt.messages, demos) + [{"role": "assistant", "content": c.latest}] for c in active]
 
         crit_reqs = [
-            ChatRequest(tuple(b + [{"role": "user", "content": p.critique}]), derive_seed(settings.seed, c.prompt.id, c.sample, "critique", r))
+            ChatRequest(tuple(b + [{"role": "user", "content": p.critique}]), derive_seed(settings.seed, c.prompt.id, c.sample, "critique", r),
+                        tag=c.prompt.id)
             for b, c, p in zip(bases, active, principles)
         ]
         critiques = engine.generate(crit_reqs, settings.sampling["critique"], desc=f"{tag}critique {r + 1}/{settings.rounds}")
@@ -145,7 +147,7 @@ def run_chunk(
                 {"role": "user", "content": p.revision},
             ]
             rev_slots.append(i)
-            rev_reqs.append(ChatRequest(tuple(conv), derive_seed(settings.seed, c.prompt.id, c.sample, "revision", r)))
+            rev_reqs.append(ChatRequest(tuple(conv), derive_seed(settings.seed, c.prompt.id, c.sample, "revision", r), tag=c.prompt.id))
         revisions = engine.generate(rev_reqs, settings.sampling["revision"], desc=f"{tag}revision {r + 1}/{settings.rounds}")
         for i, out in zip(rev_slots, revisions):
             c, p = active[i], principles[i]

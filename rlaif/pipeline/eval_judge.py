@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from rlaif.engine.base import Engine, ScoreRequest
 from rlaif.data.records import Message
 from rlaif.pipeline.judge import render_conversation, sanitise
+from rlaif.pipeline.verdicts import check_scores
 
 YES_NO = ("Yes", "No")
 INSTRUCTION = "Answer with Yes or No."
@@ -74,12 +75,13 @@ def check_question(conversation: Sequence[Message], answer: str, question: str, 
 
 
 def run_checks(engine: Engine, items: Sequence[tuple[Sequence[Message], str, str | None]], checks: Sequence[Check] = CHECKS,
-               desc: str = "checks") -> list[dict[str, Any]]:
+               desc: str = "checks", tags: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Ask every check about every (conversation, answer, reference) item in one scoring call.
 
     Returns one dict per item: ``{check name: {"p": P(property), "p_yes": [P(Yes | positive),
     P(Yes | negative)]}}``, or ``{"error": message}`` under a check whose scoring failed. Checks
-    that need a reference are skipped for items without one.
+    that need a reference are skipped for items without one. ``tags`` name each item's prompt
+    (:attr:`rlaif.engine.base.ScoreRequest.tag`, for metering).
     """
     jobs: list[tuple[int, Check, int]] = []
     reqs: list[ScoreRequest] = []
@@ -90,8 +92,9 @@ def run_checks(engine: Engine, items: Sequence[tuple[Sequence[Message], str, str
             for k, q in enumerate((check.positive, check.negative)):
                 msgs = ({"role": "user", "content": check_question(conv, answer, q, ref if check.needs_reference else None)},)
                 jobs.append((i, check, k))
-                reqs.append(ScoreRequest(msgs, ""))
+                reqs.append(ScoreRequest(msgs, "", tag=tags[i] if tags else ""))
     scores = engine.score_options(reqs, YES_NO, desc=desc) if reqs else []
+    check_scores(scores, engine.model)
     got: dict[tuple[int, str], list[Any]] = {}
     for (i, check, k), s in zip(jobs, scores):
         slot = got.setdefault((i, check.name), [None, None])

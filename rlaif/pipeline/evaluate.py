@@ -39,6 +39,7 @@ from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, describe
 from rlaif.pipeline.eval_judge import run_checks
 from rlaif.pipeline.eval_stats import METHODS
 from rlaif.pipeline.judge import LabelSettings, Pair, label_pairs
+from rlaif.pipeline.verdicts import judge_engine, without_default_verdict
 from rlaif.seeds import derive_seed
 
 SHIPPED_SETS = ("harmful", "overrefusal", "helpful")
@@ -135,7 +136,7 @@ def answer_stage(engine: Engine, prompts: Sequence[PromptRecord], role: str, s: 
                  score_texts: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One chunk of the policy or baseline stage: answers, and the log-probs of the policy's answers
     (``score_texts``: the policy stage's rows by id; None for the policy, which scores its own)."""
-    reqs = [ChatRequest(p.messages, derive_seed(s.seed, p.id, "eval", role)) for p in prompts]
+    reqs = [ChatRequest(p.messages, derive_seed(s.seed, p.id, "eval", role), tag=p.id) for p in prompts]
     outs = engine.generate(reqs, s.sampling, desc=f"{role} answers")
     rows = [{"id": p.id, "text": o.text, "finish_reason": o.finish_reason, "tokens": o.completion_tokens,
              "error": o.error, "retryable": o.retryable} for p, o in zip(prompts, outs)]
@@ -156,17 +157,19 @@ def judge_stage(engine: Engine, const: Constitution, prompts: Sequence[PromptRec
     """One chunk of the judge stage: the comparison of the two answers and the checks of each."""
     from rlaif.pipeline.label import label_to_row
 
+    engine = judge_engine(engine, s.label)  # with sampled verdicts they answer the checks too
     both = [p for p in prompts if policy[p.id]["error"] is None and baseline[p.id]["error"] is None]
     pairs = [Pair(p.id, p.messages, policy[p.id]["text"], baseline[p.id]["text"]) for p in both]
     labels = {lab.pair_id: label_to_row(lab) for lab in label_pairs(engine, const, pairs, s.label, desc="compare")}
-    items, slots = [], []
+    items, slots, tags = [], [], []
     for p in prompts:
         for role, rows in (("policy", policy), ("baseline", baseline)):
             if rows[p.id]["error"] is None:
                 items.append((p.messages, rows[p.id]["text"], p.meta.get("reference")))
                 slots.append((p.id, role))
+                tags.append(p.id)
     checks: dict[str, dict[str, Any]] = {p.id: {} for p in prompts}
-    for (pid, role), result in zip(slots, run_checks(engine, items, desc="checks")):
+    for (pid, role), result in zip(slots, run_checks(engine, items, desc="checks", tags=tags)):
         checks[pid][role] = result
     return [{"id": p.id, "label": labels.get(p.id), "checks": checks[p.id]} for p in prompts]
 
@@ -218,7 +221,8 @@ def run_eval(prompts: list[PromptRecord], out: str, const: Constitution, s: Eval
     settings = {
         "kind": "eval", "models": {**models, "reward": reward[0] if reward else None},
         "prompts_sha256": fingerprint({"p": [[p.id, list(p.messages), p.meta] for p in prompts]}),
-        "n_prompts": len(prompts), "constitution_sha256": const.sha256, "eval": asdict(s),
+        "n_prompts": len(prompts), "constitution_sha256": const.sha256,
+        "eval": {**asdict(s), "label": without_default_verdict(asdict(s.label))},  # older run folders keep their fingerprint
     }
     fp = fingerprint(settings)
     run = RunDir(out)

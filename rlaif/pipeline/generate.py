@@ -20,8 +20,9 @@ from rlaif.data.prompts import read_prompts
 from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, run_chunks
-from rlaif.pipeline.generate_chunks import GenerateJob, pair_from_row
-from rlaif.pipeline.judge_records import JUDGEMENTS, read_side
+from rlaif.pipeline.constructed import CONSTRUCTED, constructed_rows, row_features
+from rlaif.pipeline.generate_chunks import GenerateJob
+from rlaif.pipeline.judge_records import JUDGEMENTS, pair_from_row, read_side
 from rlaif.data.rows import preference_features, preference_row, sft_features, sft_row
 
 EngineFactory = Callable[[], Engine]
@@ -219,8 +220,7 @@ def generate(
     if work:
         tasks = [ChunkTask(i, chunks[i]) if i not in retry else
                  ChunkTask(i, chunks[i], frozenset(retry[i][0]), tuple(run.read_chunk(i)),
-                           {"labels": tuple(run.read_chunk(i, "labels")) if cfg.label.enabled else (),
-                            JUDGEMENTS: read_side(run, i, JUDGEMENTS)}) for i in work]
+                           {**_old_side(run, i), JUDGEMENTS: read_side(run, i, JUDGEMENTS)}) for i in work]
         bar = _tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="chunks", unit="chunk", disable=not show_progress)
 
         new_chunks = set(todo)
@@ -243,6 +243,12 @@ def _to_redo(run: RunDir) -> dict[int, tuple[set[str], set[str]]]:
     return {i: (trajs.get(i, set()), labels.get(i, set())) for i in sorted({*trajs, *labels})}
 
 
+def _old_side(run: RunDir, index: int) -> dict[str, tuple[dict[str, Any], ...]]:
+    """A committed chunk's side rows that a redo keeps: its labels, and RLCD's contrast answers (asked once)."""
+    return {name: tuple(run.read_chunk(index, name)) for name in ("labels", "contrast")
+            if (run.chunks / f"{index:05d}.{name}.jsonl").exists()}
+
+
 def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_start, log, feedback_id=None) -> dict[str, Any]:
     """Build every output from the committed chunks (idempotent); manifest last."""
     raw = run.read_chunks()
@@ -252,7 +258,12 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
     run.save_dataset("sft", sft, _features("sft"))
     label_counts: dict[str, int] = {}
     judge: dict[str, Any] = {}
-    if cfg.label.enabled:
+    if cfg.label.pairs in CONSTRUCTED:  # west-of-n, rlcd: labelled by construction (the judge, with --label, checks them)
+        prefs, label_counts, judge = constructed_rows(run, trajs, cfg, const, model_id, lambda t: _provenance(t, const, model_id))
+        if cfg.label.enabled:  # the judge's check of the pairs: a check whose requests failed is missing too
+            lost.append(missing("AI labels", run.read_chunks("labels")))
+        run.save_dataset("preferences", prefs, row_features(cfg.label.pairs, _ai_extra_features()))
+    elif cfg.label.enabled:
         prefs, label_counts, judge = ai_rows(run, trajs, cfg, const, model_id, feedback_id)
         lost.append(missing("AI labels", run.read_chunks("labels")))
         run.save_dataset("preferences", prefs, ai_preference_features(_ai_extra_features()))
@@ -296,6 +307,8 @@ def finalize(run: RunDir, cfg, const, settings, fp, model_id, engine_info, t_sta
         },
         "missing": lost,
         **({"diagnostics": judge["diagnostics"], "length_control": judge["length_control"]} if judge else {}),
+        **({"verdicts": judge["verdicts"]} if judge.get("verdicts") else {}),
+        **({"pair_check": judge["pair_check"]} if judge.get("pair_check") else {}),
         "preference_lengths": lengths,
         "tokens": stats,
         "timing": {
@@ -341,10 +354,16 @@ def summary_table(manifest: dict[str, Any]) -> str:
         from rlaif.pipeline.diagnostics import format_preference_lengths
 
         lines.append(format_preference_lengths(manifest["preference_lengths"]))
+    if "constructed_pairs" in c:
+        check = manifest.get("pair_check")
+        lines.append(f"pairs           {c['constructed_pairs']} by construction ({manifest['settings']['label']['pairs']})"
+                     + (f"   the judge agrees with {100 * check['agreement']:.0f}% of {check['judged']} judged" if check and
+                        check.get("agreement") is not None else ""))
     if "label_pairs" in c:
         lines.append(
             f"AI labels       {c['label_pairs']} pairs   failed {c.get('label_failed', 0)}   ties {c.get('label_ties', 0)}   "
-            f"both orders agreed {c.get('label_orders_agreed', 0)}   revision preferred {c.get('label_revision_preferred', 0)}"
+            f"both orders agreed {c.get('label_orders_agreed', 0)}"
+            + (f"   revision preferred {c.get('label_revision_preferred', 0)}" if "label_revision_preferred" in c else "")
         )
     if manifest.get("diagnostics"):
         from rlaif.pipeline.diagnostics import format_diagnostics

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -17,6 +18,7 @@ from rlaif.data.records import PromptRecord, Trajectory
 from rlaif.engine import answered_by
 from rlaif.engine.base import Engine, describe
 from rlaif.pipeline.config import GenerateConfig, LabelConfig
+from rlaif.pipeline.constructed import CONSTRUCTED, constructed, contrast_stage, load_reward, reward_rows
 from rlaif.pipeline.critique import LoopSettings, run_chunk
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask
 from rlaif.pipeline.judge import Pair, label_pairs
@@ -36,6 +38,7 @@ class GenerateJob:
         self.cfg, self.const, self.n_chunks = cfg, const, n_chunks
         self.engine_factory, self.feedback_factory = engine_factory, feedback_factory
         self.loop = LoopSettings(cfg.rounds, cfg.samples_per_prompt, cfg.seed, cfg.sampling)
+        self.reward = None  # west-of-n: the reward model or function, loaded on first use (on the replica under Ray)
 
     def start(self) -> tuple[Engine, Engine]:
         engine = self.engine_factory()
@@ -66,9 +69,12 @@ class GenerateJob:
         # keep every committed row that did not fail transiently; take the new one otherwise
         trajs = [fresh[tid] if (tid in fresh and (redo_ids is None or tid in redo_ids)) else Trajectory.from_row(old_rows[tid])
                  for tid in _chunk_ids(task.items, cfg.samples_per_prompt)]
-        side = {}
+        side: dict[str, Any] = {}
+        if cfg.label.pairs in CONSTRUCTED:  # west-of-n, rlcd: pairs labelled by construction
+            trajs, side = self.construct(engine, trajs, task, {t for t in fresh if redo_ids is None or t in redo_ids}, tag)
         if cfg.label.enabled:
-            pairs = make_pairs(trajs, cfg.label, cfg.seed)
+            pairs = (make_pairs(trajs, cfg.label, cfg.seed) if cfg.label.pairs not in CONSTRUCTED
+                     else [c.pair for c in constructed(cfg.label.pairs, trajs, side)])
             keep = {p.id: old_labels[p.id] for p in pairs if _label_still_valid(old_labels.get(p.id), p)}
             need = [p for p in pairs if p.id not in keep]
             before = Counter(getattr(feedback, "reported_models", {}))
@@ -82,6 +88,24 @@ class GenerateJob:
         if cfg.label.enabled:
             stats["judge"] = cache.identity
         return ChunkResult([t.to_row() for t in trajs], stats, side)
+
+    def construct(self, engine, trajs: list[Trajectory], task: ChunkTask, fresh: set[str], tag: str):
+        """West-of-N: every final text's reward. RLCD: the contrast answers of the trajectories made in this
+        run of the chunk (the others keep theirs); a (prompt, sample) whose contrast request failed is marked
+        failed, so that a rerun redoes it as it redoes any failed trajectory."""
+        lc = self.cfg.label
+        if lc.pairs == "west-of-n":
+            if self.reward is None:
+                self.reward = load_reward(lc.reward_model, lc.reward_fn, bool(self.cfg.engine.trust_remote_code))
+            return trajs, {"rewards": reward_rows(self.reward, trajs)}
+        old = {r["id"]: r for r in task.old_side.get("contrast", ())}
+        todo = [t for t in trajs if t.status == "ok" and (t.id in fresh or t.id not in old)]
+        new = {r["id"]: r for r in contrast_stage(engine, self.const, todo, self.cfg.seed, self.cfg.sampling["response"], tag)}
+        rows = [new.get(t.id) or old[t.id] for t in trajs if t.id in new or t.id in old]
+        failed = {r["id"]: r for r in rows if r["error"]}
+        trajs = [dataclasses.replace(t, status="failed", failure=f"contrast: {failed[t.id]['error']}", retryable=failed[t.id]["retryable"])
+                 if t.id in failed else t for t in trajs]
+        return trajs, {"contrast": [r for r in rows if not r["error"]]}
 
 
 def _chunk_ids(prompts: list[PromptRecord], samples: int) -> list[str]:
@@ -121,7 +145,3 @@ def make_pairs(trajs: list[Trajectory], lc: LabelConfig, seed: int) -> list[Pair
 
 def pair_to_row(p: Pair) -> dict[str, Any]:
     return {"id": p.id, "prompt": [dict(m) for m in p.prompt], "response_a": p.response_a, "response_b": p.response_b, "meta": p.meta}
-
-
-def pair_from_row(r: dict[str, Any]) -> Pair:
-    return Pair(r["id"], tuple(r["prompt"]), r["response_a"], r["response_b"], None, r.get("meta") or {})

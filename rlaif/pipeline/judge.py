@@ -40,6 +40,7 @@ from rlaif.seeds import derive_seed
 from rlaif.engine.base import ChatRequest, Engine, SamplingConfig, ScoreRequest
 from rlaif.data.quoting import defuse, render_conversation, sanitise  # noqa: F401  (rlaif.pipeline.judge's names too)
 from rlaif.data.records import Message
+from rlaif.pipeline.verdicts import VERDICT_MODES, check_scores, judge_engine, settings_of
 
 # The comparison is asked in the user turn, the question after both responses, and the
 # option letter is read as the very first token of the assistant's answer. Of the layouts
@@ -82,10 +83,26 @@ class LabelSettings:
     length_control: bool = False
     """Remove the part of the judge's log-odds explained by the length difference, fitted over
     all pairs of the run once they are scored (see :mod:`rlaif.pipeline.length_control`)."""
+    verdict: str = "logprobs"
+    """'logprobs': P(option) from the option tokens' log-probabilities; 'sampled': from K sampled
+    verdicts per comparison, for judges that return no log-probabilities (:mod:`rlaif.pipeline.verdicts`)."""
+    verdict_samples: int = 4
+    """Sampled verdicts: valid votes per comparison (K)."""
+    verdict_format: str = "json"
+    """Sampled verdicts: 'json' ({"answer": "A"}, checked against a JSON schema) or 'letter' (the option alone)."""
+    verdict_grammar: bool = True
+    """Sampled verdicts: also send the format as a grammar where the backend enforces one."""
+    verdict_retries: int = 2
+    """Sampled verdicts: times a malformed verdict is asked again."""
+    verdict_max_tokens: int = 32
+    """Sampled verdicts: most tokens of one verdict."""
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
             raise ValueError("ensemble must be >= 1")
+        if self.verdict not in VERDICT_MODES:
+            raise ValueError(f"verdict must be one of {list(VERDICT_MODES)}, got {self.verdict!r}")
+        settings_of(self)  # checks the verdict_* fields
         lo, hi = self.cot_clamp
         if not 0 <= lo <= 0.5 <= hi <= 1:
             raise ValueError("cot_clamp must be a band (lo, hi) with 0 <= lo <= 0.5 <= hi <= 1")
@@ -127,6 +144,8 @@ class PairLabel:
     """Set when the label was length-controlled: the judge's own P(a) before the correction."""
     length_offset: float = 0.0
     """Log-odds removed by length control (``logit(judge_p_a) - logit(p_a)``)."""
+    malformed: int = 0
+    """Sampled verdicts (``--verdict sampled``) that failed their format check and were asked again."""
 
     @property
     def is_tie(self) -> bool:
@@ -227,6 +246,7 @@ class _Job:
     retryable: bool = False
     seed: int = 0  # the CoT request's seed
     key: str | None = None  # set by a cache: the hash of this comparison's request
+    malformed: int = 0  # sampled verdicts that failed their format check
 
 
 def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], settings: LabelSettings, desc: str = "label", *,
@@ -238,6 +258,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
     comparisons whose request it has answered before are not sent again, and it records the
     answer of every comparison.
     """
+    engine = judge_engine(engine, settings)  # sampled verdicts answer score_options for judges without log-probs
     principles = {p.id: p for p in const.principles}
     default_q = const.principles[0].comparison
     shots = few_shot_turns(const.comparison_examples, principles, default_q) if settings.few_shot else []
@@ -269,7 +290,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
     ask = [j for j in jobs if j.p_first is None]
 
     if settings.cot and ask:
-        reqs = [ChatRequest(tuple(j.messages), j.seed) for j in ask]
+        reqs = [ChatRequest(tuple(j.messages), j.seed, tag=pairs[j.pair_index].id) for j in ask]
         for j, out in zip(ask, engine.generate(reqs, settings.cot_sampling, desc=f"{desc} reasoning")):
             if not out.ok:
                 j.error, j.retryable = out.error, out.retryable
@@ -280,8 +301,11 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
 
     pending = [j for j in ask if j.error is None]
     options = COT_OPTIONS if settings.cot else OPTIONS
-    scores = engine.score_options([ScoreRequest(tuple(j.messages), j.prefix) for j in pending], options, desc=desc)
+    scores = engine.score_options([ScoreRequest(tuple(j.messages), j.prefix, tag=pairs[j.pair_index].id) for j in pending],
+                                  options, desc=desc)
+    check_scores(scores, engine.model)
     for j, s in zip(pending, scores):
+        j.malformed = s.malformed
         if s.ok:
             j.p_first = math.exp(s.logprobs[0])
         else:
@@ -301,7 +325,8 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
         failed = [j for j in pj if j.error]
         if failed:
             out.append(PairLabel(pair.id, 0.5, {}, 0.0, 0.5, likert(0.5), 0.0, tuple(pair_flags[i]),
-                                 error=failed[0].error, retryable=any(j.retryable for j in failed)))
+                                 error=failed[0].error, retryable=any(j.retryable for j in failed),
+                                 malformed=sum(j.malformed for j in pj)))
             continue
         per: dict[str, float] = {}
         slots: dict[str, tuple[float, ...]] = {}
@@ -335,6 +360,7 @@ def label_pairs(engine: Engine, const: Constitution, pairs: Sequence[Pair], sett
             PairLabel(
                 pair.id, p_a, per, agree_n / len(per), sum(first_order) / len(first_order),
                 likert(p_a), margin(p_a), tuple(sorted(set(flags))), reasoning, slot_probs=slots,
+                malformed=sum(j.malformed for j in pj),
             )
         )
     return out

@@ -15,8 +15,8 @@ line (it is sent again).
 
 **The key** of a comparison is the SHA-256 of everything that decides the judge's answer: the
 exact rendered request (the messages, with every few-shot turn, and the answer prefix), the
-option tokens, with chain of thought the sampling settings and the request's seed, and the
-judge: its model, the model's revision, the backend and the dtype (:func:`judge_identity`).
+option tokens, with chain of thought the sampling settings and the request's seed, with sampled
+verdicts (``--verdict sampled``) how the votes are asked for, and the judge: its model, the model's revision, the backend and the dtype (:func:`judge_identity`).
 :class:`JudgeCache` answers a comparison from a stored line when the line is for the same
 pair, principle and order and its key equals the new request's key; the line is then copied
 as it is, byte for byte.
@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 from rlaif.constitution import Principle
 from rlaif.pipeline.judge import COT_ANSWER_PREFIX, COT_OPTIONS, OPTIONS, LabelSettings, Pair
+from rlaif.pipeline.verdicts import settings_of
 
 PAIRS = "pairs"
 JUDGEMENTS = "judgements"
@@ -82,6 +83,8 @@ def request_key(identity: dict[str, Any], settings: LabelSettings, messages: Seq
         "options": list(COT_OPTIONS if settings.cot else OPTIONS),
         "cot": {"sampling": asdict(settings.cot_sampling), "seed": seed, "answer_prefix": COT_ANSWER_PREFIX} if settings.cot else None,
     }
+    if settings.verdict != "logprobs":  # sampled verdicts: the votes asked for are part of the request
+        payload["verdict"] = {"mode": settings.verdict, **asdict(settings_of(settings))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

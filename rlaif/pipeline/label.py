@@ -22,6 +22,7 @@ from rlaif.pipeline.judge_records import JUDGEMENTS, PAIRS, JudgeCache, Reuse, m
 from rlaif.data.runs import RunDir, chunked, missing
 from rlaif.data.rows import preference_features, preference_row
 from rlaif.pipeline.distributed import ChunkResult, ChunkTask, RayConfig, run_chunks
+from rlaif.pipeline.verdicts import verdict_report, without_default_verdict
 
 
 FINALISE_ONLY = ("length_control", "keep_ties")
@@ -71,7 +72,8 @@ def finalise_labels(pairs: Sequence[Pair], labels: Sequence[PairLabel], settings
     from rlaif.pipeline.diagnostics import judge_diagnostics, label_length_bias
     from rlaif.pipeline.length_control import apply_length_control
 
-    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None, "calibration": None}
+    info: dict[str, Any] = {"diagnostics": judge_diagnostics(pairs, labels), "length_control": None, "calibration": None,
+                            "verdicts": verdict_report(labels, settings)}
     final = list(labels)
     if principle_weights:
         from rlaif.pipeline.ratings import reweighted_label
@@ -266,11 +268,8 @@ def label_run(
     settings: LabelSettings,
     engine_factory: Callable[[], Engine],
     feedback_model: str,
-    chunk_size: int = 256,
-    overwrite: bool = False,
-    source: str = "",
-    log: Callable[[str], None] = print,
-    show_progress: bool = True,
+    chunk_size: int = 256, overwrite: bool = False, source: str = "",
+    log: Callable[[str], None] = print, show_progress: bool = True,
     ray: RayConfig | None = None,
     in_process_model: bool = True,
     principle_weights: dict[str, float] | None = None,
@@ -285,7 +284,7 @@ def label_run(
     (``--calibration``) only shapes the outputs, like length control (see :func:`finalise_labels`).
     ``judge_id`` and ``reuse``: see :class:`LabelJob` (a relabel: :mod:`rlaif.pipeline.relabel`)."""
     t_start = time.time()
-    label_settings = asdict(settings)
+    label_settings = without_default_verdict(asdict(settings))  # older run folders keep their fingerprint
     finalise = finalise_record({k: label_settings.pop(k) for k in FINALISE_ONLY})
     if calibration is not None:  # absent when unset: runs made before keep their finalise settings
         finalise["calibration"] = {"coef": list(calibration.coef), "target": calibration.target, "n": calibration.n}
@@ -390,6 +389,7 @@ def label_run(
         "diagnostics": judge["diagnostics"],
         "length_control": judge["length_control"],
         **({"calibration": judge["calibration"]} if calibration is not None else {}),
+        **({"verdicts": judge["verdicts"]} if judge["verdicts"] else {}),
         "timing": {"label_wall_s": round(gen_wall, 2), "pairs_per_s": round(len(pairs) / gen_wall, 3) if gen_wall else None,
                    "this_invocation_wall_s": round(time.time() - t_start, 2)},
         "outputs": {"preferences": str(run.path / "preferences"), "labels": str(run.path / "labels.jsonl")},
