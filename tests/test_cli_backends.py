@@ -421,7 +421,7 @@ def test_label_vllm_backend_matches_transformers(default_model, tmp_path, capsys
     src = ROOT / "prompts" / "reference-pairs.jsonl"
     assert cli("label", "--pairs", src, "--limit", 4, "--out", tmp_path / "l", "--ensemble", 2, *VLLM_SMALL, *QUIET) == 0, \
         capsys.readouterr().err
-    judged = [json.loads(line) for f in sorted((tmp_path / "l" / "chunks").glob("[0-9]*.jsonl")) for line in f.read_text().splitlines()]
+    judged = [json.loads(line) for f in sorted((tmp_path / "l" / "chunks").glob("[0-9]*[0-9].jsonl")) for line in f.read_text().splitlines()]
     assert {r["feedback_model"] for r in judged} == {default_model}
     hf = HFEngine(default_model, dtype="float32", show_progress=False)
     try:

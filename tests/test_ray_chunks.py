@@ -444,7 +444,7 @@ def test_replicas_record_failed_requests_and_a_server_gone_stops_the_driver(clus
         assert cli([*ray_run, "--base-url", bad.url]) == FAILED_EXIT
         port = bad.port
     assert "missing 2 of 8 pairs (2 failed for now" in capsys.readouterr().err
-    labels = [json.loads(line) for p in sorted((tmp_path / "ray" / "chunks").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    labels = [json.loads(line) for p in sorted((tmp_path / "ray" / "chunks").glob("[0-9]*[0-9].jsonl")) for line in p.read_text().splitlines()]
     assert sorted(r["pair_id"] for r in labels if r["error"] and r["retryable"]) == ["x3", "x5"]
     with FaultyOracle("500", port=port) as dead:
         assert cli([*ray_run, "--base-url", dead.url, "--max-consecutive-failures", "3"]) == FAILED_EXIT
