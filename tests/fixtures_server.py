@@ -385,3 +385,17 @@ class FaultyOracle(OracleServer):
         if self._timer is not None:
             self._timer.cancel()
         super().__exit__(*exc)
+
+
+def write_pairs(folder: Path, n: int = 6, categories: bool = False) -> Path:
+    """Pairs whose better response (the reference label) holds ORACLE_MARKER: in a for even i, in b
+    for odd i; ``categories``: each row gets category "even" or "odd"."""
+    path = folder / "pairs.jsonl"
+    rows = []
+    for i in range(n):
+        good, bad = f"A fine answer with a {ORACLE_MARKER} in it ({i}).", f"A plain answer ({i})."
+        a, b = (good, bad) if i % 2 == 0 else (bad, good)
+        rows.append({"id": f"x{i}", **({"category": "even" if i % 2 == 0 else "odd"} if categories else {}),
+                     "prompt": f"Question {i}?", "response_a": a, "response_b": b, "label": "a" if i % 2 == 0 else "b"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -27,6 +27,7 @@ from pathlib import Path
 import datasets
 import pytest
 from fixtures_server import ORACLE_MARKER, OracleServer, closed_port_url
+from fixtures_server import write_pairs as marker_pairs
 
 from rlaif.cli import main
 
@@ -47,16 +48,7 @@ def write_prompts(folder: Path, n: int = 4) -> Path:
 
 
 def write_pairs(folder: Path, n: int = 6) -> Path:
-    """Pairs whose better response (the reference label) holds the marker: in a for even i, in b for odd i."""
-    path = folder / "pairs.jsonl"
-    rows = []
-    for i in range(n):
-        good, bad = f"A fine answer with a {ORACLE_MARKER} in it ({i}).", f"A plain answer ({i})."
-        a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        rows.append({"id": f"x{i}", "category": "even" if i % 2 == 0 else "odd", "prompt": f"Question {i}?",
-                     "response_a": a, "response_b": b, "label": "a" if i % 2 == 0 else "b"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return marker_pairs(folder, n, categories=True)
 
 
 def load(out: Path, name: str = "preferences") -> datasets.Dataset:

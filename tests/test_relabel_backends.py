@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_server import ORACLE_MARKER, OracleServer, chat_completion
+from fixtures_server import write_pairs as marker_pairs
 
 from rlaif.cli import main
 
@@ -44,14 +45,7 @@ class PrincipleServer(OracleServer):
 
 
 def write_pairs(folder: Path, n: int = 12) -> Path:
-    path = folder / "pairs.jsonl"
-    rows = []
-    for i in range(n):
-        good, bad = f"A fine answer with a {ORACLE_MARKER} in it ({i}).", f"A plain answer ({i})."
-        a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        rows.append({"id": f"x{i}", "prompt": f"Question {i}?", "response_a": a, "response_b": b, "label": "a" if i % 2 == 0 else "b"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return marker_pairs(folder, n)
 
 
 def set_comparison(const_dir: Path, pid: str, new: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from fixtures_server import ORACLE_MARKER, OracleServer, Reply, chat_completion, vllm_server  # noqa: F401
+from fixtures_server import ORACLE_MARKER, OracleServer, Reply, chat_completion, vllm_server, write_pairs  # noqa: F401
 
 from rlaif.cli import main
 from rlaif.pipeline.eval_judge import CHECKS
@@ -111,16 +111,6 @@ def _is_verdict(body) -> bool:
     return bool(users) and "Reply with" in users[-1]
 
 
-def write_pairs(folder: Path, n: int = 6) -> Path:
-    """Pairs whose better response (the reference label) holds the marker: in a for even i, in b for odd i."""
-    path = folder / "pairs.jsonl"
-    rows = []
-    for i in range(n):
-        good, bad = f"A fine answer with a {ORACLE_MARKER} in it ({i}).", f"A plain answer ({i})."
-        a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        rows.append({"id": f"x{i}", "prompt": f"Question {i}?", "response_a": a, "response_b": b, "label": "a" if i % 2 == 0 else "b"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def load(out: Path, name: str = "preferences"):
