@@ -58,6 +58,17 @@ def chat_completion(text: str = "hello", finish_reason: str = "stop", prompt_tok
     }
 
 
+def models_list(*names: str) -> dict[str, Any]:
+    """A ``GET /v1/models`` answer listing ``names``, each with a 4096-token context."""
+    return {"object": "list", "data": [{"id": m, "object": "model", "max_model_len": 4096} for m in names]}
+
+
+def tokenize_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``POST /tokenize`` answer: three template tokens, then one token per character of a continued final message."""
+    text = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
+    return {"count": len(text) + 3, "max_model_len": 4096, "tokens": [1, 2, 3] + [ord(ch) for ch in text]}
+
+
 def error_body(message: str, code: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": code}}
 
@@ -285,9 +296,9 @@ class OracleServer(ScriptedServer):
 
     def _answer(self, method: str, path: str, body: Any, attempt: int) -> Reply:
         if method == "GET" and path == "/v1/models":
-            return Reply(200, {"object": "list", "data": [{"id": m, "object": "model", "max_model_len": 4096} for m in self.models]})
+            return Reply(200, models_list(*self.models))
         if path == "/tokenize":
-            return Reply(200, self._tokenize(body))
+            return Reply(200, tokenize_answer(body))
         if path != "/v1/chat/completions":
             return Reply(404, {"detail": "Not Found"})
         name = body.get("model")
@@ -297,11 +308,6 @@ class OracleServer(ScriptedServer):
         if "allowed_token_ids" in body:
             return Reply(200, dict(self._score(body), model=reported))
         return Reply(200, dict(chat_completion(self._generate(body["messages"], body.get("seed"))), model=reported))
-
-    @staticmethod
-    def _tokenize(body: dict[str, Any]) -> dict[str, Any]:
-        text = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
-        return {"count": len(text) + 3, "max_model_len": 4096, "tokens": [1, 2, 3] + [ord(ch) for ch in text]}
 
     def _score(self, body: dict[str, Any]) -> dict[str, Any]:
         user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from fixtures_server import Reply, ScriptedServer, chat_completion
+from fixtures_server import Reply, ScriptedServer, chat_completion, models_list, tokenize_answer
 
 from rlaif.cli import main
 from rlaif.constitution import load_constitution
@@ -272,10 +272,9 @@ class StepServer(ScriptedServer):
 
     def _answer(self, method, path, body, attempt):
         if path == "/v1/models":
-            return Reply(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 4096}]})
+            return Reply(200, models_list("m"))
         if path == "/tokenize":
-            text = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
-            return Reply(200, {"count": len(text) + 3, "max_model_len": 4096, "tokens": [1, 2, 3] + [ord(c) for c in text]})
+            return Reply(200, tokenize_answer(body))
         msgs = body["messages"]
         if self.down and any("problem 1" in m["content"] for m in msgs):
             return Reply(503, {"error": {"message": "overloaded"}})

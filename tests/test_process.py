@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from fixtures_server import Reply, ScriptedServer, chat_completion
+from fixtures_server import Reply, ScriptedServer, chat_completion, models_list
 from process_fixtures import WRONG, make_tiny_lm, rule_rows, rule_solution
 
 from rlaif.cli import main
@@ -116,7 +116,7 @@ class SolutionServer(ScriptedServer):
 
     def _answer(self, method, path, body, attempt):
         if path == "/v1/models":
-            return Reply(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 4096}]})
+            return Reply(200, models_list("m"))
         if self.down and body["messages"][0]["content"] == "add 1" and body.get("continue_final_message"):
             return Reply(503, {"error": {"message": "overloaded"}})  # prompt p1's second round fails
         seed = body["seed"]

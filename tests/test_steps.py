@@ -100,7 +100,7 @@ def test_fake_engine_stops_at_a_stop_string_and_sees_the_prefix():
 
 
 def test_openai_engine_continues_the_assistant_turn_and_keeps_the_stop_string():
-    from fixtures_server import Reply, ScriptedServer, chat_completion
+    from fixtures_server import Reply, ScriptedServer, chat_completion, models_list
 
     from rlaif.engine.openai_server import OpenAIServerEngine
 
@@ -113,7 +113,7 @@ def test_openai_engine_continues_the_assistant_turn_and_keeps_the_stop_string():
 
     def script(method, path, body, attempt):
         if path == "/v1/models":
-            return Reply(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 4096}]})
+            return Reply(200, models_list("m"))
         return Reply(200, next(replies))
 
     with ScriptedServer(script) as srv:
