@@ -399,3 +399,37 @@ def test_review_reads_the_run_and_its_reviews_back(rows, comment, reviewer):
         assert ReviewStore(Path(d) / "reviews.jsonl", by_id).append(review)
         again = ReviewStore(Path(d) / "reviews.jsonl", by_id)
         assert again.reviews() == [review] and again.warnings == []
+
+
+def test_odd_text_survives_label_relabel_and_publish_through_the_command_line(tmp_path, repo_root):
+    """BOM, line and paragraph separators, emoji with a joiner, control characters, CR and an
+    override mark in the pairs and in an edited principle: the relabel's side files keep one row per
+    line and the published parquet gives every text back unchanged."""
+    import shutil
+
+    from rlaif.cli import main
+
+    odd = "\ufeffBOM \u2028LS \u2029PS 🧪👩\u200d🔬 \x01\x1f\t cr\r nl\n \u202e end"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"u{i}", "prompt": f"Q{i} {odd}", "response_a": f"A{i} {odd}",
+                                         "response_b": f"B{i} {odd}", "label": "a"}) + "\n" for i in range(4)), encoding="utf-8")
+    edit = tmp_path / "edit"
+    for folder in ("constitution", "principles"):
+        shutil.copytree(repo_root / folder, edit / folder)
+    principle = sorted((edit / "principles").glob("*.yaml"))[0]
+    doc = yaml.safe_load(principle.read_text(encoding="utf-8"))
+    doc["comparison"] = f"Edited {odd} " + doc["comparison"]
+    principle.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    fake = ["--backend", "fake", "--quiet"]
+    assert main(["label", "--pairs", str(pairs), "--out", str(tmp_path / "l"), "--ensemble", "2", *fake]) == 0
+    assert main(["relabel", str(tmp_path / "l"), "--constitution", str(edit / "constitution" / "default.yaml"),
+                 "--out", str(tmp_path / "r"), *fake]) == 0
+    for side in (tmp_path / "r" / "chunks").glob("*.*.jsonl"):
+        raw = side.read_bytes()
+        assert "\u2028".encode() not in raw and "\r".encode() not in raw
+        assert len(textio.read_jsonl(side)) == raw.count(b"\n")
+    assert textio.read_jsonl(tmp_path / "r" / "chunks" / "00000.pairs.jsonl")[0]["response_a"] == f"A0 {odd}"
+    assert main(["publish", str(tmp_path / "r"), "--out", str(tmp_path / "pub")]) == 0
+    rows = datasets.load_dataset(str(tmp_path / "pub"), "preferences", split="train")
+    texts = {r["prompt"][-1]["content"] for r in rows} | {m["content"] for r in rows for m in (*r["chosen"], *r["rejected"])}
+    assert {f"Q{i} {odd}" for i in range(4)} | {f"{s}{i} {odd}" for s in "AB" for i in range(4)} <= texts
